@@ -1,0 +1,58 @@
+#pragma once
+// The one interface the engine drives a model through. There is no prefill phase and no
+// decode phase: each sequence in a batch brings the new tokens it needs computed this
+// step (a prompt chunk, or one sampled token) and where they start; everything before
+// `start_pos` is already in the paged KV cache under the sequence's block table.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/model/loaded_model.h"
+#include "worker/model/model_config.h"
+
+namespace shoal::worker {
+
+class ThreadPool;
+
+struct SequenceChunk {
+  std::span<const int32_t> tokens;       // new tokens, positions start_pos .. start_pos+size-1
+  int64_t start_pos = 0;
+  // KV block ids covering positions [0, start_pos + tokens.size()); position p lives in
+  // block_table[p / block_size] at slot p % block_size.
+  std::span<const int32_t> block_table;
+  bool want_logits = false;              // logits for the last token of `tokens`
+};
+
+struct ForwardBatch {
+  std::vector<SequenceChunk> seqs;
+};
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const ShardSpec& shard() const = 0;
+
+  // Bytes one KV block of `block_size` tokens takes over all layers this rank holds.
+  virtual size_t KvBytesPerBlock(int block_size) const = 0;
+  // (Re)allocates the paged KV cache. Must be called before Forward.
+  virtual absl::Status AllocateKvCache(int64_t num_blocks, int block_size) = 0;
+
+  // Runs one step. Appends, for each sequence with want_logits (in batch order), a row of
+  // config().vocab_size logits to *logits (resized to rows * vocab).
+  virtual absl::Status Forward(const ForwardBatch& batch, std::vector<float>* logits) = 0;
+
+  // Bytes of weights this rank keeps resident (mapped or owned), for sizing and tests.
+  virtual size_t WeightBytes() const = 0;
+};
+
+// Builds the model named by model.config.arch over the shard. `pool` must outlive it.
+absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
+                                                         const ShardSpec& shard,
+                                                         ThreadPool* pool);
+
+}  // namespace shoal::worker
