@@ -30,7 +30,7 @@ apt_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libspdlog-dev libfmt-dev libcli11-dev
-  libcurl4-openssl-dev libssl-dev libonig-dev libgloo-dev
+  libcurl4-openssl-dev libssl-dev libonig-dev libicu-dev libgloo-dev libcpp-httplib-dev
   clang libclang-rt-14-dev
 )
 missing=()

@@ -20,7 +20,7 @@ class ChatTemplate {
   enum class Family { kChatML, kSmolLM2, kLlama3, kQwen2 };
 
   // Recognises `jinja_source` (from GGUF tokenizer.chat_template or tokenizer_config.json);
-  // an empty source picks `fallback`. Unknown templates are an error naming the markers found.
+  // an empty source means plain ChatML. Unknown templates are an error naming the markers found.
   static absl::StatusOr<ChatTemplate> FromSource(std::string_view jinja_source);
   static ChatTemplate ForFamily(Family family);
 
