@@ -1,0 +1,144 @@
+// `shoal serve`: the serving tree on this machine (see serving_tree.h), and
+// `shoal serve --once "QUESTION"`: start it, ask one chat question over gRPC, print the
+// streamed answer on stdout, stop it.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tools/shoal/commands.h"
+#include "tools/shoal/generation_backend.h"
+#include "tools/shoal/serving_tree.h"
+
+namespace shoal::cli {
+namespace {
+
+struct ServeFlags {
+  std::string model;
+  std::string served_name;
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  int metrics_port = 9090;
+  int threads = 0;
+  int kv_cache_mb = 0;
+  int max_num_seqs = 0;
+  int max_model_len = 0;
+  std::string log_level = "info";
+  std::string worker_binary;
+  int ready_timeout_s = 300;
+  // --once
+  std::string once;
+  int max_tokens = 256;
+  float temperature = 0.0f;
+};
+
+// host:port a local client dials for a server listening on `host`.
+std::string DialAddress(const std::string& host, int port) {
+  const std::string dial_host = (host == "0.0.0.0" || host == "::" || host.empty()) ? "127.0.0.1" : host;
+  return fmt::format("{}:{}", dial_host, port);
+}
+
+// The worker group: today one shoal-worker process (rank 0 of a 1x1 group).
+ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
+  ChildSpec c;
+  c.name = "worker";
+  c.argv = {f.worker_binary.empty() ? ExecutableDir() + "/shoal-worker" : f.worker_binary,
+            "--host", f.host, "--port", std::to_string(port), "--metrics-port", std::to_string(metrics_port),
+            "--log-level", f.log_level};
+  if (!f.model.empty()) c.argv.insert(c.argv.end(), {"--model", f.model});
+  if (!f.served_name.empty()) c.argv.insert(c.argv.end(), {"--served-name", f.served_name});
+  if (f.threads > 0) c.argv.insert(c.argv.end(), {"--threads", std::to_string(f.threads)});
+  if (f.kv_cache_mb > 0) c.argv.insert(c.argv.end(), {"--kv-cache-mb", std::to_string(f.kv_cache_mb)});
+  if (f.max_num_seqs > 0) c.argv.insert(c.argv.end(), {"--max-num-seqs", std::to_string(f.max_num_seqs)});
+  if (f.max_model_len > 0) c.argv.insert(c.argv.end(), {"--max-model-len", std::to_string(f.max_model_len)});
+  c.health_address = DialAddress(f.host, port);
+  return c;
+}
+
+int RunServe(ServeFlags f) {
+  const bool once = !f.once.empty();
+  int port = f.port;
+  int metrics_port = f.metrics_port;
+  if (once) {
+    // A one-shot tree must not collide with a server already running on the defaults.
+    f.host = "127.0.0.1";
+    if (f.log_level == "info") f.log_level = "warn";
+    if (port == 50051) port = 0;
+    if (metrics_port == 9090) metrics_port = 0;
+  }
+  if (port == 0) {
+    auto picked = PickFreePort();
+    if (!picked.ok()) {
+      std::fprintf(stderr, "shoal serve: %s\n", picked.status().ToString().c_str());
+      return 1;
+    }
+    port = *picked;
+  }
+  std::vector<ChildSpec> children = {WorkerChild(f, port, metrics_port)};
+  const std::string endpoint = children.back().health_address;
+  std::fprintf(stderr, "shoal serve: starting the worker (%s)\n", children.back().argv[0].c_str());
+  auto tree = ServingTree::Start(std::move(children), std::chrono::seconds(f.ready_timeout_s));
+  if (!tree.ok()) {
+    std::fprintf(stderr, "shoal serve: %s\n", tree.status().ToString().c_str());
+    return tree.status().code() == absl::StatusCode::kCancelled ? 130 : 1;
+  }
+
+  if (!once) {
+    std::printf("grpc=%s\n", endpoint.c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr, "shoal serve: ready; try: shoal generate --server %s --prompt \"Hello\"; Ctrl-C stops\n",
+                 endpoint.c_str());
+    return (*tree)->Wait();
+  }
+
+  v1::GenerateRequest request;
+  v1::ChatMessage* message = request.mutable_chat()->add_messages();
+  message->set_role("user");
+  message->set_content(f.once);
+  request.set_max_tokens(f.max_tokens);
+  request.mutable_sampling()->set_temperature(f.temperature);
+  std::string answer;
+  absl::Status status = ConnectRemoteBackend(endpoint)->Generate(request, [&](const v1::GenerateResponse& r) {
+    std::fwrite(r.text().data(), 1, r.text().size(), stdout);
+    std::fflush(stdout);
+    answer += r.text();
+  });
+  if (!answer.empty() && answer.back() != '\n') std::fputc('\n', stdout);
+  std::fflush(stdout);
+  (*tree)->Stop();
+  if (!status.ok()) {
+    std::fprintf(stderr, "shoal serve --once: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddServeCommand(CLI::App& app, int* exit_code) {
+  auto f = std::make_shared<ServeFlags>();
+  CLI::App* cmd = app.add_subcommand("serve", "run the serving tree (a worker group) on this machine");
+  cmd->add_option("--model", f->model, "a .gguf file or Hugging Face directory; empty = the default model");
+  cmd->add_option("--served-name", f->served_name, "the name clients select the model by");
+  cmd->add_option("--host", f->host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", f->port, "gRPC port; 0 = pick a free one")->capture_default_str();
+  cmd->add_option("--metrics-port", f->metrics_port, "Prometheus /metrics port; 0 = pick a free one")
+      ->capture_default_str();
+  cmd->add_option("--threads", f->threads, "CPU threads for the model; 0 = one per core");
+  cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache budget in MiB; 0 = the worker's default");
+  cmd->add_option("--max-num-seqs", f->max_num_seqs, "running sequences at most; 0 = the worker's default");
+  cmd->add_option("--max-model-len", f->max_model_len, "context length; 0 = the model's own");
+  cmd->add_option("--log-level", f->log_level, "the children's log level")->capture_default_str();
+  cmd->add_option("--worker-binary", f->worker_binary, "shoal-worker to run (default: next to shoal)");
+  cmd->add_option("--ready-timeout", f->ready_timeout_s, "seconds to wait for the tree to be healthy")
+      ->capture_default_str();
+  cmd->add_option("--once", f->once, "ask this one question as a chat message, print the answer, stop");
+  cmd->add_option("--max-tokens", f->max_tokens, "answer length limit with --once")->capture_default_str();
+  cmd->add_option("--temperature", f->temperature, "sampling temperature with --once; 0 = greedy")
+      ->capture_default_str();
+  cmd->callback([f, exit_code] { *exit_code = RunServe(*f); });
+}
+
+}  // namespace shoal::cli

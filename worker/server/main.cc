@@ -1,0 +1,102 @@
+// shoal-worker: one model replica's leader. Starts gRPC and /metrics first (health says
+// NOT_SERVING), loads the model, turns SERVING and prints the one "listening" line that
+// scripts and `shoal serve` wait for, then serves until SIGTERM/SIGINT, when it drains
+// streams for --shutdown-grace seconds before cancelling what is left.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "worker/common/log.h"
+#include "worker/server/model_runtime.h"
+#include "worker/server/worker_server.h"
+
+namespace {
+
+int Run(int argc, char** argv) {
+  using shoal::worker::ModelRuntime;
+  using shoal::worker::ModelRuntimeOptions;
+  using shoal::worker::WorkerServer;
+  using shoal::worker::WorkerServerOptions;
+
+  ModelRuntimeOptions runtime_options;
+  runtime_options.num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  WorkerServerOptions server_options;
+  int kv_cache_mb = static_cast<int>(runtime_options.engine.kv_cache_bytes >> 20);
+  bool no_prefix_caching = false;
+  double grace_seconds = 20.0;
+  std::string log_level = "info";
+
+  CLI::App app{"shoal-worker: serves one model over gRPC shoal.v1.Generate"};
+  app.add_option("--model", runtime_options.model,
+                 "a .gguf file or a Hugging Face directory; empty = the default model in $SHOAL_MODELS_DIR");
+  app.add_option("--served-name", runtime_options.served_name,
+                 "the name clients select the model by (default: the file name, lower-cased, without quantization)");
+  app.add_option("--host", server_options.host, "address to listen on")->capture_default_str();
+  app.add_option("--port", server_options.port, "gRPC port; 0 = pick a free one")->capture_default_str();
+  app.add_option("--metrics-port", server_options.metrics_port, "Prometheus /metrics port; 0 = pick a free one")
+      ->capture_default_str();
+  app.add_option("--threads", runtime_options.num_threads, "CPU threads for the model")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-num-seqs", runtime_options.engine.max_num_seqs, "running sequences at most")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-num-batched-tokens", runtime_options.engine.max_num_batched_tokens,
+                 "tokens computed in one engine step at most")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-model-len", runtime_options.engine.max_model_len,
+                 "context length; 0 = the model's own")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--block-size", runtime_options.engine.block_size, "tokens per KV cache block")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-waiting", runtime_options.engine.max_waiting,
+                 "queued requests beyond this are refused with RESOURCE_EXHAUSTED")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-prefix-caching", no_prefix_caching, "do not reuse KV blocks of shared prompt prefixes");
+  app.add_option("--shutdown-grace", grace_seconds, "seconds running streams get to finish on SIGTERM")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  CLI11_PARSE(app, argc, argv);
+
+  runtime_options.engine.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
+  runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
+  shoal::InitLogging(log_level);
+
+  // SIGTERM/SIGINT are taken by sigwait below, never by a handler: block them before any
+  // thread exists so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = WorkerServer::Start(server_options);
+  if (!server.ok()) {
+    spdlog::error("startup failed: {}", server.status().ToString());
+    return 1;
+  }
+  auto runtime = ModelRuntime::Load(runtime_options, [](std::string_view line) { spdlog::info("{}", line); });
+  if (!runtime.ok()) {
+    spdlog::error("model load failed: {}", runtime.status().ToString());
+    (*server)->Shutdown(std::chrono::milliseconds(0));
+    return 1;
+  }
+  (*server)->Serve(runtime->get());
+  std::fprintf(stderr, "listening grpc=%s:%d metrics=%s:%d\n", server_options.host.c_str(), (*server)->port(),
+               server_options.host.c_str(), (*server)->metrics_port());
+  std::fflush(stderr);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("signal={} draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown(std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
+  runtime->reset();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }
