@@ -58,6 +58,22 @@ def randomize(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in**0.5))
 
 
+def add_legacy_rope_fields(config_path):
+    """transformers 5 writes rope settings only as `rope_parameters`; checkpoints in the
+    wild (and transformers 4) carry `rope_theta` and `rope_scaling`. Write both so the
+    fixtures look like the configs our loader meets."""
+    with open(config_path) as f:
+        cfg = json.load(f)
+    params = dict(cfg.get("rope_parameters") or {})
+    if "rope_theta" in params:
+        cfg["rope_theta"] = params.pop("rope_theta")
+    if params.get("rope_type", "default") != "default":
+        cfg["rope_scaling"] = params
+    with open(config_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def make(name, model_cls, config, seed):
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
@@ -65,6 +81,7 @@ def make(name, model_cls, config, seed):
     path = os.path.join(OUT, name)
     shutil.rmtree(path, ignore_errors=True)
     model.save_pretrained(path, safe_serialization=True)
+    add_legacy_rope_fields(os.path.join(path, "config.json"))
 
     ids = torch.tensor([PROMPT])
     with torch.no_grad():
@@ -79,6 +96,11 @@ def make(name, model_cls, config, seed):
             pad_token_id=0,
         )
     greedy = out.sequences[0, len(PROMPT):].tolist()
+    # The checkpoint as written must load back to the same model (the added rope fields
+    # must agree with rope_parameters).
+    reloaded = model_cls.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits[0], logits), f"{name}: reload changed the logits"
     margins = []
     for s in out.scores:
         top = torch.topk(s[0].float(), 2).values

@@ -1,0 +1,109 @@
+#pragma once
+// Drives a CausalLM the way an engine would, without one: each sequence gets its own
+// block table over a private range of KV blocks, prompts are fed in chunks, and tokens
+// are chosen greedily. Several sequences can share every step (continuous batching).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "worker/models/causal_lm.h"
+
+namespace shoal::worker::testing {
+
+inline std::string SourceDir() {
+  if (const char* d = std::getenv("SHOAL_SOURCE_DIR")) return d;
+  return SHOAL_TEST_SOURCE_DIR;
+}
+
+inline std::string ModelsDir() {
+  if (const char* d = std::getenv("SHOAL_MODELS_DIR")) return d;
+  return std::string(std::getenv("HOME")) + "/.cache/shoal/models";
+}
+
+inline int32_t ArgMax(const float* v, int64_t n) {
+  return static_cast<int32_t>(std::max_element(v, v + n) - v);
+}
+
+// max|a-b| / max|b|
+inline double RelativeError(const float* a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::fabs(b[i])));
+  }
+  return num / den;
+}
+
+struct SequenceRun {
+  std::vector<int32_t> prompt;
+  std::vector<int> chunk_sizes;  // prompt split; empty = whole prompt in one step
+  int num_new = 0;
+  // filled in:
+  std::vector<int32_t> tokens;        // all tokens so far (prompt + generated)
+  std::vector<int32_t> generated;
+  std::vector<float> prompt_logits;   // logits after the whole prompt
+  std::vector<int32_t> block_table;
+  int64_t computed = 0;               // tokens already in the KV cache
+  size_t next_chunk = 0;
+  bool done() const { return static_cast<int>(generated.size()) >= num_new; }
+};
+
+// Runs all sequences together, one step at a time, until each has its tokens. Each
+// sequence owns blocks [i * blocks_per_seq, (i + 1) * blocks_per_seq), listed in reverse
+// so that block order and position order differ.
+inline void RunGreedy(CausalLM& lm, std::vector<SequenceRun>& runs, int block_size,
+                      int blocks_per_seq) {
+  const int64_t vocab = lm.config().vocab_size;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    runs[i].tokens = runs[i].prompt;
+    runs[i].block_table.resize(blocks_per_seq);
+    for (int b = 0; b < blocks_per_seq; ++b) {
+      runs[i].block_table[b] = static_cast<int32_t>((i + 1) * blocks_per_seq - 1 - b);
+    }
+  }
+  std::vector<float> logits;
+  for (int step = 0; step < 10000; ++step) {
+    ForwardBatch batch;
+    std::vector<SequenceRun*> wanting;
+    for (SequenceRun& r : runs) {
+      if (r.done()) continue;
+      int64_t n;
+      if (r.computed < static_cast<int64_t>(r.prompt.size())) {
+        n = r.chunk_sizes.empty() ? static_cast<int64_t>(r.prompt.size())
+                                  : std::min<int64_t>(r.chunk_sizes[r.next_chunk++ % r.chunk_sizes.size()],
+                                                      r.prompt.size() - r.computed);
+      } else {
+        n = 1;
+      }
+      SequenceChunk c;
+      c.tokens = std::span<const int32_t>(r.tokens).subspan(r.computed, n);
+      c.start_pos = r.computed;
+      c.block_table = r.block_table;
+      c.want_logits = r.computed + n >= static_cast<int64_t>(r.prompt.size());
+      batch.seqs.push_back(c);
+      if (c.want_logits) wanting.push_back(&r);
+      r.computed += n;
+    }
+    if (batch.seqs.empty()) return;
+    absl::Status st = lm.Forward(batch, &logits);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(logits.size(), wanting.size() * vocab);
+    for (size_t k = 0; k < wanting.size(); ++k) {
+      SequenceRun& r = *wanting[k];
+      const float* row = logits.data() + k * vocab;
+      for (int64_t i = 0; i < vocab; ++i) ASSERT_TRUE(std::isfinite(row[i])) << "logit " << i;
+      if (r.generated.empty()) r.prompt_logits.assign(row, row + vocab);
+      const int32_t next = ArgMax(row, vocab);
+      r.generated.push_back(next);
+      r.tokens.push_back(next);
+    }
+  }
+  FAIL() << "greedy loop did not finish";
+}
+
+}  // namespace shoal::worker::testing

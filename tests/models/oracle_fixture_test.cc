@@ -1,0 +1,188 @@
+// llama and qwen2 against Hugging Face transformers: tiny random-weight checkpoints and
+// the logits / greedy tokens transformers produced for them (tests/oracle/).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "tests/models/greedy_driver.h"
+#include "worker/kernels/cpu/thread_pool.h"
+#include "worker/model/loaded_model.h"
+#include "worker/models/causal_lm.h"
+
+namespace shoal::worker {
+namespace {
+
+using testing::RelativeError;
+using testing::RunGreedy;
+using testing::SequenceRun;
+
+constexpr double kLogitTolerance = 1e-3;
+constexpr int kBlockSize = 4;
+constexpr int kBlocksPerSeq = 16;  // 64 positions: prompt 20 + 32 new
+
+struct Expected {
+  std::vector<int32_t> prompt;
+  std::map<int, std::vector<float>> logits;  // by prompt position
+  std::vector<int32_t> greedy;
+};
+
+class OracleFixture : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = testing::SourceDir() + "/tests/oracle/fixtures/" + GetParam();
+    std::ifstream f(dir_ + "/expected.json");
+    ASSERT_TRUE(f) << dir_ << "/expected.json is missing (tests/oracle/generate_fixtures.py makes it)";
+    const nlohmann::json j = nlohmann::json::parse(f);
+    expected_.prompt = j["prompt"].get<std::vector<int32_t>>();
+    for (const auto& [pos, v] : j["logits"].items()) expected_.logits[std::stoi(pos)] = v.get<std::vector<float>>();
+    expected_.greedy = j["greedy"].get<std::vector<int32_t>>();
+
+    auto model = LoadModel(dir_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    auto lm = CreateCausalLM(model_, ShardSpec{}, &pool_);
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    lm_ = std::move(*lm);
+    ASSERT_TRUE(lm_->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  }
+
+  std::vector<SequenceRun> OneRun(std::vector<int> chunks) {
+    std::vector<SequenceRun> runs(1);
+    runs[0].prompt = expected_.prompt;
+    runs[0].chunk_sizes = std::move(chunks);
+    runs[0].num_new = static_cast<int>(expected_.greedy.size());
+    return runs;
+  }
+
+  std::string dir_;
+  Expected expected_;
+  ThreadPool pool_{2};
+  LoadedModel model_;
+  std::unique_ptr<CausalLM> lm_;
+};
+
+TEST_P(OracleFixture, LastPositionLogitsMatchTransformers) {
+  std::vector<float> logits;
+  const std::vector<int32_t> table = {3, 0, 7, 1, 9};
+  ForwardBatch batch;
+  batch.seqs.push_back({expected_.prompt, 0, table, true});
+  ASSERT_TRUE(lm_->Forward(batch, &logits).ok());
+  const auto& want = expected_.logits.at(static_cast<int>(expected_.prompt.size()) - 1);
+  ASSERT_EQ(logits.size(), want.size());
+  EXPECT_LE(RelativeError(logits.data(), want), kLogitTolerance);
+}
+
+// Every recorded position at once: four sequences, each a prefix of the prompt ending at
+// one of those positions, in one batch with their own block tables.
+TEST_P(OracleFixture, EarlierPositionsMatchAsPrefixesBatchedTogether) {
+  ForwardBatch batch;
+  std::vector<std::vector<int32_t>> prefixes, tables;
+  std::vector<int> positions;
+  for (const auto& [pos, v] : expected_.logits) {
+    positions.push_back(pos);
+    prefixes.emplace_back(expected_.prompt.begin(), expected_.prompt.begin() + pos + 1);
+    std::vector<int32_t> table;
+    for (int b = 0; b < 6; ++b) table.push_back(static_cast<int32_t>(positions.size() - 1) + 4 * b);
+    tables.push_back(table);
+  }
+  for (size_t i = 0; i < prefixes.size(); ++i) batch.seqs.push_back({prefixes[i], 0, tables[i], true});
+  std::vector<float> logits;
+  ASSERT_TRUE(lm_->Forward(batch, &logits).ok());
+  const int64_t vocab = lm_->config().vocab_size;
+  ASSERT_EQ(logits.size(), positions.size() * vocab);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    EXPECT_LE(RelativeError(logits.data() + i * vocab, expected_.logits.at(positions[i])), kLogitTolerance)
+        << "position " << positions[i];
+  }
+}
+
+TEST_P(OracleFixture, GreedyTokensMatchTransformers) {
+  auto runs = OneRun({});
+  RunGreedy(*lm_, runs, kBlockSize, kBlocksPerSeq);
+  EXPECT_EQ(runs[0].generated, expected_.greedy);
+}
+
+TEST_P(OracleFixture, ChunkedPromptGivesSameTokens) {
+  for (std::vector<int> chunks : {std::vector<int>{1}, {3}, {7, 2, 5}, {4, 13}}) {
+    auto runs = OneRun(chunks);
+    RunGreedy(*lm_, runs, kBlockSize, kBlocksPerSeq);
+    EXPECT_EQ(runs[0].generated, expected_.greedy) << "chunks starting " << chunks[0];
+    EXPECT_LE(RelativeError(runs[0].prompt_logits.data(), expected_.logits.at(static_cast<int>(expected_.prompt.size()) - 1)),
+              kLogitTolerance);
+  }
+}
+
+// Continuous batching: the fixture prompt shares every step with other sequences (one
+// prefilling in chunks while the other decodes, different lengths); its tokens must not
+// change, and neither may the others' compared to running alone.
+TEST_P(OracleFixture, SequencesSharingStepsGiveTheirSoloTokens) {
+  std::vector<int32_t> other = {5, 9, 250, 31, 17, 2, 64, 64, 100, 3, 8};
+  std::vector<SequenceRun> solo(1);
+  solo[0].prompt = other;
+  solo[0].num_new = 20;
+  RunGreedy(*lm_, solo, kBlockSize, kBlocksPerSeq);
+
+  std::vector<SequenceRun> runs(3);
+  runs[0].prompt = other;
+  runs[0].num_new = 20;
+  runs[1].prompt = expected_.prompt;
+  runs[1].chunk_sizes = {6};
+  runs[1].num_new = static_cast<int>(expected_.greedy.size());
+  runs[2].prompt = {other.begin(), other.begin() + 4};
+  runs[2].chunk_sizes = {1};
+  runs[2].num_new = 5;
+  RunGreedy(*lm_, runs, kBlockSize, kBlocksPerSeq);
+  EXPECT_EQ(runs[0].generated, solo[0].generated);
+  EXPECT_EQ(runs[1].generated, expected_.greedy);
+}
+
+TEST_P(OracleFixture, RejectsBlockTableTooShortForPositions) {
+  const std::vector<int32_t> table = {0};  // 4 positions, the prompt has 20
+  ForwardBatch batch;
+  batch.seqs.push_back({expected_.prompt, 0, table, true});
+  std::vector<float> logits;
+  const absl::Status st = lm_->Forward(batch, &logits);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("block table"), absl::string_view::npos) << st;
+}
+
+TEST_P(OracleFixture, RejectsTokenOutsideVocabulary) {
+  const std::vector<int32_t> tokens = {1, static_cast<int32_t>(lm_->config().vocab_size)};
+  const std::vector<int32_t> table = {0};
+  ForwardBatch batch;
+  batch.seqs.push_back({tokens, 0, table, true});
+  std::vector<float> logits;
+  EXPECT_EQ(lm_->Forward(batch, &logits).code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, OracleFixture,
+                         ::testing::Values("llama-tiny", "llama3-rope-tiny", "qwen2-tiny"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST(CausalLMFactory, RejectsTensorParallelWithoutCommunicator) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(1);
+  ShardSpec shard;
+  shard.tp_size = 2;
+  auto lm = CreateCausalLM(*model, shard, &pool);
+  EXPECT_EQ(lm.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(CausalLMFactory, LayerRangeOutsideModelIsAnError) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(1);
+  ShardSpec shard;
+  shard.end_layer = 99;
+  auto lm = CreateCausalLM(*model, shard, &pool);
+  EXPECT_EQ(lm.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace shoal::worker
