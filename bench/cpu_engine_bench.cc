@@ -17,6 +17,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "worker/common/log.h"
 #include "worker/engine/engine.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/model/loaded_model.h"
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
   app.add_option("--streams", streams);
   app.add_option("--stream-tokens", stream_tokens);
   CLI11_PARSE(app, argc, argv);
+  shoal::InitLogging("warn");  // stdout carries only the `name: value` lines
 
   auto model = shoal::worker::LoadModel(model_path);
   if (!model.ok()) {

@@ -15,8 +15,12 @@ cmake --build "$build_dir" --target cpu-engine-bench >/dev/null
 
 echo "model: $model"
 echo "threads: $threads"
+echo "load_average_1m: $(cut -d' ' -f1 /proc/loadavg)  # ratios are only meaningful on an otherwise idle machine"
 ours=$("$build_dir/bench/cpu-engine-bench" --model "$model" "${args[@]}")
-peer=$("$python" "$here/bench/peer/llamacpp_peer.py" --model "$model" "${args[@]}")
+peer_log=$(mktemp)
+peer=$("$python" "$here/bench/peer/llamacpp_peer.py" --model "$model" "${args[@]}" 2>"$peer_log") ||
+  { cat "$peer_log" >&2; exit 1; }
+rm -f "$peer_log"
 echo "$ours" | sed 's/^/shoal_/'
 echo "$peer" | sed 's/^/llamacpp_/'
 for key in prompt_tokens_per_s decode_tokens_per_s aggregate_tokens_per_s; do
