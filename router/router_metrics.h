@@ -2,6 +2,7 @@
 // The router's Prometheus metrics, named once here, served by prometheus-cpp's Exposer
 // on the metrics port. The operator scales on shoal_router_requests_total (QPS) and the
 // latency histograms.
+#include "worker/common/grpc_status_name.h"
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,7 +31,7 @@ inline constexpr char kUpstreamHealthy[] = "shoal_router_upstream_healthy";
 inline constexpr char kRetries[] = "shoal_router_retries_total";
 
 // gRPC status code as Prometheus label value: "OK", "UNAVAILABLE", ...
-const char* StatusCodeName(grpc::StatusCode code);
+using ::shoal::StatusCodeName;
 
 class RouterMetrics {
  public:

@@ -4,6 +4,7 @@
 // error names the field the way the proto spells it ("sampling.top_p",
 // "chat.messages[2].role"). What needs the model (tokenization, vocabulary range, the
 // context length) is checked by ModelRuntime::BuildRequest.
+#include "worker/common/grpc_status_name.h"
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -52,6 +53,6 @@ v1::GenerateResponse ToProtoResponse(const GenerationOutput& output);
 // absl::Status -> grpc::Status; the canonical codes are numerically the same.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 // The name Prometheus labels and logs use for a code ("OK", "INVALID_ARGUMENT", ...).
-std::string_view StatusCodeName(grpc::StatusCode code);
+using ::shoal::StatusCodeName;
 
 }  // namespace shoal::worker
