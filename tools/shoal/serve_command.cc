@@ -21,12 +21,14 @@ struct ServeFlags {
   std::string host = "0.0.0.0";
   int port = 50051;
   int metrics_port = 9090;
+  int http_port = 8080;
   int threads = 0;
   int kv_cache_mb = 0;
   int max_num_seqs = 0;
   int max_model_len = 0;
   std::string log_level = "info";
   std::string worker_binary;
+  std::string router_binary;
   int ready_timeout_s = 300;
   // --once
   std::string once;
@@ -40,12 +42,13 @@ std::string DialAddress(const std::string& host, int port) {
   return fmt::format("{}:{}", dial_host, port);
 }
 
-// The worker group: today one shoal-worker process (rank 0 of a 1x1 group).
+// The worker group: today one shoal-worker process (rank 0 of a 1x1 group). It listens on
+// loopback only: clients reach it through the router.
 ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
   ChildSpec c;
   c.name = "worker";
   c.argv = {f.worker_binary.empty() ? ExecutableDir() + "/shoal-worker" : f.worker_binary,
-            "--host", f.host, "--port", std::to_string(port), "--metrics-port", std::to_string(metrics_port),
+            "--host", "127.0.0.1", "--port", std::to_string(port), "--metrics-port", std::to_string(metrics_port),
             "--log-level", f.log_level};
   if (!f.model.empty()) c.argv.insert(c.argv.end(), {"--model", f.model});
   if (!f.served_name.empty()) c.argv.insert(c.argv.end(), {"--served-name", f.served_name});
@@ -53,6 +56,19 @@ ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
   if (f.kv_cache_mb > 0) c.argv.insert(c.argv.end(), {"--kv-cache-mb", std::to_string(f.kv_cache_mb)});
   if (f.max_num_seqs > 0) c.argv.insert(c.argv.end(), {"--max-num-seqs", std::to_string(f.max_num_seqs)});
   if (f.max_model_len > 0) c.argv.insert(c.argv.end(), {"--max-model-len", std::to_string(f.max_model_len)});
+  c.health_address = DialAddress("127.0.0.1", port);
+  return c;
+}
+
+// The front door on the public ports: gRPC, OpenAI-compatible HTTP and metrics, in front of
+// the worker group at `upstream`.
+ChildSpec RouterChild(const ServeFlags& f, int port, int http_port, int metrics_port, const std::string& upstream) {
+  ChildSpec c;
+  c.name = "router";
+  c.argv = {f.router_binary.empty() ? ExecutableDir() + "/shoal-router" : f.router_binary,
+            "--host", f.host, "--port", std::to_string(port), "--http-port", std::to_string(http_port),
+            "--metrics-port", std::to_string(metrics_port), "--upstream", upstream,
+            "--health-interval-ms", "500", "--log-level", f.log_level};
   c.health_address = DialAddress(f.host, port);
   return c;
 }
@@ -61,24 +77,31 @@ int RunServe(ServeFlags f) {
   const bool once = !f.once.empty();
   int port = f.port;
   int metrics_port = f.metrics_port;
+  int http_port = f.http_port;
   if (once) {
     // A one-shot tree must not collide with a server already running on the defaults.
     f.host = "127.0.0.1";
     if (f.log_level == "info") f.log_level = "warn";
     if (port == 50051) port = 0;
     if (metrics_port == 9090) metrics_port = 0;
+    if (http_port == 8080) http_port = -1;
   }
-  if (port == 0) {
+  // The worker's own ports are internal: always free ones on loopback.
+  int worker_port = 0, worker_metrics_port = 0;
+  for (int* p : {&port, &http_port, &worker_port, &worker_metrics_port}) {
+    if (*p != 0) continue;
     auto picked = PickFreePort();
     if (!picked.ok()) {
       std::fprintf(stderr, "shoal serve: %s\n", picked.status().ToString().c_str());
       return 1;
     }
-    port = *picked;
+    *p = *picked;
   }
-  std::vector<ChildSpec> children = {WorkerChild(f, port, metrics_port)};
+  std::vector<ChildSpec> children = {WorkerChild(f, worker_port, worker_metrics_port)};
+  children.push_back(RouterChild(f, port, http_port, metrics_port, children.back().health_address));
   const std::string endpoint = children.back().health_address;
-  std::fprintf(stderr, "shoal serve: starting the worker (%s)\n", children.back().argv[0].c_str());
+  std::fprintf(stderr, "shoal serve: starting the worker (%s) and the router (%s)\n", children[0].argv[0].c_str(),
+               children[1].argv[0].c_str());
   auto tree = ServingTree::Start(std::move(children), std::chrono::seconds(f.ready_timeout_s));
   if (!tree.ok()) {
     std::fprintf(stderr, "shoal serve: %s\n", tree.status().ToString().c_str());
@@ -87,6 +110,7 @@ int RunServe(ServeFlags f) {
 
   if (!once) {
     std::printf("grpc=%s\n", endpoint.c_str());
+    if (http_port > 0) std::printf("http=%s\n", DialAddress(f.host, http_port).c_str());
     std::fflush(stdout);
     std::fprintf(stderr, "shoal serve: ready; try: shoal generate --server %s --prompt \"Hello\"; Ctrl-C stops\n",
                  endpoint.c_str());
@@ -119,12 +143,14 @@ int RunServe(ServeFlags f) {
 
 void AddServeCommand(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<ServeFlags>();
-  CLI::App* cmd = app.add_subcommand("serve", "run the serving tree (a worker group) on this machine");
+  CLI::App* cmd = app.add_subcommand("serve", "run the serving tree (router + one worker group) on this machine");
   cmd->add_option("--model", f->model, "a .gguf file or Hugging Face directory; empty = the default model");
   cmd->add_option("--served-name", f->served_name, "the name clients select the model by");
   cmd->add_option("--host", f->host, "address to listen on")->capture_default_str();
   cmd->add_option("--port", f->port, "gRPC port; 0 = pick a free one")->capture_default_str();
-  cmd->add_option("--metrics-port", f->metrics_port, "Prometheus /metrics port; 0 = pick a free one")
+  cmd->add_option("--http-port", f->http_port, "OpenAI-compatible HTTP port; 0 = pick a free one, -1 = off")
+      ->capture_default_str();
+  cmd->add_option("--metrics-port", f->metrics_port, "the router's Prometheus /metrics port; 0 = pick a free one")
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the model; 0 = one per core");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache budget in MiB; 0 = the worker's default");
@@ -132,6 +158,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-model-len", f->max_model_len, "context length; 0 = the model's own");
   cmd->add_option("--log-level", f->log_level, "the children's log level")->capture_default_str();
   cmd->add_option("--worker-binary", f->worker_binary, "shoal-worker to run (default: next to shoal)");
+  cmd->add_option("--router-binary", f->router_binary, "shoal-router to run (default: next to shoal)");
   cmd->add_option("--ready-timeout", f->ready_timeout_s, "seconds to wait for the tree to be healthy")
       ->capture_default_str();
   cmd->add_option("--once", f->once, "ask this one question as a chat message, print the answer, stop");
