@@ -1,7 +1,6 @@
 #pragma once
-// The processes `shoal serve` runs on this machine, as a tree under the CLI: today one
-// worker group leader (shoal-worker); a router goes in front of it by adding one more
-// ChildSpec. Children start in order, each healthy (grpc.health.v1 SERVING) before the
+// The processes `shoal serve` runs on this machine, as a tree under the CLI: one worker
+// group leader (shoal-worker) and the router (shoal-router) in front of it, each a ChildSpec. Children start in order, each healthy (grpc.health.v1 SERVING) before the
 // next; SIGINT/SIGTERM to the CLI are passed on; when one child dies the rest are stopped.
 #include <signal.h>
 #include <sys/types.h>
