@@ -242,13 +242,13 @@ TEST_F(RouterProxyTest, BeyondLimitsAndQueueIsResourceExhaustedAtOnce) {
   StartRouter(options);
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>>> readers;
+  // Streams start one at a time so that the third is the one that queues.
+  v1::GenerateResponse response;
   for (int i = 0; i < 3; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     readers.push_back(stub_->Generate(contexts.back().get(), PromptRequest("long", 100000)));
+    if (i < 2) ASSERT_TRUE(readers[i]->Read(&response));
   }
-  v1::GenerateResponse response;
-  ASSERT_TRUE(readers[0]->Read(&response));
-  ASSERT_TRUE(readers[1]->Read(&response));
   ASSERT_TRUE(Eventually([&] { return router_->balancer().queued() == 1; }));
   const auto start = std::chrono::steady_clock::now();
   StreamResult shed = Generate(*stub_, PromptRequest("one more", 2));
