@@ -186,10 +186,18 @@ void GenerateStream::Perform(Next next) {
     StartWrite(&in_flight_);
   } else if (next == Next::kFinish) {
     grpc::Status status;
+    int64_t prompt_tokens, completion_tokens;
     {
       std::lock_guard<std::mutex> lock(mu_);
       status = *final_status_;
       finish_called_ = true;
+      prompt_tokens = submitted_ ? prompt_tokens_ : 0;
+      completion_tokens = completion_tokens_;
+    }
+    // Counted before Finish: once the client sees the end of the stream, a scrape of
+    // /metrics must already include this request.
+    if (WorkerMetrics* metrics = service_->metrics()) {
+      metrics->ObserveRequest(status.error_code(), prompt_tokens, completion_tokens);
     }
     Finish(status);
   }
@@ -239,9 +247,6 @@ void GenerateStream::OnDone() {
         "completion_tokens={} ttft_s={:.3f} duration_s={:.3f}",
         request_id_, StatusCodeName(status.error_code()), FinishReasonName(finish_reason_), prompt_tokens_,
         cached_prompt_tokens_, completion_tokens_, ttft_seconds_, seconds);
-  }
-  if (WorkerMetrics* metrics = service_->metrics()) {
-    metrics->ObserveRequest(status.error_code(), submitted ? prompt_tokens_ : 0, completion_tokens_);
   }
   delete this;
 }
