@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "tests/kernels/test_data.h"
@@ -30,7 +31,22 @@ TEST(Ops, RopeTableFrequenciesFollowTheta) {
   for (int i = 0; i < 8; ++i) EXPECT_DOUBLE_EQ(table.inv_freq()[i], std::pow(10000.0, -2.0 * i / 16));
   EXPECT_FLOAT_EQ(table.cos(3)[1], static_cast<float>(std::cos(3 * table.inv_freq()[1])));
   table.Reserve(100);
-  EXPECT_FLOAT_EQ(table.sin(99)[2], static_cast<float>(std::sin(99 * table.inv_freq()[2])));
+  // Angles are f32 products (as GGML computes them): a few ulps of the angle off exact.
+  EXPECT_NEAR(table.sin(99)[2], std::sin(99 * table.inv_freq()[2]), 2e-6);
+}
+
+// Over a long context the f32 angles stay within the f32 resolution of the angle itself.
+TEST(Ops, RopeTableStaysCloseToExactAnglesOverLongContexts) {
+  RopeTable table(64, 100000.0, RopeScaling{}, 8192);
+  double worst = 0;
+  for (int64_t p : {1, 255, 4095, 8191}) {
+    for (int i = 0; i < 32; ++i) {
+      const double a = p * table.inv_freq()[i];
+      worst = std::max(worst, std::fabs(table.cos(p)[i] - std::cos(a)));
+      worst = std::max(worst, std::fabs(table.sin(p)[i] - std::sin(a)));
+    }
+  }
+  EXPECT_LT(worst, 8191 * 4e-7);  // ~ulp(8191) per unit of angle
 }
 
 TEST(Ops, RopeLinearScalingDividesEveryFrequency) {

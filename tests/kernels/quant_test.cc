@@ -76,11 +76,29 @@ TEST(Quant, ActivationBlocksMatchReferenceAndCarryTheirSums) {
     for (int j = 0; j < 32; ++j) ASSERT_EQ(fast[b].q[j], ref[b].q[j]) << b << "," << j;
   }
   EXPECT_EQ(fast[2].d, 0.0f);
-  // Rounding to 8 bits loses at most half a step.
+  // Rounding to 8 bits loses at most half a step, plus the f16 rounding of the scale
+  // (relative 2^-11) over at most 127 steps.
   for (size_t i = 0; i < x.size(); ++i) {
     const BlockQ8Act& b = fast[i / 32];
-    EXPECT_LE(std::fabs(b.d * b.q[i % 32] - x[i]), 0.5f * b.d + 1e-6f);
+    EXPECT_LE(std::fabs(b.d * b.q[i % 32] - x[i]), 0.5f * b.d + 127.0f * b.d / 2048.0f + 1e-6f);
   }
+}
+
+// The scale and the block sum are f16 values (GGML's Q8_0/Q8_1 blocks): d is amax/127
+// rounded to f16, s is the unrounded amax/127 times the sum of q, rounded to f16.
+TEST(Quant, ActivationScaleAndSumAreRoundedToHalf) {
+  std::vector<float> x(32);
+  for (int j = 0; j < 32; ++j) x[j] = 0.01f * static_cast<float>(j) - 0.1f;
+  x[7] = 1.2345f;  // amax
+  BlockQ8Act b;
+  QuantizeRowQ8Act(x.data(), &b, 32);
+  const float d = 1.2345f / 127.0f;
+  EXPECT_EQ(b.d, HalfToFloat(FloatToHalf(d)));
+  EXPECT_NE(b.d, d);  // the rounding is visible for this amax
+  int sum = 0;
+  for (int j = 0; j < 32; ++j) sum += b.q[j];
+  EXPECT_EQ(b.s, HalfToFloat(FloatToHalf(d * static_cast<float>(sum))));
+  EXPECT_EQ(b.q[7], 127);
 }
 
 }  // namespace

@@ -41,7 +41,10 @@ class OracleFixture : public ::testing::TestWithParam<std::string> {
     auto model = LoadModel(dir_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
-    auto lm = CreateCausalLM(model_, ShardSpec{}, &pool_);
+    // An f32 KV cache: the fixtures are f32 Transformers runs, and the f16 cache's
+    // rounding (of K, V, q and the attention probabilities) alone moves these tiny models'
+    // logits by ~2e-3 relative, past the tolerance.
+    auto lm = CreateCausalLM(model_, ShardSpec{}, &pool_, CausalLMOptions{.kv_cache_dtype = DType::kF32});
     ASSERT_TRUE(lm.ok()) << lm.status();
     lm_ = std::move(*lm);
     ASSERT_TRUE(lm_->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
@@ -182,6 +185,28 @@ TEST(CausalLMFactory, LayerRangeOutsideModelIsAnError) {
   shard.end_layer = 99;
   auto lm = CreateCausalLM(*model, shard, &pool);
   EXPECT_EQ(lm.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CausalLMFactory, KvCacheIsHalfByDefaultAndHalvesBlockBytes) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(1);
+  auto half = CreateCausalLM(*model, ShardSpec{}, &pool);
+  auto full = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+  ASSERT_TRUE(half.ok() && full.ok());
+  const ModelConfig& c = model->config;
+  const size_t f32_bytes = static_cast<size_t>(c.num_layers) * 2 * 16 * c.num_kv_heads * c.head_dim * 4;
+  EXPECT_EQ((*full)->KvBytesPerBlock(16), f32_bytes);
+  EXPECT_EQ((*half)->KvBytesPerBlock(16), f32_bytes / 2);
+}
+
+TEST(CausalLMFactory, KvCacheDTypeOtherThanF16OrF32IsAnError) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(1);
+  auto lm = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kBF16});
+  EXPECT_EQ(lm.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(lm.status().message()).find("BF16"), std::string::npos) << lm.status();
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 // The real default model against llama.cpp on the same GGUF: our tokenizer must give
-// llama.cpp's ids for the fixture text, and teacher-forced top-1 predictions must agree on
-// at least 98% of 256 positions (quantized kernels round differently, so near-ties may
-// flip). Fixture: tests/oracle/llamacpp_top1.py.
+// llama.cpp's ids for the fixture text, and teacher-forced top-1 predictions, one token per
+// step as llama.cpp recorded them, must agree on at least 98% of 256 positions. With the
+// default f16 KV cache our kernels round where llama.cpp's CPU kernels round, so on an
+// AVX2 build of llama.cpp the logits are the same numbers; the margin is for builds whose
+// kernels sum in another order (AVX-512, other CPUs), where near-ties can flip. Fixture:
+// tests/oracle/llamacpp_top1.py.
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -60,8 +63,12 @@ TEST_F(LlamaCppAgreement, TeacherForcedTop1AgreesOnAtLeast98Percent) {
   auto lm = CreateCausalLM(model_, ShardSpec{}, &pool);
   ASSERT_TRUE(lm.ok()) << lm.status();
   const int kBlockSize = 16;
+  const float kNearTie = 0.1f;  // logits
   const auto ids = fixture_["token_ids"].get<std::vector<int32_t>>();
   const auto top1 = fixture_["top1"].get<std::vector<int32_t>>();
+  // llama.cpp's top-1 minus top-2 logit per position (diagnostics only).
+  const auto margin = fixture_.value("top1_margin", std::vector<float>(top1.size(), -1.0f));
+  ASSERT_EQ(margin.size(), top1.size());
   const int64_t num_blocks = (ids.size() + kBlockSize - 1) / kBlockSize;
   ASSERT_TRUE((*lm)->AllocateKvCache(num_blocks, kBlockSize).ok());
   std::vector<int32_t> block_table(num_blocks);
@@ -69,7 +76,7 @@ TEST_F(LlamaCppAgreement, TeacherForcedTop1AgreesOnAtLeast98Percent) {
 
   // One token per step: the decode path, with the whole history read from the paged cache.
   const int64_t vocab = model_.config.vocab_size;
-  int agree = 0;
+  int agree = 0, near_ties = 0;
   std::vector<float> logits;
   for (size_t pos = 0; pos < top1.size(); ++pos) {
     ForwardBatch batch;
@@ -78,10 +85,18 @@ TEST_F(LlamaCppAgreement, TeacherForcedTop1AgreesOnAtLeast98Percent) {
     ASSERT_TRUE((*lm)->Forward(batch, &logits).ok());
     ASSERT_EQ(logits.size(), static_cast<size_t>(vocab));
     const int32_t ours = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    agree += ours == top1[pos];
+    if (ours == top1[pos]) {
+      ++agree;
+    } else {
+      const bool near_tie = margin[pos] >= 0.0f && margin[pos] < kNearTie;
+      near_ties += near_tie;
+      std::printf("position %zu: ours %d, llama.cpp %d (llama.cpp's top-2 margin %.4f%s)\n", pos, ours,
+                  top1[pos], margin[pos], near_tie ? ", a near-tie" : "");
+    }
   }
   const double rate = static_cast<double>(agree) / top1.size();
-  std::printf("top1 agreement with llama.cpp: %d/%zu = %.4f\n", agree, top1.size(), rate);
+  std::printf("top1 agreement with llama.cpp: %d/%zu = %.4f; %d of %zu disagreements at near-ties (margin < %.2f)\n",
+              agree, top1.size(), rate, near_ties, top1.size() - agree, kNearTie);
   EXPECT_GE(rate, 0.98);
 }
 

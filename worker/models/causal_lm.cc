@@ -8,11 +8,12 @@ namespace shoal::worker {
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,
-                                                         ThreadPool* pool) {
+                                                         ThreadPool* pool,
+                                                         const CausalLMOptions& options) {
   switch (model.config.arch) {
     case Arch::kLlama:
     case Arch::kQwen2:  // llama plus q/k/v biases, which the config announces
-      return CreateLlama(model, shard, pool);
+      return CreateLlama(model, shard, pool, options);
   }
   return absl::UnimplementedError(
       fmt::format("{}: architecture '{}' has no CPU implementation", model.path, model.config.arch_name));

@@ -18,6 +18,14 @@ namespace shoal::worker {
 
 class ThreadPool;
 
+// Choices about how a model instance computes, fixed when it is created.
+struct CausalLMOptions {
+  // Element type of the paged KV cache: kF16 (the serving default, as llama.cpp's: half the
+  // memory per token, and with it attention computes as llama.cpp's does on the CPU) or
+  // kF32 (exact f32 attention, e.g. for comparing against f32 reference implementations).
+  DType kv_cache_dtype = DType::kF16;
+};
+
 struct SequenceChunk {
   std::span<const int32_t> tokens;       // new tokens, positions start_pos .. start_pos+size-1
   int64_t start_pos = 0;
@@ -37,7 +45,8 @@ class CausalLM {
   virtual const ModelConfig& config() const = 0;
   virtual const ShardSpec& shard() const = 0;
 
-  // Bytes one KV block of `block_size` tokens takes over all layers this rank holds.
+  // Bytes one KV block of `block_size` tokens takes over all layers this rank holds, in
+  // the cache's element type.
   virtual size_t KvBytesPerBlock(int block_size) const = 0;
   // (Re)allocates the paged KV cache. Must be called before Forward.
   virtual absl::Status AllocateKvCache(int64_t num_blocks, int block_size) = 0;
@@ -53,6 +62,7 @@ class CausalLM {
 // Builds the model named by model.config.arch over the shard. `pool` must outlive it.
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,
-                                                         ThreadPool* pool);
+                                                         ThreadPool* pool,
+                                                         const CausalLMOptions& options = {});
 
 }  // namespace shoal::worker

@@ -42,10 +42,12 @@ std::string LayerName(int64_t i, const char* suffix) {
 
 class LlamaModel final : public CausalLM {
  public:
-  LlamaModel(const ModelConfig& config, const ShardSpec& shard, ThreadPool* pool)
+  LlamaModel(const ModelConfig& config, const ShardSpec& shard, ThreadPool* pool,
+             const CausalLMOptions& options)
       : config_(config),
         shard_(shard),
         pool_(pool),
+        kv_dtype_(options.kv_cache_dtype),
         rope_(config.head_dim, config.rope_theta, config.rope_scaling,
               std::min<int64_t>(config.max_position_embeddings, 4096)) {}
 
@@ -55,7 +57,7 @@ class LlamaModel final : public CausalLM {
   const ShardSpec& shard() const override { return shard_; }
   size_t KvBytesPerBlock(int block_size) const override {
     return static_cast<size_t>(layers_.size()) * 2 * block_size * num_kv_heads_ *
-           config_.head_dim * sizeof(float);
+           config_.head_dim * BlockBytes(kv_dtype_);
   }
   absl::Status AllocateKvCache(int64_t num_blocks, int block_size) override;
   absl::Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
@@ -76,6 +78,7 @@ class LlamaModel final : public CausalLM {
   ModelConfig config_;
   ShardSpec shard_;
   ThreadPool* pool_;
+  DType kv_dtype_;            // kF16 or kF32
   int64_t num_heads_ = 0;     // of this tensor rank
   int64_t num_kv_heads_ = 0;  // of this tensor rank
   int64_t intermediate_ = 0;  // of this tensor rank
@@ -86,10 +89,10 @@ class LlamaModel final : public CausalLM {
   size_t weight_bytes_ = 0;
   cpu::RopeTable rope_;
 
-  // Paged KV cache, per layer [num_blocks, block_size, num_kv_heads_, head_dim] f32.
+  // Paged KV cache, per layer [num_blocks, block_size, num_kv_heads_, head_dim] of kv_dtype_.
   int64_t num_blocks_ = 0;
   int block_size_ = 0;
-  std::vector<std::unique_ptr<float[]>> k_cache_, v_cache_;
+  std::vector<std::unique_ptr<std::byte[]>> k_cache_, v_cache_;
 
   // Activations of the current step, reused across steps.
   std::vector<float> h_, xn_, q_, k_, v_, attn_, gate_, up_;
@@ -157,14 +160,15 @@ absl::Status LlamaModel::AllocateKvCache(int64_t num_blocks, int block_size) {
     return absl::InvalidArgumentError(fmt::format("KV cache of {} blocks of {} tokens: both must be positive",
                                                   num_blocks, block_size));
   }
-  const size_t floats = static_cast<size_t>(num_blocks) * block_size * num_kv_heads_ * config_.head_dim;
+  const size_t bytes = static_cast<size_t>(num_blocks) * block_size * num_kv_heads_ *
+                       config_.head_dim * BlockBytes(kv_dtype_);
   k_cache_.clear();
   v_cache_.clear();
   for (size_t l = 0; l < layers_.size(); ++l) {
     // Not zero-filled: a slot is always written before any query can see it, and
     // untouched pages of a large cache then cost no resident memory.
-    k_cache_.push_back(std::make_unique_for_overwrite<float[]>(floats));
-    v_cache_.push_back(std::make_unique_for_overwrite<float[]>(floats));
+    k_cache_.push_back(std::make_unique_for_overwrite<std::byte[]>(bytes));
+    v_cache_.push_back(std::make_unique_for_overwrite<std::byte[]>(bytes));
   }
   num_blocks_ = num_blocks;
   block_size_ = block_size;
@@ -229,7 +233,7 @@ void LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSeq
 
   // k, v → their cache slots; attention reads the new keys from the cache like the old.
   const cpu::PagedKvLayer cache{k_cache_[l].get(), v_cache_[l].get(), num_blocks_, block_size_,
-                                num_kv_heads_, hd};
+                                num_kv_heads_, hd, kv_dtype_};
   for (const cpu::AttentionSequence& s : seqs) cpu::WriteKv(cache, s, k_.data(), kv_width, v_.data(), kv_width);
   cpu::PagedAttention(pool_, cache, seqs, q_.data(), q_width, num_heads_,
                       1.0f / std::sqrt(static_cast<float>(hd)), attn_.data(), q_width);
@@ -305,7 +309,8 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, std::vector<float>* 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateLlama(const LoadedModel& model,
-                                                      const ShardSpec& shard_in, ThreadPool* pool) {
+                                                      const ShardSpec& shard_in, ThreadPool* pool,
+                                                      const CausalLMOptions& options) {
   const ModelConfig& c = model.config;
   if (pool == nullptr) return absl::InvalidArgumentError("CreateCausalLM: thread pool is null");
   if (model.weights == nullptr) return absl::InvalidArgumentError(fmt::format("{}: no weights loaded", model.path));
@@ -328,7 +333,11 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateLlama(const LoadedModel& model,
     return absl::InvalidArgumentError(fmt::format("{}: config has non-positive sizes (hidden {}, heads {}, kv heads {}, head_dim {}, vocab {})",
                                                   model.path, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size));
   }
-  auto m = std::make_unique<LlamaModel>(c, shard, pool);
+  if (options.kv_cache_dtype != DType::kF16 && options.kv_cache_dtype != DType::kF32) {
+    return absl::InvalidArgumentError(fmt::format("{}: KV cache dtype {}: the CPU model keeps its KV cache in F16 or F32",
+                                                  model.path, DTypeName(options.kv_cache_dtype)));
+  }
+  auto m = std::make_unique<LlamaModel>(c, shard, pool, options);
   RETURN_IF_ERROR(m->Load(*model.weights));
   return std::unique_ptr<CausalLM>(std::move(m));
 }

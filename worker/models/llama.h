@@ -9,6 +9,7 @@
 namespace shoal::worker {
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateLlama(const LoadedModel& model,
-                                                      const ShardSpec& shard, ThreadPool* pool);
+                                                      const ShardSpec& shard, ThreadPool* pool,
+                                                      const CausalLMOptions& options);
 
 }  // namespace shoal::worker

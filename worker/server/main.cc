@@ -25,6 +25,7 @@ int Run(int argc, char** argv) {
   runtime_options.num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   WorkerServerOptions server_options;
   int kv_cache_mb = static_cast<int>(runtime_options.engine.kv_cache_bytes >> 20);
+  std::string kv_cache_dtype = "f16";
   bool no_prefix_caching = false;
   double grace_seconds = 20.0;
   std::string log_level = "info";
@@ -42,6 +43,9 @@ int Run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--kv-cache-dtype", kv_cache_dtype,
+                 "KV cache element type: f16 (half the memory; attention computes as llama.cpp's CPU path) or f32")
+      ->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
   app.add_option("--max-num-seqs", runtime_options.engine.max_num_seqs, "running sequences at most")
       ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-num-batched-tokens", runtime_options.engine.max_num_batched_tokens,
@@ -62,6 +66,7 @@ int Run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   runtime_options.engine.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
+  runtime_options.kv_cache_dtype = kv_cache_dtype == "f32" ? shoal::worker::DType::kF32 : shoal::worker::DType::kF16;
   runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
   shoal::InitLogging(log_level);
 

@@ -16,6 +16,7 @@
 #include "shoal/v1/generate.pb.h"
 #include "worker/engine/engine.h"
 #include "worker/kernels/cpu/thread_pool.h"
+#include "worker/model/dtype.h"
 #include "worker/model/loaded_model.h"
 #include "worker/server/model_location.h"
 #include "worker/server/request_translation.h"
@@ -28,6 +29,7 @@ struct ModelRuntimeOptions {
   std::string model;        // path; "" = the default model
   std::string served_name;  // "" = ServedNameFromPath
   int num_threads = 0;      // 0 = one per core
+  DType kv_cache_dtype = DType::kF16;  // kF16 or kF32, see CausalLMOptions
   EngineOptions engine;
 };
 

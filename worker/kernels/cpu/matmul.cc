@@ -21,8 +21,16 @@ inline __m256 SumPairsToFloat(__m256i prod16) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod16, _mm256_set1_epi16(1)));
 }
 
-// Unpacks block b of a quantized weight row into 32 unsigned-or-signed bytes, its scale
-// and the per-block offset that multiplies the activations' block sum.
+// Weight formats whose block values are signed bytes (Q4_0's q - 8, Q8_0's q): their
+// integer dot with the activations needs the sign trick; Q4_1's nibbles are unsigned and
+// its min m meets the activations through their block sums instead.
+template <DType kType>
+constexpr bool kSignedWeights = kType != DType::kQ4_1;
+
+// Unpacks block b of a quantized weight row into 32 bytes (unsigned for Q4_1, signed
+// otherwise), its scale and, for Q4_1, the min that multiplies the activations' block sum.
+// Q4_0's -8 is applied to the bytes, not folded into the block sum: the integer dot then
+// equals GGML's Q4_0·Q8_0 exactly, so the float results are the same numbers.
 template <DType kType>
 inline __m256i LoadWeightBlock(const std::byte* row, int64_t b, float* scale, float* offset) {
   if constexpr (kType == DType::kQ4_1) {
@@ -33,8 +41,8 @@ inline __m256i LoadWeightBlock(const std::byte* row, int64_t b, float* scale, fl
   } else if constexpr (kType == DType::kQ4_0) {
     const BlockQ4_0& w = reinterpret_cast<const BlockQ4_0*>(row)[b];
     *scale = HalfToFloat(w.d);
-    *offset = -8.0f * *scale;
-    return UnpackNibbles(w.q);
+    *offset = 0.0f;
+    return _mm256_sub_epi8(UnpackNibbles(w.q), _mm256_set1_epi8(8));
   } else {
     const BlockQ8_0& w = reinterpret_cast<const BlockQ8_0*>(row)[b];
     *scale = HalfToFloat(w.d);
@@ -45,8 +53,10 @@ inline __m256i LoadWeightBlock(const std::byte* row, int64_t b, float* scale, fl
 
 // out[r][j] = weight row r · activations a[j], for NR rows and NT tokens at once: each
 // weight block is unpacked once per NT tokens and each activation block loaded once per
-// NR rows, and the NR·NT accumulators are independent FMA chains. Offsets of the weight
-// format (Q4_0's -8, Q4_1's m) meet the activations through their block sums `s`.
+// NR rows, and the NR·NT accumulators are independent FMA chains. Q4_1's min meets the
+// activations through their block sums `s`. Per block and in summation order this is
+// GGML's vec_dot for the format (acc += d_w·d_a · int dot in 8 lanes, then the lanes
+// summed and the min term added), so results match llama.cpp bit for bit.
 template <DType kType, int NR, int NT>
 void DotQuantRows(const std::byte* const* rows, const BlockQ8Act* const* a, int64_t nb,
                   float (*out)[kTokenTile]) {
@@ -63,18 +73,18 @@ void DotQuantRows(const std::byte* const* rows, const BlockQ8Act* const* a, int6
     float dw[NR], off[NR];
     for (int r = 0; r < NR; ++r) {
       wq[r] = LoadWeightBlock<kType>(rows[r], b, &dw[r], &off[r]);
-      // maddubs multiplies unsigned by signed bytes: nibbles are unsigned already; for
-      // signed Q8_0 weights the sign moves onto the activations.
-      wu[r] = kType == DType::kQ8_0 ? _mm256_sign_epi8(wq[r], wq[r]) : wq[r];
+      // maddubs multiplies unsigned by signed bytes: Q4_1's nibbles are unsigned already;
+      // for signed weights the sign moves onto the activations.
+      wu[r] = kSignedWeights<kType> ? _mm256_sign_epi8(wq[r], wq[r]) : wq[r];
     }
     for (int j = 0; j < NT; ++j) {
       const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j][b].q));
       const float da = a[j][b].d;
       for (int r = 0; r < NR; ++r) {
-        const __m256i as = kType == DType::kQ8_0 ? _mm256_sign_epi8(aq, wq[r]) : aq;
+        const __m256i as = kSignedWeights<kType> ? _mm256_sign_epi8(aq, wq[r]) : aq;
         const __m256 p = SumPairsToFloat(_mm256_maddubs_epi16(wu[r], as));
         acc[r][j] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw[r] * da), acc[r][j]);
-        if constexpr (kType != DType::kQ8_0) offset[r][j] += off[r] * a[j][b].s;
+        if constexpr (!kSignedWeights<kType>) offset[r][j] += off[r] * a[j][b].s;
       }
     }
   }

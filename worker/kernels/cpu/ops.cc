@@ -9,10 +9,25 @@
 
 namespace shoal::worker::cpu {
 
+// The mean square is summed in double from f32 squares and rounded to f32 once, as GGML
+// does: the same normalizer as llama.cpp's in practice bit for bit, where an f32 sum's
+// rounding would depend on the summation order.
 void RmsNorm(const float* x, const float* weight, float* y, int64_t num_tokens, int64_t n,
              float eps) {
   for (int64_t t = 0; t < num_tokens; ++t, x += n, y += n) {
-    const float ms = Dot(x, x, n) / static_cast<float>(n);
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const __m256 v = _mm256_loadu_ps(x + j);
+      const __m256 sq = _mm256_mul_ps(v, v);
+      acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+      acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
+    }
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; j < n; ++j) sum += static_cast<double>(x[j] * x[j]);
+    const float ms = static_cast<float>(sum / static_cast<double>(n));
     const float inv = 1.0f / std::sqrt(ms + eps);
     const __m256 vinv = _mm256_set1_ps(inv);
     int64_t i = 0;
@@ -29,8 +44,11 @@ RopeTable::RopeTable(int64_t rotary_dim, double theta, const RopeScaling& scalin
     : rotary_dim_(rotary_dim) {
   const int64_t half = rotary_dim / 2;
   inv_freq_.resize(half);
+  freq_factor_.resize(half);
+  step_ = std::pow(static_cast<float>(theta), -2.0f / static_cast<float>(rotary_dim));
   for (int64_t i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(theta, static_cast<double>(2 * i) / rotary_dim);
+    const double unscaled = 1.0 / std::pow(theta, static_cast<double>(2 * i) / rotary_dim);
+    double f = unscaled;
     switch (scaling.type) {
       case RopeScaling::Type::kNone:
         break;
@@ -55,20 +73,27 @@ RopeTable::RopeTable(int64_t rotary_dim, double theta, const RopeScaling& scalin
       }
     }
     inv_freq_[i] = f;
+    freq_factor_[i] = static_cast<float>(unscaled / f);
   }
   Reserve(num_positions);
 }
 
+// Angles as GGML computes them: in f32, pair i's angle is the previous pair's times
+// theta^(-2/rotary_dim), starting from the position itself, then divided by the scaling's
+// factor for that pair; cos and sin of the f32 angle. Computing them in double would be a
+// few f32 ulps closer to exact, and different from the numbers llama.cpp rotates by.
 void RopeTable::Reserve(int64_t n) {
   if (n <= num_positions_) return;
   const int64_t half = rotary_dim_ / 2;
   cos_.resize(n * half);
   sin_.resize(n * half);
   for (int64_t p = num_positions_; p < n; ++p) {
+    float angle = static_cast<float>(p);
     for (int64_t i = 0; i < half; ++i) {
-      const double a = static_cast<double>(p) * inv_freq_[i];
-      cos_[p * half + i] = static_cast<float>(std::cos(a));
-      sin_[p * half + i] = static_cast<float>(std::sin(a));
+      const float a = freq_factor_[i] == 1.0f ? angle : angle / freq_factor_[i];
+      cos_[p * half + i] = std::cos(a);
+      sin_[p * half + i] = std::sin(a);
+      angle *= step_;
     }
   }
   num_positions_ = n;
@@ -82,11 +107,13 @@ void ApplyRope(const RopeTable& table, float* x, int64_t num_tokens, int64_t ld,
     const float* s = table.sin(positions[t]);
     for (int64_t h = 0; h < num_heads; ++h) {
       float* v = x + t * ld + h * head_dim;
+      // Both layouts round as a·cos − (b·sin) and a·sin + (b·cos) with the first product
+      // fused, as GGML's compiled rotation does.
       if (interleaved) {
         for (int64_t i = 0; i < half; ++i) {
           const float a = v[2 * i], b = v[2 * i + 1];
-          v[2 * i] = a * c[i] - b * s[i];
-          v[2 * i + 1] = a * s[i] + b * c[i];
+          v[2 * i] = std::fma(a, c[i], -(b * s[i]));
+          v[2 * i + 1] = std::fma(a, s[i], b * c[i]);
         }
       } else {
         int64_t i = 0;
@@ -98,8 +125,8 @@ void ApplyRope(const RopeTable& table, float* x, int64_t num_tokens, int64_t ld,
         }
         for (; i < half; ++i) {
           const float a = v[i], b = v[half + i];
-          v[i] = a * c[i] - b * s[i];
-          v[half + i] = a * s[i] + b * c[i];
+          v[i] = std::fma(a, c[i], -(b * s[i]));
+          v[half + i] = std::fma(a, s[i], b * c[i]);
         }
       }
     }

@@ -19,7 +19,8 @@ void RmsNorm(const float* x, const float* weight, float* y, int64_t num_tokens, 
 
 // Rotary frequencies for `rotary_dim` dimensions (pairs i = 0..rotary_dim/2-1), with the
 // base `theta` and optional linear or llama3 scaling, tabulated as cos/sin per position so
-// the per-token work is two FMAs per pair.
+// the per-token work is two FMAs per pair. The angles are computed in f32 the way GGML
+// computes them (see Reserve), so rotations match llama.cpp's.
 class RopeTable {
  public:
   RopeTable(int64_t rotary_dim, double theta, const RopeScaling& scaling, int64_t num_positions);
@@ -35,6 +36,8 @@ class RopeTable {
   int64_t rotary_dim_;
   int64_t num_positions_ = 0;
   std::vector<double> inv_freq_;
+  float step_ = 1.0f;                // theta^(-2/rotary_dim) in f32: pair i+1's angle / pair i's
+  std::vector<float> freq_factor_;   // per pair, unscaled / scaled frequency (1 without scaling)
   std::vector<float> cos_, sin_;  // [num_positions, rotary_dim/2]
 };
 

@@ -113,8 +113,8 @@ void QuantizeRowQ8Act(const float* x, BlockQ8Act* y, int64_t n) {
     __m256i p = _mm256_packs_epi16(p01, p23);
     p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].q), p);
-    y[b].d = d;
-    y[b].s = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+    y[b].d = RoundToHalf(d);
+    y[b].s = RoundToHalf(d * static_cast<float>(_mm_cvtsi128_si32(s4)));
   }
 }
 

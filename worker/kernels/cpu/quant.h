@@ -13,6 +13,8 @@ namespace shoal::worker::cpu {
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
 inline uint16_t FloatToHalf(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+// f rounded to the nearest binary16 value (ties to even), kept as a float.
+inline float RoundToHalf(float f) { return HalfToFloat(FloatToHalf(f)); }
 inline float Bf16ToFloat(uint16_t b) {
   uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
@@ -38,9 +40,14 @@ struct BlockQ4_1 {
 #pragma pack(pop)
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
 
-// 32 activations quantized symmetrically: x ≈ d * q. `s` = d * sum(q), which lets the
-// dot product with an offset weight format (Q4_0's -8, Q4_1's +m) fold the offset into
-// one multiply per block instead of per element.
+// 32 activations quantized symmetrically: x ≈ d * q, with q = round(x * 127 / amax) and
+// d = amax / 127 rounded to f16. These are GGML's Q8_0 and Q8_1 activation blocks (the
+// ones llama.cpp dots Q8_0/Q4_0 and Q4_1 weights with), kept with float fields so the
+// matmul does not convert them per block; the f16 rounding is what makes our integer
+// dot products the same numbers as llama.cpp's rather than merely close to them.
+// `s` = d * sum(q) with the unrounded d, then rounded to f16 (Q8_1's sum term): it lets
+// the dot product with Q4_1 weights (x = d_w * q + m) fold the min into one multiply per
+// block instead of per element.
 struct BlockQ8Act {
   float d;
   float s;
@@ -53,6 +60,16 @@ inline __m256i UnpackNibbles(const uint8_t* q) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
   const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
   return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+// dst[0..n) = src rounded to f16 (nearest even).
+inline void StoreHalfRow(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) dst[i] = FloatToHalf(src[i]);
 }
 
 // dst[0..n) = row of `n` elements of `dtype` starting at `src` (n a multiple of the block size).

@@ -83,8 +83,8 @@ void QuantizeRowQ8Act(const float* x, BlockQ8Act* y, int64_t n) {
       y[b].q[j] = static_cast<int8_t>(q);
       sum += q;
     }
-    y[b].d = d;
-    y[b].s = d * static_cast<float>(sum);
+    y[b].d = RoundToHalf(d);
+    y[b].s = RoundToHalf(d * static_cast<float>(sum));
   }
 }
 
@@ -102,13 +102,31 @@ void Matmul(const float* x, int64_t num_tokens, const WeightMatrix& w, float* y)
 
 void MatmulQuantizedActivations(const float* x, int64_t num_tokens, const WeightMatrix& w,
                                 float* y) {
-  std::vector<BlockQ8Act> xq(w.cols / 32);
-  std::vector<float> xd(num_tokens * w.cols);
+  const int64_t nb = w.cols / 32;
+  std::vector<BlockQ8Act> xq(nb);
+  std::vector<float> row(w.cols), mins(nb, 0.0f);
   for (int64_t t = 0; t < num_tokens; ++t) {
     reference::QuantizeRowQ8Act(x + t * w.cols, xq.data(), w.cols);
-    for (int64_t i = 0; i < w.cols; ++i) xd[t * w.cols + i] = xq[i / 32].d * xq[i / 32].q[i % 32];
+    for (int64_t o = 0; o < w.rows; ++o) {
+      // Q4_1 (x = d·q + m): the d·q part meets the 8-bit activations element by element,
+      // the min meets them through the block's stored sum s, as Q8_1 defines it.
+      reference::DequantizeRow(w.dtype, w.row(o), row.data(), w.cols);
+      if (w.dtype == DType::kQ4_1) {
+        const auto* u8 = reinterpret_cast<const uint8_t*>(w.row(o));
+        for (int64_t b = 0; b < nb; ++b) {
+          mins[b] = reference::HalfToFloat(static_cast<uint16_t>(u8[b * 20 + 2] | (u8[b * 20 + 3] << 8)));
+        }
+      }
+      double s = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        for (int j = 0; j < 32; ++j) {
+          s += (static_cast<double>(row[b * 32 + j]) - mins[b]) * xq[b].d * xq[b].q[j];
+        }
+        s += static_cast<double>(mins[b]) * xq[b].s;
+      }
+      y[t * w.rows + o] = static_cast<float>(s);
+    }
   }
-  Matmul(xd.data(), num_tokens, w, y);
 }
 
 void RmsNorm(const float* x, const float* weight, float* y, int64_t num_tokens, int64_t n,
@@ -161,6 +179,16 @@ void PagedAttention(const PagedKvLayer& c, std::span<const AttentionSequence> se
                     int64_t ldo) {
   const int64_t d = c.head_dim;
   const int64_t group = num_heads / c.num_kv_heads;
+  const bool half = c.dtype == DType::kF16;
+  // Element `i` of key/value row `pos` of kv head g, decoded bit by bit for f16.
+  auto at = [&](const void* base, std::span<const int32_t> table, int64_t pos, int64_t g, int64_t i) -> double {
+    const int64_t off = c.Offset(table, pos) + g * d + i;
+    if (half) return reference::HalfToFloat(static_cast<const uint16_t*>(base)[off]);
+    return static_cast<const float*>(base)[off];
+  };
+  // The f16 cache's rounding points (q for q·k, the normalized probabilities for p·V);
+  // everything else in double.
+  auto round_half = [&](double x) -> double { return half ? RoundToHalf(static_cast<float>(x)) : x; };
   for (const AttentionSequence& s : seqs) {
     for (int64_t t = 0; t < s.num_tokens; ++t) {
       const int64_t pos = s.start_pos + t;
@@ -170,19 +198,19 @@ void PagedAttention(const PagedKvLayer& c, std::span<const AttentionSequence> se
         std::vector<double> p(pos + 1);
         double m = -INFINITY;
         for (int64_t k = 0; k <= pos; ++k) {
-          const float* kh = c.k + c.Offset(s.block_table, k) + g * d;
           double dot = 0;
-          for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(qh[i]) * kh[i];
+          for (int64_t i = 0; i < d; ++i) dot += round_half(qh[i]) * at(c.k, s.block_table, k, g, i);
           p[k] = dot * scale;
           m = std::max(m, p[k]);
         }
         double sum = 0;
         for (double& v : p) sum += v = std::exp(v - m);
+        for (double& v : p) v = round_half(v / sum);
         float* o = out + (s.first_row + t) * ldo + h * d;
         for (int64_t i = 0; i < d; ++i) {
           double acc = 0;
-          for (int64_t k = 0; k <= pos; ++k) acc += p[k] * c.v[c.Offset(s.block_table, k) + g * d + i];
-          o[i] = static_cast<float>(acc / sum);
+          for (int64_t k = 0; k <= pos; ++k) acc += p[k] * at(c.v, s.block_table, k, g, i);
+          o[i] = static_cast<float>(acc);
         }
       }
     }

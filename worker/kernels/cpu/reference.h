@@ -18,8 +18,9 @@ void QuantizeRowQ8Act(const float* x, BlockQ8Act* y, int64_t n);
 
 // y[t, o] = sum_i x[t, i] * W[o, i] in double, with W dequantized.
 void Matmul(const float* x, int64_t num_tokens, const WeightMatrix& w, float* y);
-// The same with x first rounded through 8-bit blocks, as the integer path does; quantized
-// weights only. Agrees with the fast kernel up to float summation order.
+// The same with x first rounded through 8-bit blocks, as the integer path does (Q4_1's min
+// times the blocks' stored sums); quantized weights only. Agrees with the fast kernel up
+// to float summation order.
 void MatmulQuantizedActivations(const float* x, int64_t num_tokens, const WeightMatrix& w,
                                 float* y);
 

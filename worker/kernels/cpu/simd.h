@@ -20,24 +20,40 @@ inline float HorizontalMax8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// e^x for 8 floats, relative error ~2e-7 over the float range: x = n·ln2 + r with
-// |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n built in the exponent bits.
+// e^x for 8 floats: x = n·ln2 + r with n = round(x / ln2) (found by adding 1.5·2^23, whose
+// low mantissa bits then hold n) and |r| <= ln2/2 (ln2 split in two so n·ln2_hi is
+// exact); e^r - 1 by a degree-5 minimax polynomial in r; 2^n built in the exponent bits.
+// This is the single-precision exp of Arm's optimized-routines, which GGML's CPU backend
+// also uses, evaluated in the same order, so softmax and SiLU give llama.cpp's values bit
+// for bit. Error under 2 ulp. When n leaves the normal exponent range (|n| > 126), 2^n is
+// applied as two factors; the result is 0 below about -103.97 and +inf above 88.38.
 inline __m256 Exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // r = x - n·ln2 in two steps (Cody-Waite) to keep r exact.
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+  const __m256 n = _mm256_sub_ps(z, shift);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  const __m256i n_bits = _mm256_slli_epi32(_mm256_castps_si256(z), 23);  // n in the exponent field
+  const __m256 two_n = _mm256_castsi256_ps(_mm256_add_epi32(n_bits, _mm256_set1_epi32(0x3f800000)));
+  // poly = e^r - 1 = r·c1 + r²·((c2 + r·c3) + r²·(c4 + r·c5))
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 hi = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), r, _mm256_set1_ps(0x1.573e2ep-5f));
+  const __m256 lo = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), r, _mm256_set1_ps(0x1.fffdb6p-2f));
+  const __m256 poly = _mm256_fmadd_ps(_mm256_fmadd_ps(hi, r2, lo), r2,
+                                      _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), r));
+  const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+  const __m256 beyond = _mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+  if (_mm256_movemask_ps(beyond) == 0) return _mm256_fmadd_ps(poly, two_n, two_n);
+  // 2^n = a·b with a = 2^±127 (sign of n) and b = 2^(n∓127), both representable; past
+  // |n| > 192 the result is a·a, which is 0 or +inf.
+  const __m256i bias = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                        _mm256_set1_epi32(static_cast<int>(0x82000000u)));
+  const __m256 a = _mm256_castsi256_ps(_mm256_add_epi32(bias, _mm256_set1_epi32(0x7f000000)));
+  const __m256 b = _mm256_castsi256_ps(_mm256_sub_epi32(n_bits, bias));
+  const __m256 far = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+  const __m256 split = _mm256_mul_ps(_mm256_fmadd_ps(b, poly, b), a);
+  const __m256 normal = _mm256_fmadd_ps(two_n, poly, two_n);
+  return _mm256_blendv_ps(_mm256_blendv_ps(normal, split, beyond), _mm256_mul_ps(a, a), far);
 }
 
 inline float Dot(const float* a, const float* b, int64_t n) {
