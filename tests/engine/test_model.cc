@@ -4,18 +4,9 @@
 
 #include <algorithm>
 
+#include "worker/common/splitmix.h"
+
 namespace shoal::worker::testing {
-namespace {
-
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
-
 TestModel::TestModel(TestModelOptions options) : options_(std::move(options)) {
   config_.arch_name = "test";
   config_.vocab_size = kTestVocab;
@@ -42,7 +33,7 @@ absl::Status TestModel::AllocateKvCache(int64_t num_blocks, int block_size) {
 uint64_t TestModel::ContextHash(const int32_t* tokens, int64_t n) const {
   uint64_t h = 0x7465'7374ull;
   for (int64_t p = 0; p < n; ++p) {
-    h = Mix(h ^ (static_cast<uint64_t>(tokens[p]) | (static_cast<uint64_t>(p) << 32)));
+    h = ::shoal::SplitMix64(h ^ (static_cast<uint64_t>(tokens[p]) | (static_cast<uint64_t>(p) << 32)));
   }
   return h;
 }
@@ -50,7 +41,7 @@ uint64_t TestModel::ContextHash(const int32_t* tokens, int64_t n) const {
 void TestModel::LogitsFromHash(uint64_t h, int64_t context_len, float* row) const {
   std::fill(row, row + kTestVocab, -30.0f);
   for (unsigned char c : options_.alphabet) {
-    uint64_t r = Mix(h ^ (0x1000ull + c));
+    uint64_t r = ::shoal::SplitMix64(h ^ (0x1000ull + c));
     row[c] = static_cast<float>(r >> 40) * 0x1.0p-24f * 4.0f;  // [0, 4)
   }
   if (options_.eos_at_num_tokens > 0 && context_len >= options_.eos_at_num_tokens) {

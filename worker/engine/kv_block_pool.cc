@@ -4,18 +4,9 @@
 #include <cassert>
 #include <cstdlib>
 
+#include "worker/common/splitmix.h"
+
 namespace shoal::worker {
-namespace {
-
-// splitmix64's finalizer: a cheap bijective mixer with good avalanche.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 KvBlockPool::KvBlockPool(int64_t num_blocks, int block_size, bool enable_prefix_caching)
     : block_size_(block_size),
@@ -25,8 +16,8 @@ KvBlockPool::KvBlockPool(int64_t num_blocks, int block_size, bool enable_prefix_
 }
 
 BlockHash KvBlockPool::HashBlock(BlockHash parent, std::span<const int32_t> tokens) {
-  uint64_t h = Mix(parent ^ 0x5348'4f41'4c00'0000ull);  // "SHOAL": keeps hash(0, {}) != 0
-  for (int32_t t : tokens) h = Mix(h ^ static_cast<uint32_t>(t));
+  uint64_t h = ::shoal::SplitMix64(parent ^ 0x5348'4f41'4c00'0000ull);  // "SHOAL": keeps hash(0, {}) != 0
+  for (int32_t t : tokens) h = ::shoal::SplitMix64(h ^ static_cast<uint32_t>(t));
   return h;
 }
 
