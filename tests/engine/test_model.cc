@@ -7,6 +7,7 @@
 #include "worker/common/splitmix.h"
 
 namespace shoal::worker::testing {
+
 TestModel::TestModel(TestModelOptions options) : options_(std::move(options)) {
   config_.arch_name = "test";
   config_.vocab_size = kTestVocab;
