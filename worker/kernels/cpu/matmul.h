@@ -23,9 +23,17 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_stride = 0;
+  // F8_E4M3 only (fp8_matmul.h): one f32 scale per 128×128 block, block (i, j) at
+  // block_scales[i * scale_stride + j], block 0 being this view's first rows and columns
+  // (a shard view starts on a block boundary). Null for every other dtype.
+  const float* block_scales = nullptr;
+  int64_t scale_stride = 0;
 
   const std::byte* row(int64_t r) const { return data + r * row_stride; }
-  size_t bytes() const { return rows * RowBytes(dtype, cols); }
+  size_t bytes() const {
+    const size_t scales = block_scales == nullptr ? 0 : ((rows + 127) / 128) * ((cols + 127) / 128) * sizeof(float);
+    return rows * RowBytes(dtype, cols) + scales;
+  }
   static WeightMatrix Of(const TensorView& t) {
     return {t.dtype, t.data, t.rows(), t.cols(), t.row_bytes()};
   }
