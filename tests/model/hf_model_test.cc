@@ -103,9 +103,13 @@ TEST(HfConfig, RopeScaling) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->rope_scaling.type, RopeScaling::Type::kNone);
 
-  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
   EXPECT_THAT(Config(j).status().message(),
-              HasSubstr("config.json: field 'rope_scaling' has type 'yarn', which is not supported"));
+              HasSubstr("config.json: field 'rope_scaling' has type 'dynamic', which is not supported"));
+  // yarn is parsed, but only DeepSeek models use it (tests/model/deepseek_config_test.cc).
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}};
+  EXPECT_THAT(Config(j).status().message(),
+              HasSubstr("config.json: field 'rope_scaling' has type yarn, which model_type llama does not support"));
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
   EXPECT_THAT(Config(j).status().message(), HasSubstr("of type llama3 needs low_freq_factor"));
   j["rope_scaling"] = {{"type", "linear"}};
@@ -140,7 +144,7 @@ TEST(HfConfig, ErrorsNameTheField) {
   j["model_type"] = "mistral";
   EXPECT_THAT(Config(j).status().message(),
               HasSubstr("config.json: field 'model_type' is 'mistral', which is not supported "
-                        "(supported: llama, qwen2)"));
+                        "(supported: llama, qwen2, deepseek_v2, deepseek_v3)"));
   j = LlamaJson();
   j.erase("hidden_size");
   EXPECT_THAT(Config(j).status().message(), HasSubstr("config.json: field 'hidden_size' is missing"));

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -127,9 +128,35 @@ absl::Status ParseRopeScaling(const std::string& source, const Json& config,
     out->low_freq_factor = *low;
     out->high_freq_factor = *high;
     out->original_max_position_embeddings = *orig;
+  } else if (*type == "yarn") {
+    out->type = RopeScaling::Type::kYarn;
+    ASSIGN_OR_RETURN(std::optional<int64_t> orig, f.Int("original_max_position_embeddings"));
+    if (!orig || *orig <= 0) {
+      return absl::InvalidArgumentError(fmt::format(
+          "{}: field '{}' of type yarn needs a positive original_max_position_embeddings",
+          source, field));
+    }
+    out->original_max_position_embeddings = *orig;
+    ASSIGN_OR_RETURN(std::optional<double> beta_fast, f.Number("beta_fast"));
+    ASSIGN_OR_RETURN(std::optional<double> beta_slow, f.Number("beta_slow"));
+    ASSIGN_OR_RETURN(std::optional<double> mscale, f.Number("mscale"));
+    ASSIGN_OR_RETURN(std::optional<double> mscale_all_dim, f.Number("mscale_all_dim"));
+    ASSIGN_OR_RETURN(out->attention_factor, f.Number("attention_factor"));
+    ASSIGN_OR_RETURN(std::optional<bool> truncate, f.Bool("truncate"));
+    // transformers treats 0 like absent for the betas (`or 32`), so do we.
+    out->beta_fast = beta_fast && *beta_fast != 0 ? *beta_fast : 32.0;
+    out->beta_slow = beta_slow && *beta_slow != 0 ? *beta_slow : 1.0;
+    out->mscale = mscale.value_or(0.0);
+    out->mscale_all_dim = mscale_all_dim.value_or(0.0);
+    out->truncate = truncate.value_or(true);
+    if (!(out->beta_fast > out->beta_slow)) {
+      return absl::InvalidArgumentError(fmt::format(
+          "{}: field '{}': beta_fast {} must be greater than beta_slow {}", source, field,
+          out->beta_fast, out->beta_slow));
+    }
   } else {
     return absl::InvalidArgumentError(fmt::format(
-        "{}: field '{}' has type '{}', which is not supported (supported: linear, llama3)",
+        "{}: field '{}' has type '{}', which is not supported (supported: linear, llama3, yarn)",
         source, field, *type));
   }
   if (!factor) {
@@ -137,6 +164,181 @@ absl::Status ParseRopeScaling(const std::string& source, const Json& config,
         fmt::format("{}: field '{}' of type {} needs 'factor'", source, field, *type));
   }
   out->factor = *factor;
+  return absl::OkStatus();
+}
+
+// DeepSeek-V2/V3's MLA and MoE fields, checked against each other here because only
+// this parser knows them (ValidateModelConfig checks the generic part). Absent fields
+// take the defaults of DeepSeek's own configuration classes.
+absl::Status ParseDeepseekFields(const JsonFields& f, ModelConfig* c) {
+  DeepseekConfig& d = c->deepseek;
+  const bool v3 = c->arch == Arch::kDeepseekV3;
+  ASSIGN_OR_RETURN(d.q_lora_rank, f.Int("q_lora_rank"));
+  ASSIGN_OR_RETURN(d.kv_lora_rank, f.RequiredInt("kv_lora_rank"));
+  ASSIGN_OR_RETURN(d.qk_nope_head_dim, f.RequiredInt("qk_nope_head_dim"));
+  ASSIGN_OR_RETURN(d.qk_rope_head_dim, f.RequiredInt("qk_rope_head_dim"));
+  ASSIGN_OR_RETURN(d.v_head_dim, f.RequiredInt("v_head_dim"));
+  ASSIGN_OR_RETURN(std::optional<bool> interleave, f.Bool("rope_interleave"));
+  d.rope_interleave = interleave.value_or(true);  // V2 always interleaves
+  ASSIGN_OR_RETURN(std::optional<int64_t> routed, f.Int("n_routed_experts"));
+  d.n_routed_experts = routed.value_or(0);  // absent: a dense model
+  ASSIGN_OR_RETURN(std::optional<int64_t> shared, f.Int("n_shared_experts"));
+  d.n_shared_experts = shared.value_or(0);
+  ASSIGN_OR_RETURN(std::optional<int64_t> per_tok, f.Int("num_experts_per_tok"));
+  d.num_experts_per_tok = per_tok.value_or(0);
+  ASSIGN_OR_RETURN(std::optional<int64_t> moe_inter, f.Int("moe_intermediate_size"));
+  d.moe_intermediate_size = moe_inter.value_or(0);
+  ASSIGN_OR_RETURN(std::optional<int64_t> first_dense, f.Int("first_k_dense_replace"));
+  d.first_k_dense_replace = first_dense.value_or(0);
+  ASSIGN_OR_RETURN(std::optional<int64_t> freq, f.Int("moe_layer_freq"));
+  d.moe_layer_freq = freq.value_or(1);
+  ASSIGN_OR_RETURN(std::optional<int64_t> n_group, f.Int("n_group"));
+  d.n_group = n_group.value_or(1);
+  ASSIGN_OR_RETURN(std::optional<int64_t> topk_group, f.Int("topk_group"));
+  d.topk_group = topk_group.value_or(1);
+  ASSIGN_OR_RETURN(std::optional<bool> norm, f.Bool("norm_topk_prob"));
+  d.norm_topk_prob = norm.value_or(v3);
+  ASSIGN_OR_RETURN(std::optional<double> scaling, f.Number("routed_scaling_factor"));
+  d.routed_scaling_factor = scaling.value_or(1.0);
+  ASSIGN_OR_RETURN(std::optional<int64_t> nextn, f.Int("num_nextn_predict_layers"));
+  d.num_nextn_predict_layers = nextn.value_or(0);
+
+  ASSIGN_OR_RETURN(std::optional<std::string> scoring, f.String("scoring_func"));
+  const std::string scoring_name = scoring.value_or(v3 ? "sigmoid" : "softmax");
+  if (scoring_name == "softmax") {
+    d.scoring_func = DeepseekConfig::ScoringFunc::kSoftmax;
+  } else if (scoring_name == "sigmoid") {
+    d.scoring_func = DeepseekConfig::ScoringFunc::kSigmoid;
+  } else {
+    return f.Error("scoring_func", fmt::format("is '{}' (expected softmax or sigmoid)", scoring_name));
+  }
+  ASSIGN_OR_RETURN(std::optional<std::string> method, f.String("topk_method"));
+  const std::string method_name = method.value_or(v3 ? "noaux_tc" : "greedy");
+  if (method_name == "greedy") {
+    d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
+  } else if (method_name == "group_limited_greedy") {
+    d.topk_method = DeepseekConfig::TopkMethod::kGroupLimitedGreedy;
+  } else if (method_name == "noaux_tc") {
+    d.topk_method = DeepseekConfig::TopkMethod::kNoauxTc;
+  } else {
+    return f.Error("topk_method", fmt::format("is '{}' (expected greedy, group_limited_greedy or noaux_tc)",
+                                              method_name));
+  }
+  // noaux_tc is defined over sigmoid scores plus the correction bias; the greedy methods
+  // over softmax probabilities. The other pairings exist in no checkpoint.
+  const bool sigmoid = d.scoring_func == DeepseekConfig::ScoringFunc::kSigmoid;
+  if (sigmoid != (d.topk_method == DeepseekConfig::TopkMethod::kNoauxTc)) {
+    return f.Error("topk_method", fmt::format("'{}' does not go with scoring_func '{}' (noaux_tc needs "
+                                              "sigmoid; greedy and group_limited_greedy need softmax)",
+                                              method_name, scoring_name));
+  }
+
+  // MLA has one latent "kv head" shared by all query heads; the generic fields are set
+  // so that ValidateModelConfig's head checks hold (HF's DeepSeek-V3 config writes a
+  // num_key_value_heads and a head_dim that MLA does not use).
+  c->num_kv_heads = c->num_heads;
+  c->head_dim = d.qk_nope_head_dim + d.qk_rope_head_dim;
+
+  constexpr int64_t kMaxSize = int64_t{1} << 26;
+  auto positive = [&](const char* field, int64_t v) -> absl::Status {
+    if (v <= 0 || v > kMaxSize) return f.Error(field, fmt::format("is {} (expected 1 to {})", v, kMaxSize));
+    return absl::OkStatus();
+  };
+  if (d.q_lora_rank) RETURN_IF_ERROR(positive("q_lora_rank", *d.q_lora_rank));
+  RETURN_IF_ERROR(positive("kv_lora_rank", d.kv_lora_rank));
+  RETURN_IF_ERROR(positive("qk_rope_head_dim", d.qk_rope_head_dim));
+  RETURN_IF_ERROR(positive("v_head_dim", d.v_head_dim));
+  if (d.qk_nope_head_dim < 0 || d.qk_nope_head_dim > kMaxSize) {
+    return f.Error("qk_nope_head_dim", fmt::format("is {} (expected 0 to {})", d.qk_nope_head_dim, kMaxSize));
+  }
+  if (d.qk_rope_head_dim % 2 != 0) {
+    return f.Error("qk_rope_head_dim", fmt::format("is {}, which is odd; rotary embeddings need pairs",
+                                                   d.qk_rope_head_dim));
+  }
+  if (d.n_routed_experts < 0 || d.n_routed_experts > kMaxSize) {
+    return f.Error("n_routed_experts", fmt::format("is {} (expected 0 to {})", d.n_routed_experts, kMaxSize));
+  }
+  if (d.n_routed_experts > 0) {
+    RETURN_IF_ERROR(positive("num_experts_per_tok", d.num_experts_per_tok));
+    RETURN_IF_ERROR(positive("moe_intermediate_size", d.moe_intermediate_size));
+    RETURN_IF_ERROR(positive("moe_layer_freq", d.moe_layer_freq));
+    RETURN_IF_ERROR(positive("n_group", d.n_group));
+    RETURN_IF_ERROR(positive("topk_group", d.topk_group));
+    if (d.n_shared_experts < 0 || d.n_shared_experts > kMaxSize) {
+      return f.Error("n_shared_experts", fmt::format("is {} (expected 0 to {})", d.n_shared_experts, kMaxSize));
+    }
+    if (d.first_k_dense_replace < 0) {
+      return f.Error("first_k_dense_replace", fmt::format("is {} (expected >= 0)", d.first_k_dense_replace));
+    }
+    if (d.num_experts_per_tok > d.n_routed_experts) {
+      return f.Error("num_experts_per_tok", fmt::format("is {}, more than the {} n_routed_experts",
+                                                        d.num_experts_per_tok, d.n_routed_experts));
+    }
+    if (d.n_routed_experts % d.n_group != 0) {
+      return f.Error("n_group", fmt::format("is {}, which does not divide the {} n_routed_experts", d.n_group,
+                                            d.n_routed_experts));
+    }
+    if (d.topk_group > d.n_group) {
+      return f.Error("topk_group", fmt::format("is {}, more than the {} groups (n_group)", d.topk_group, d.n_group));
+    }
+    const int64_t per_group = d.n_routed_experts / d.n_group;
+    if (d.topk_method != DeepseekConfig::TopkMethod::kGreedy && d.topk_group * per_group < d.num_experts_per_tok) {
+      return f.Error("topk_group", fmt::format("is {}: {} groups of {} experts cannot supply the {} "
+                                               "num_experts_per_tok",
+                                               d.topk_group, d.topk_group, per_group, d.num_experts_per_tok));
+    }
+    // noaux_tc scores a group by its best two experts.
+    if (d.topk_method == DeepseekConfig::TopkMethod::kNoauxTc && per_group < 2) {
+      return f.Error("n_group", fmt::format("is {}: noaux_tc needs at least 2 experts per group, "
+                                            "{} n_routed_experts give {}",
+                                            d.n_group, d.n_routed_experts, per_group));
+    }
+    if (!(d.routed_scaling_factor > 0) || !std::isfinite(d.routed_scaling_factor)) {
+      return f.Error("routed_scaling_factor", fmt::format("is {} (expected > 0)", d.routed_scaling_factor));
+    }
+  }
+  if (d.num_nextn_predict_layers < 0) {
+    return f.Error("num_nextn_predict_layers", fmt::format("is {} (expected >= 0)", d.num_nextn_predict_layers));
+  }
+  return absl::OkStatus();
+}
+
+// `quantization_config`: the only scheme read is DeepSeek-V3's FP8 (e4m3 weights with one
+// scale per 128x128 block in `<name>.weight_scale_inv`, activations kept in f32, which
+// is at least as exact as the dynamic per-token FP8 the config names). The weights' own
+// dtype says which tensors are FP8 (worker/models/linear.cc); anything else is refused
+// here rather than misread there.
+absl::Status CheckQuantizationConfig(const std::string& source, const Json& config) {
+  auto it = config.find("quantization_config");
+  if (it == config.end() || it->is_null()) return absl::OkStatus();
+  auto bad = [&](std::string_view sub_field, const std::string& what) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: field 'quantization_config{}' {}", source, sub_field, what));
+  };
+  if (!it->is_object()) return bad("", "is not an object");
+  auto text = [&](const char* key) -> std::optional<std::string> {
+    auto v = it->find(key);
+    if (v == it->end() || !v->is_string()) return std::nullopt;
+    return v->get<std::string>();
+  };
+  const std::optional<std::string> method = text("quant_method");
+  if (method != "fp8") {
+    return bad(".quant_method", fmt::format("is '{}' (supported: fp8, DeepSeek-V3's block-scaled FP8)",
+                                            method.value_or("")));
+  }
+  if (const auto fmt_name = text("fmt"); fmt_name && *fmt_name != "e4m3") {
+    return bad(".fmt", fmt::format("is '{}' (supported: e4m3)", *fmt_name));
+  }
+  if (const auto scheme = text("activation_scheme"); scheme && *scheme != "dynamic") {
+    return bad(".activation_scheme", fmt::format("is '{}' (supported: dynamic)", *scheme));
+  }
+  if (auto block = it->find("weight_block_size"); block != it->end()) {
+    if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
+        !(*block)[1].is_number_integer() || (*block)[0].get<int64_t>() != 128 ||
+        (*block)[1].get<int64_t>() != 128) {
+      return bad(".weight_block_size", "must be [128, 128]");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -152,9 +354,13 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& source, const std::
     c.arch = Arch::kLlama;
   } else if (*model_type == "qwen2") {
     c.arch = Arch::kQwen2;
+  } else if (*model_type == "deepseek_v2") {
+    c.arch = Arch::kDeepseekV2;
+  } else if (*model_type == "deepseek_v3") {
+    c.arch = Arch::kDeepseekV3;
   } else {
     return f.Error("model_type", fmt::format("is '{}', which is not supported (supported: "
-                                             "llama, qwen2)",
+                                             "llama, qwen2, deepseek_v2, deepseek_v3)",
                                              *model_type));
   }
   c.arch_name = *model_type;
@@ -189,6 +395,14 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& source, const std::
   if (bos.size() > 1) return f.Error("bos_token_id", "must be a single token id");
   if (!bos.empty()) c.bos_token_id = bos[0];
   ASSIGN_OR_RETURN(c.eos_token_ids, f.TokenIds("eos_token_id"));
+  RETURN_IF_ERROR(CheckQuantizationConfig(source, j));
+  if (IsDeepseek(c.arch)) {
+    RETURN_IF_ERROR(ParseDeepseekFields(f, &c));
+  } else if (c.rope_scaling.type == RopeScaling::Type::kYarn) {
+    return f.Error(scaling_field, fmt::format("has type yarn, which model_type {} does not support "
+                                              "(only deepseek_v2 and deepseek_v3 do)",
+                                              c.arch_name));
+  }
   return c;
 }
 

@@ -10,8 +10,9 @@
 
 namespace shoal::worker {
 
-// config.json -> ModelConfig for model_type llama and qwen2 (unvalidated: call
-// ValidateModelConfig). Errors name the file and the field.
+// config.json -> ModelConfig for model_type llama, qwen2, deepseek_v2 and deepseek_v3
+// (generic fields unvalidated: call ValidateModelConfig; DeepSeek's MLA/MoE fields are
+// checked here, against each other). Errors name the file and the field.
 absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& source, const std::string& text);
 
 // generation_config.json's eos_token_id (an int, a list or absent).

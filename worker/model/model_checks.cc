@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "worker/common/status_macros.h"
+#include "worker/model/deepseek_tensors.h"
 
 namespace shoal::worker {
 
@@ -79,6 +80,7 @@ absl::Status ValidateModelConfig(const std::string& source, ModelConfig* c) {
 
 absl::Status ForEachExpectedTensor(const ModelConfig& c,
                                    const std::function<absl::Status(const ExpectedTensor&)>& visit) {
+  if (IsDeepseek(c.arch)) return ForEachExpectedDeepseekTensor(c, visit);
   const int64_t hidden = c.hidden_size;
   const int64_t q_out = c.num_heads * c.head_dim;
   const int64_t kv_out = c.num_kv_heads * c.head_dim;

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include "worker/common/status_macros.h"
+#include "worker/kernels/cpu/fp8_matmul.h"
 #include "worker/kernels/cpu/quant.h"
 
 namespace shoal::worker {
@@ -21,11 +22,53 @@ absl::StatusOr<const TensorView*> GetMatrix(const WeightStore& store, const std:
     return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' has shape {}, expected [{}, {}]",
                                                   store.Source(), name, ShapeString(t->shape), out, in));
   }
-  if (!cpu::MatmulSupports(t->dtype)) {
+  if (!cpu::MatmulSupports(t->dtype) && t->dtype != DType::kF8E4M3) {
     return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' has dtype {}, which the CPU matmul does not support",
                                                   store.Source(), name, DTypeName(t->dtype)));
   }
   return t;
+}
+
+int64_t NumScaleBlocks(int64_t n) { return (n + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize; }
+
+// An F8_E4M3 weight `<name>.weight` is only meaningful with its block scales
+// `<name>.weight_scale_inv` (DeepSeek-V3's layout: f32, [ceil(out/128), ceil(in/128)]);
+// they are attached to the whole-matrix view `m`, in place.
+absl::Status AttachBlockScales(const WeightStore& store, const std::string& name,
+                               cpu::WeightMatrix* m) {
+  if (m->dtype != DType::kF8E4M3) return absl::OkStatus();
+  const std::string sname = name + ".weight_scale_inv";
+  const TensorView* s = store.Find(sname);
+  if (s == nullptr) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor '{}.weight' is F8_E4M3 but its block scales '{}' are missing", store.Source(),
+        name, sname));
+  }
+  const int64_t want_rows = NumScaleBlocks(m->rows), want_cols = NumScaleBlocks(m->cols);
+  if (s->dtype != DType::kF32 || s->shape.size() != 2 || s->shape[0] != want_rows ||
+      s->shape[1] != want_cols) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor '{}' is {} of shape {}, expected F32 [{}, {}] (one scale per {}x{} block of "
+        "the [{}, {}] weight)",
+        store.Source(), sname, DTypeName(s->dtype), ShapeString(s->shape), want_rows, want_cols,
+        cpu::kFp8BlockSize, cpu::kFp8BlockSize, m->rows, m->cols));
+  }
+  m->block_scales = reinterpret_cast<const float*>(s->data);
+  m->scale_stride = want_cols;
+  return absl::OkStatus();
+}
+
+// A shard of an FP8 weight must start and end on scale blocks, so that its view of the
+// scale grid is a sub-grid (the last shard may end on a partial block).
+absl::Status CheckFp8ShardAligned(const WeightStore& store, const std::string& name,
+                                  const cpu::WeightMatrix& m, int64_t shard_size, ShardOf shard,
+                                  const char* what) {
+  if (m.dtype != DType::kF8E4M3 || shard.count == 1 || shard_size % cpu::kFp8BlockSize == 0) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(fmt::format(
+      "{}: tensor '{}': {} shards of {} {} do not align to the {}-element FP8 scale blocks",
+      store.Source(), name, shard.count, shard_size, what, cpu::kFp8BlockSize));
 }
 
 absl::Status CheckDivides(const WeightStore& store, const std::string& name, int64_t n,
@@ -80,8 +123,13 @@ absl::StatusOr<ColumnParallelLinear> ColumnParallelLinear::Load(const WeightStor
   const int64_t rows = out / shard.count;
   ColumnParallelLinear l;
   l.w_ = cpu::WeightMatrix::Of(*t);
+  RETURN_IF_ERROR(AttachBlockScales(store, name, &l.w_));
+  RETURN_IF_ERROR(CheckFp8ShardAligned(store, wname, l.w_, rows, shard, "output features"));
   l.w_.data = t->row(rows * shard.rank);
   l.w_.rows = rows;
+  if (l.w_.block_scales != nullptr) {
+    l.w_.block_scales += (rows * shard.rank / cpu::kFp8BlockSize) * l.w_.scale_stride;
+  }
   if (has_bias) {
     ASSIGN_OR_RETURN(VectorParam b, VectorParam::Load(store, name + ".bias", rows, rows * shard.rank));
     l.bias_ = std::move(b);
@@ -98,8 +146,11 @@ absl::StatusOr<RowParallelLinear> RowParallelLinear::Load(const WeightStore& sto
   const int64_t cols = in / shard.count;
   RowParallelLinear l;
   l.w_ = cpu::WeightMatrix::Of(*t);  // row_stride stays the full row: a strided view
+  RETURN_IF_ERROR(AttachBlockScales(store, name, &l.w_));
+  RETURN_IF_ERROR(CheckFp8ShardAligned(store, wname, l.w_, cols, shard, "input features"));
   l.w_.data = t->data + RowBytes(t->dtype, cols * shard.rank);
   l.w_.cols = cols;
+  if (l.w_.block_scales != nullptr) l.w_.block_scales += cols * shard.rank / cpu::kFp8BlockSize;
   return l;
 }
 

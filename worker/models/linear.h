@@ -8,6 +8,9 @@
 //                         every row, its outputs are partial sums that the ranks add up
 //                         with an all-reduce (o_proj, down_proj).
 // With a shard count of 1 both are the whole matrix.
+// FP8 (F8_E4M3) weights bring their 128x128 block scales `<name>.weight_scale_inv` along
+// (DeepSeek-V3's release layout); a shard's view of the scale grid is the sub-grid of its
+// blocks, so FP8 shards must split on multiples of 128.
 #include <cstdint>
 #include <optional>
 #include <string>

@@ -12,6 +12,8 @@ namespace {
 constexpr std::string_view kSmolLM2System =
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 constexpr std::string_view kQwen2System = "You are a helpful assistant.";
+// The template writes {{bos_token}}; DeepSeek's tokenizer_config.json names this token.
+constexpr std::string_view kDeepSeekBos = "<｜begin▁of▁sentence｜>";
 
 // Python's str.isspace(), which is what Jinja's `trim` filter strips.
 bool IsPythonSpace(uint32_t cp) {
@@ -65,18 +67,63 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromSource(std::string_view jinja_sou
     if (has(kQwen2System)) return ChatTemplate(Family::kQwen2);
     return ChatTemplate(Family::kChatML);
   }
+  if (has("<｜User｜>") && has("<｜Assistant｜>")) {
+    // R1's templates strip past reasoning (split('</think>')); the ones since 2025-02 also
+    // end the generation prompt with <think>\n.
+    if (has("</think>")) return ChatTemplate(Family::kDeepSeekR1, has("<｜Assistant｜><think>"));
+    return ChatTemplate(Family::kDeepSeekV3);
+  }
   std::vector<std::string_view> found;
   for (std::string_view m : {"<|im_end|>", "<|end_header_id|>", "[INST]", "<start_of_turn>",
                              "<｜User｜>", "<|user|>", "bos_token", "messages"}) {
     if (has(m)) found.push_back(m);
   }
   return absl::InvalidArgumentError(fmt::format(
-      "chat template not recognised: no <|im_start|> (ChatML, SmolLM2, Qwen2) or "
-      "<|start_header_id|>+<|eot_id|> (Llama 3) marker; markers found: [{}]",
+      "chat template not recognised: no <|im_start|> (ChatML, SmolLM2, Qwen2), "
+      "<|start_header_id|>+<|eot_id|> (Llama 3) or <｜User｜>+<｜Assistant｜> (DeepSeek) "
+      "marker; markers found: [{}]",
       fmt::join(found, ", ")));
 }
 
-ChatTemplate ChatTemplate::ForFamily(Family family) { return ChatTemplate(family); }
+ChatTemplate ChatTemplate::ForFamily(Family family) {
+  return ChatTemplate(family, family == Family::kDeepSeekR1);
+}
+
+// DeepSeek's template gathers every system message (joined by a blank line) right after
+// BOS, wherever they stand in the list, then writes the turns with no separators; content
+// is not trimmed.
+absl::StatusOr<std::string> ChatTemplate::RenderDeepSeek(std::span<const ChatTurn> messages,
+                                                         bool add_generation_prompt) const {
+  std::string out(kDeepSeekBos);
+  bool first_system = true;
+  for (const ChatTurn& m : messages) {
+    if (m.role != "system") continue;
+    if (!first_system) out += "\n\n";
+    out += m.content;
+    first_system = false;
+  }
+  for (const ChatTurn& m : messages) {
+    if (m.role == "user") {
+      out += "<｜User｜>";
+      out += m.content;
+    } else if (m.role == "assistant") {
+      std::string_view content = m.content;
+      if (family_ == Family::kDeepSeekR1) {
+        // Python's content.split('</think>')[-1]: what follows the last closing tag.
+        const size_t end = content.rfind("</think>");
+        if (end != std::string_view::npos) content.remove_prefix(end + std::string_view("</think>").size());
+      }
+      out += "<｜Assistant｜>";
+      out += content;
+      out += "<｜end▁of▁sentence｜>";
+    }
+  }
+  if (add_generation_prompt) {
+    out += "<｜Assistant｜>";
+    if (think_prefix_) out += "<think>\n";
+  }
+  return out;
+}
 
 absl::StatusOr<std::string> ChatTemplate::Render(std::span<const ChatTurn> messages,
                                                  bool add_generation_prompt) const {
@@ -87,6 +134,9 @@ absl::StatusOr<std::string> ChatTemplate::Render(std::span<const ChatTurn> messa
       return absl::InvalidArgumentError(fmt::format(
           "messages[{}].role: '{}' is not one of system, user, assistant", i, role));
     }
+  }
+  if (family_ == Family::kDeepSeekV3 || family_ == Family::kDeepSeekR1) {
+    return RenderDeepSeek(messages, add_generation_prompt);
   }
   std::string out;
   if (family_ == Family::kLlama3) {
