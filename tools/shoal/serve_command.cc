@@ -3,9 +3,11 @@
 // streamed answer on stdout, stop it.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tools/shoal/commands.h"
@@ -30,6 +32,9 @@ struct ServeFlags {
   std::string worker_binary;
   std::string router_binary;
   int ready_timeout_s = 300;
+  // The worker group's shape: tensor x pipeline ranks, each its own shoal-worker.
+  int tensor = 1;
+  int pipeline = 1;
   // --once
   std::string once;
   int max_tokens = 256;
@@ -58,6 +63,37 @@ ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
   if (f.max_model_len > 0) c.argv.insert(c.argv.end(), {"--max-model-len", std::to_string(f.max_model_len)});
   c.health_address = DialAddress("127.0.0.1", port);
   return c;
+}
+
+// A multi-rank group: the leader gets the shape and serves the rendezvous on
+// `rendezvous_port`; each follower (rank 1..W-1) is a shoal-worker that only dials it.
+// Followers start first and report no health of their own: the leader turns SERVING only
+// once every rank has joined.
+std::vector<ChildSpec> GroupChildren(const ServeFlags& f, int port, int metrics_port, int rendezvous_port) {
+  const int world = f.tensor * f.pipeline;
+  const std::string leader_addr = fmt::format("127.0.0.1:{}", rendezvous_port);
+  // Ranks share the machine's cores unless told otherwise.
+  const int threads = f.threads > 0 ? f.threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world);
+  ServeFlags per_rank = f;
+  per_rank.threads = threads;
+  std::vector<ChildSpec> children;
+  for (int r = 1; r < world; ++r) {
+    ChildSpec c;
+    c.name = fmt::format("worker rank {}", r);
+    c.argv = {f.worker_binary.empty() ? ExecutableDir() + "/shoal-worker" : f.worker_binary,
+              "--rank", std::to_string(r), "--world-size", std::to_string(world), "--leader-addr", leader_addr,
+              "--group-host", "127.0.0.1", "--threads", std::to_string(threads), "--log-level", f.log_level,
+              "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"};  // health only, on any free port
+    if (!f.model.empty()) c.argv.insert(c.argv.end(), {"--model", f.model});
+    children.push_back(std::move(c));
+  }
+  ChildSpec leader = WorkerChild(per_rank, port, metrics_port);
+  leader.name = "worker rank 0 (leader)";
+  leader.argv.insert(leader.argv.end(), {"--tensor", std::to_string(f.tensor), "--pipeline", std::to_string(f.pipeline),
+                                         "--leader-addr", leader_addr, "--group-host", "127.0.0.1"});
+  children.push_back(std::move(leader));
+  return children;
 }
 
 // The front door on the public ports: gRPC, OpenAI-compatible HTTP and metrics, in front of
@@ -97,11 +133,19 @@ int RunServe(ServeFlags f) {
     }
     *p = *picked;
   }
-  std::vector<ChildSpec> children = {WorkerChild(f, worker_port, worker_metrics_port)};
+  std::vector<ChildSpec> children;
+  if (f.tensor * f.pipeline > 1) {
+    // The rendezvous is one more service on the leader's own gRPC port, as in Kubernetes.
+    children = GroupChildren(f, worker_port, worker_metrics_port, worker_port);
+    std::fprintf(stderr, "shoal serve: starting a worker group of %d ranks (tensor %d x pipeline %d)\n",
+                 f.tensor * f.pipeline, f.tensor, f.pipeline);
+  } else {
+    children.push_back(WorkerChild(f, worker_port, worker_metrics_port));
+  }
   children.push_back(RouterChild(f, port, http_port, metrics_port, children.back().health_address));
   const std::string endpoint = children.back().health_address;
   std::fprintf(stderr, "shoal serve: starting the worker (%s) and the router (%s)\n", children[0].argv[0].c_str(),
-               children[1].argv[0].c_str());
+               children.back().argv[0].c_str());
   auto tree = ServingTree::Start(std::move(children), std::chrono::seconds(f.ready_timeout_s));
   if (!tree.ok()) {
     std::fprintf(stderr, "shoal serve: %s\n", tree.status().ToString().c_str());
@@ -161,6 +205,10 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--router-binary", f->router_binary, "shoal-router to run (default: next to shoal)");
   cmd->add_option("--ready-timeout", f->ready_timeout_s, "seconds to wait for the tree to be healthy")
       ->capture_default_str();
+  cmd->add_option("--tensor", f->tensor, "tensor parallel ranks of the worker group (one process each)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--pipeline", f->pipeline, "pipeline stages of the worker group (one process each)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--once", f->once, "ask this one question as a chat message, print the answer, stop");
   cmd->add_option("--max-tokens", f->max_tokens, "answer length limit with --once")->capture_default_str();
   cmd->add_option("--temperature", f->temperature, "sampling temperature with --once; 0 = greedy")

@@ -16,6 +16,7 @@
 
 namespace shoal::worker {
 
+class Communicator;
 class ThreadPool;
 
 // Choices about how a model instance computes, fixed when it is created.
@@ -24,6 +25,10 @@ struct CausalLMOptions {
   // memory per token, and with it attention computes as llama.cpp's does on the CPU) or
   // kF32 (exact f32 attention, e.g. for comparing against f32 reference implementations).
   DType kv_cache_dtype = DType::kF16;
+  // The tensor ranks of this pipeline stage (worker/parallel), for the all-reduces after
+  // the row-parallel layers and the vocabulary-parallel embedding and LM head. Required
+  // when the shard's tp_size > 1; must outlive the model.
+  Communicator* tensor_group = nullptr;
 };
 
 struct SequenceChunk {
@@ -54,6 +59,16 @@ class CausalLM {
   // Runs one step. Appends, for each sequence with want_logits (in batch order), a row of
   // config().vocab_size logits to *logits (resized to rows * vocab).
   virtual absl::Status Forward(const ForwardBatch& batch, std::vector<float>* logits) = 0;
+
+  // One pipeline stage's part of a step. The first stage embeds the batch's tokens, the
+  // others take the previous stage's hidden states, `hidden_in` [T, hidden_size] for the
+  // batch's T tokens in order. A stage that is not the last writes its hidden states
+  // [T, hidden_size] to *out; the last writes logits as Forward does. A model that holds
+  // every layer does both ends in one call, like Forward.
+  virtual absl::Status ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
+                                    std::vector<float>* out) {
+    return absl::UnimplementedError("this model does not run as a pipeline stage");
+  }
 
   // Bytes of weights this rank keeps resident (mapped or owned), for sizing and tests.
   virtual size_t WeightBytes() const = 0;

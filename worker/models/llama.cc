@@ -18,6 +18,7 @@
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/models/linear.h"
+#include "worker/parallel/communicator.h"
 
 namespace shoal::worker {
 namespace {
@@ -48,6 +49,7 @@ class LlamaModel final : public CausalLM {
         shard_(shard),
         pool_(pool),
         kv_dtype_(options.kv_cache_dtype),
+        tp_(options.tensor_group),
         rope_(config.head_dim, config.rope_theta, config.rope_scaling,
               std::min<int64_t>(config.max_position_embeddings, 4096)) {}
 
@@ -61,11 +63,23 @@ class LlamaModel final : public CausalLM {
   }
   absl::Status AllocateKvCache(int64_t num_blocks, int block_size) override;
   absl::Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  absl::Status ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
+                            std::vector<float>* out) override;
   size_t WeightBytes() const override { return weight_bytes_; }
 
  private:
   absl::Status Validate(const ForwardBatch& batch) const;
-  void RunLayer(size_t l, int64_t num_tokens, std::span<const cpu::AttentionSequence> seqs);
+  absl::Status RunLayer(size_t l, int64_t num_tokens, std::span<const cpu::AttentionSequence> seqs);
+  // Embeds `tokens` into h_: with tensor parallelism each rank holds a slice of the
+  // vocabulary, fills the rows of its own tokens, zeroes the rest, and the all-reduce sums
+  // the one non-zero row per token.
+  absl::Status Embed(const std::vector<int32_t>& tokens);
+  // h += the row-parallel product in part_, summed over the tensor ranks.
+  absl::Status AddReduced(int64_t T);
+  // logits[rows, vocab] from this rank's vocabulary slice, all-gathered across ranks.
+  absl::Status GatherLogits(int64_t rows, std::vector<float>* logits);
+  bool last_stage() const { return lm_head_.has_value(); }
+  int tp_size() const { return shard_.tp_size; }
   // fn(begin, end) over token rows, split across threads when there are enough of them.
   void ForTokens(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
     if (n >= 32) {
@@ -79,10 +93,12 @@ class LlamaModel final : public CausalLM {
   ShardSpec shard_;
   ThreadPool* pool_;
   DType kv_dtype_;            // kF16 or kF32
+  Communicator* tp_;          // tensor ranks of this stage; null when tp_size == 1
   int64_t num_heads_ = 0;     // of this tensor rank
   int64_t num_kv_heads_ = 0;  // of this tensor rank
   int64_t intermediate_ = 0;  // of this tensor rank
-  std::optional<cpu::WeightMatrix> embed_;  // first pipeline stage only
+  std::optional<cpu::WeightMatrix> embed_;  // first pipeline stage only; this rank's vocabulary rows
+  int64_t vocab_begin_ = 0;                 // first token id of this rank's vocabulary slice
   std::vector<LlamaLayer> layers_;          // layers [first_layer, end_layer)
   std::optional<VectorParam> final_norm_;   // last pipeline stage only
   std::optional<ColumnParallelLinear> lm_head_;
@@ -96,23 +112,35 @@ class LlamaModel final : public CausalLM {
 
   // Activations of the current step, reused across steps.
   std::vector<float> h_, xn_, q_, k_, v_, attn_, gate_, up_;
+  std::vector<float> part_, local_logits_, gathered_;  // tensor parallel only
   std::vector<int64_t> positions_;
 };
 
 absl::Status LlamaModel::Load(const WeightStore& store) {
   const ModelConfig& c = config_;
   const ShardOf tp{shard_.tp_rank, shard_.tp_size};
-  if (c.num_heads % shard_.tp_size != 0 || c.num_kv_heads % shard_.tp_size != 0) {
+  // GQA with fewer kv heads than ranks: each kv head is replicated on tp/kv_heads ranks,
+  // and those ranks' query heads are exactly the ones that read it.
+  const bool kv_replicated = c.num_kv_heads < shard_.tp_size;
+  if (c.num_heads % shard_.tp_size != 0 ||
+      (kv_replicated ? shard_.tp_size % c.num_kv_heads : c.num_kv_heads % shard_.tp_size) != 0) {
     return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor parallel size {} does not divide the {} attention heads and {} kv heads",
+        "{}: tensor parallel size {} does not divide the {} attention heads, or neither divides the other with the {} kv heads",
         store.Source(), shard_.tp_size, c.num_heads, c.num_kv_heads));
   }
+  if (c.vocab_size % shard_.tp_size != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the vocabulary of {}",
+                                                  store.Source(), shard_.tp_size, c.vocab_size));
+  }
+  const ShardOf kv_tp = kv_replicated ? ShardOf{shard_.tp_rank / (shard_.tp_size / static_cast<int>(c.num_kv_heads)),
+                                                static_cast<int>(c.num_kv_heads)}
+                                      : tp;
   if (c.num_heads % c.num_kv_heads != 0 || c.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(fmt::format("{}: {} heads are not a multiple of {} kv heads, or head_dim {} is odd",
                                                   store.Source(), c.num_heads, c.num_kv_heads, c.head_dim));
   }
   num_heads_ = c.num_heads / shard_.tp_size;
-  num_kv_heads_ = c.num_kv_heads / shard_.tp_size;
+  num_kv_heads_ = kv_replicated ? 1 : c.num_kv_heads / shard_.tp_size;
   const int64_t hidden = c.hidden_size, hd = c.head_dim;
 
   if (shard_.is_first_stage()) {
@@ -124,13 +152,17 @@ absl::Status LlamaModel::Load(const WeightStore& store) {
           store.Source(), DTypeName(e->dtype), fmt::join(e->shape, ", "), c.vocab_size, hidden));
     }
     embed_ = cpu::WeightMatrix::Of(*e);
+    const int64_t rows = c.vocab_size / shard_.tp_size;
+    vocab_begin_ = rows * shard_.tp_rank;
+    embed_->data = e->row(vocab_begin_);
+    embed_->rows = rows;
     weight_bytes_ += embed_->bytes();
   }
   for (int64_t i = shard_.first_layer; i < shard_.end_layer; ++i) {
     ASSIGN_OR_RETURN(VectorParam attn_norm, VectorParam::Load(store, LayerName(i, "input_layernorm.weight"), hidden));
     ASSIGN_OR_RETURN(auto q, ColumnParallelLinear::Load(store, LayerName(i, "self_attn.q_proj"), hidden, c.num_heads * hd, c.attention_bias, tp));
-    ASSIGN_OR_RETURN(auto k, ColumnParallelLinear::Load(store, LayerName(i, "self_attn.k_proj"), hidden, c.num_kv_heads * hd, c.attention_bias, tp));
-    ASSIGN_OR_RETURN(auto v, ColumnParallelLinear::Load(store, LayerName(i, "self_attn.v_proj"), hidden, c.num_kv_heads * hd, c.attention_bias, tp));
+    ASSIGN_OR_RETURN(auto k, ColumnParallelLinear::Load(store, LayerName(i, "self_attn.k_proj"), hidden, c.num_kv_heads * hd, c.attention_bias, kv_tp));
+    ASSIGN_OR_RETURN(auto v, ColumnParallelLinear::Load(store, LayerName(i, "self_attn.v_proj"), hidden, c.num_kv_heads * hd, c.attention_bias, kv_tp));
     ASSIGN_OR_RETURN(auto o, RowParallelLinear::Load(store, LayerName(i, "self_attn.o_proj"), c.num_heads * hd, hidden, tp));
     ASSIGN_OR_RETURN(VectorParam mlp_norm, VectorParam::Load(store, LayerName(i, "post_attention_layernorm.weight"), hidden));
     ASSIGN_OR_RETURN(auto gate, ColumnParallelLinear::Load(store, LayerName(i, "mlp.gate_proj"), hidden, c.intermediate_size, false, tp));
@@ -141,7 +173,7 @@ absl::Status LlamaModel::Load(const WeightStore& store) {
     weight_bytes_ += layers_.back().bytes();
   }
   intermediate_ = c.intermediate_size / shard_.tp_size;
-  if (shard_.end_layer == c.num_layers) {
+  if (shard_.end_layer == c.num_layers) {  // the last pipeline stage
     ASSIGN_OR_RETURN(VectorParam norm, VectorParam::Load(store, "model.norm.weight", hidden));
     final_norm_ = std::move(norm);
     // Tied embeddings: the output projection is the embedding table itself, read in
@@ -177,12 +209,6 @@ absl::Status LlamaModel::AllocateKvCache(int64_t num_blocks, int block_size) {
 
 absl::Status LlamaModel::Validate(const ForwardBatch& batch) const {
   if (block_size_ == 0) return absl::FailedPreconditionError("Forward before AllocateKvCache");
-  if (!shard_.is_first_stage() || !lm_head_.has_value()) {
-    return absl::UnimplementedError(fmt::format(
-        "layers [{}, {}) of {}: a pipeline stage takes or gives hidden states, which Forward "
-        "does not carry yet; run the whole model in one stage",
-        shard_.first_layer, shard_.end_layer, config_.num_layers));
-  }
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SequenceChunk& c = batch.seqs[s];
     if (c.tokens.empty()) {
@@ -213,7 +239,7 @@ absl::Status LlamaModel::Validate(const ForwardBatch& batch) const {
 
 // One decoder block over all T tokens of the step: the linear layers see the tokens of
 // every sequence as one matrix; only attention looks at sequences one by one.
-void LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSequence> seqs) {
+absl::Status LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSequence> seqs) {
   const LlamaLayer& L = layers_[l];
   const int64_t hidden = config_.hidden_size, hd = config_.head_dim;
   const int64_t q_width = num_heads_ * hd, kv_width = num_kv_heads_ * hd;
@@ -238,9 +264,17 @@ void LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSeq
   cpu::PagedAttention(pool_, cache, seqs, q_.data(), q_width, num_heads_,
                       1.0f / std::sqrt(static_cast<float>(hd)), attn_.data(), q_width);
 
-  // h += attn·Wo (with tensor parallelism this partial sum is where the all-reduce goes).
-  const cpu::MatmulTarget o = L.o.AccumulateInto(h_.data(), hidden);
-  cpu::Matmul(pool_, attn_.data(), T, q_width, {&o, 1});
+  // h += attn·Wo; with tensor parallelism each rank's product is a partial sum over its
+  // heads, added up across ranks before it joins the residual stream.
+  if (tp_size() == 1) {
+    const cpu::MatmulTarget o = L.o.AccumulateInto(h_.data(), hidden);
+    cpu::Matmul(pool_, attn_.data(), T, q_width, {&o, 1});
+  } else {
+    cpu::MatmulTarget o = L.o.AccumulateInto(part_.data(), hidden);
+    o.accumulate = false;
+    cpu::Matmul(pool_, attn_.data(), T, q_width, {&o, 1});
+    RETURN_IF_ERROR(AddReduced(T));
+  }
 
   // h += (silu(xn·Wgate) * xn·Wup)·Wdown
   ForTokens(T, [&](int64_t b, int64_t e) {
@@ -253,11 +287,77 @@ void LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSeq
     cpu::SiluMul(&gate_[b * intermediate_], &up_[b * intermediate_], &gate_[b * intermediate_],
                  (e - b) * intermediate_);
   });
-  const cpu::MatmulTarget down = L.down.AccumulateInto(h_.data(), hidden);
+  if (tp_size() == 1) {
+    const cpu::MatmulTarget down = L.down.AccumulateInto(h_.data(), hidden);
+    cpu::Matmul(pool_, gate_.data(), T, intermediate_, {&down, 1});
+    return absl::OkStatus();
+  }
+  cpu::MatmulTarget down = L.down.AccumulateInto(part_.data(), hidden);
+  down.accumulate = false;
   cpu::Matmul(pool_, gate_.data(), T, intermediate_, {&down, 1});
+  return AddReduced(T);
+}
+
+absl::Status LlamaModel::AddReduced(int64_t T) {
+  const int64_t n = T * config_.hidden_size;
+  RETURN_IF_ERROR(tp_->AllReduceSum(std::span<float>(part_.data(), n)));
+  for (int64_t i = 0; i < n; ++i) h_[i] += part_[i];
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Embed(const std::vector<int32_t>& tokens) {
+  const int64_t T = static_cast<int64_t>(tokens.size()), hidden = config_.hidden_size;
+  if (tp_size() == 1) {
+    cpu::EmbeddingLookup(*embed_, tokens.data(), T, h_.data());
+    return absl::OkStatus();
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t local = tokens[t] - static_cast<int32_t>(vocab_begin_);
+    if (local >= 0 && local < embed_->rows) {
+      cpu::EmbeddingLookup(*embed_, &local, 1, &h_[t * hidden]);
+    } else {
+      std::fill_n(&h_[t * hidden], hidden, 0.0f);
+    }
+  }
+  return tp_->AllReduceSum(std::span<float>(h_.data(), T * hidden));
+}
+
+absl::Status LlamaModel::GatherLogits(int64_t rows, std::vector<float>* logits) {
+  const int64_t local_vocab = lm_head_->out_features();
+  const int64_t vocab = local_vocab * tp_size();
+  logits->resize(rows * vocab);
+  if (rows == 0) return absl::OkStatus();
+  if (tp_size() == 1) {
+    const cpu::MatmulTarget head = lm_head_->Target(logits->data(), vocab);
+    cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
+    return absl::OkStatus();
+  }
+  local_logits_.resize(rows * local_vocab);
+  gathered_.resize(rows * vocab);
+  const cpu::MatmulTarget head = lm_head_->Target(local_logits_.data(), local_vocab);
+  cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
+  RETURN_IF_ERROR(tp_->AllGather(local_logits_, gathered_));
+  // gathered_: [rank][row][local_vocab] -> logits: [row][rank * local_vocab + j]
+  for (int r = 0; r < tp_size(); ++r) {
+    for (int64_t row = 0; row < rows; ++row) {
+      std::copy_n(&gathered_[(r * rows + row) * local_vocab], local_vocab,
+                  logits->data() + row * vocab + r * local_vocab);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  if (!shard_.is_first_stage() || !last_stage()) {
+    return absl::FailedPreconditionError(fmt::format(
+        "layers [{}, {}) of {}: a pipeline stage runs through ForwardStage, with the hidden states of its neighbours",
+        shard_.first_layer, shard_.end_layer, config_.num_layers));
+  }
+  return ForwardStage(batch, {}, logits);
+}
+
+absl::Status LlamaModel::ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
+                                      std::vector<float>* out) {
   RETURN_IF_ERROR(Validate(batch));
   const int64_t hidden = config_.hidden_size, hd = config_.head_dim;
 
@@ -287,23 +387,30 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, std::vector<float>* 
   v_.resize(T * num_kv_heads_ * hd);
   gate_.resize(T * intermediate_);
   up_.resize(T * intermediate_);
+  if (tp_size() > 1) part_.resize(T * hidden);
 
-  cpu::EmbeddingLookup(*embed_, tokens.data(), T, h_.data());
-  for (size_t l = 0; l < layers_.size(); ++l) RunLayer(l, T, seqs);
+  if (shard_.is_first_stage()) {
+    RETURN_IF_ERROR(Embed(tokens));
+  } else {
+    if (static_cast<int64_t>(hidden_in.size()) != T * hidden) {
+      return absl::InvalidArgumentError(fmt::format("layers [{}, {}): hidden states in have {} floats, the batch's {} tokens need {} x {}",
+                                                    shard_.first_layer, shard_.end_layer, hidden_in.size(), T, T, hidden));
+    }
+    std::copy(hidden_in.begin(), hidden_in.end(), h_.begin());
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) RETURN_IF_ERROR(RunLayer(l, T, seqs));
 
+  if (!last_stage()) {
+    out->assign(h_.begin(), h_.end());
+    return absl::OkStatus();
+  }
   // Final norm and vocabulary projection only for the rows the caller samples from.
   const int64_t rows = static_cast<int64_t>(logit_rows.size());
-  const int64_t vocab = lm_head_->out_features();
   for (int64_t r = 0; r < rows; ++r) {
     cpu::RmsNorm(&h_[logit_rows[r] * hidden], final_norm_->data(), &xn_[r * hidden], 1, hidden,
                  static_cast<float>(config_.rms_norm_eps));
   }
-  logits->resize(rows * vocab);
-  if (rows > 0) {
-    const cpu::MatmulTarget head = lm_head_->Target(logits->data(), vocab);
-    cpu::Matmul(pool_, xn_.data(), rows, hidden, {&head, 1});
-  }
-  return absl::OkStatus();
+  return GatherLogits(rows, out);
 }
 
 }  // namespace
@@ -323,11 +430,11 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateLlama(const LoadedModel& model,
   if (shard.tp_size < 1 || shard.tp_rank < 0 || shard.tp_rank >= shard.tp_size) {
     return absl::InvalidArgumentError(fmt::format("tensor parallel rank {} of {} is out of range", shard.tp_rank, shard.tp_size));
   }
-  if (shard.tp_size != 1) {
-    // Shards load (the linear layers are column/row-parallel views), but the partial sums
-    // of row-parallel layers need an all-reduce, which the CPU path does not have yet.
-    return absl::UnimplementedError(fmt::format(
-        "{}: tensor parallel size {}: the CPU model runs with tensor parallel size 1 only", model.path, shard.tp_size));
+  if (shard.tp_size != 1 && (options.tensor_group == nullptr || options.tensor_group->size() != shard.tp_size ||
+                              options.tensor_group->rank() != shard.tp_rank)) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor parallel rank {} of {} needs CausalLMOptions.tensor_group, a communicator over its {} tensor ranks",
+        model.path, shard.tp_rank, shard.tp_size, shard.tp_size));
   }
   if (c.head_dim <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.vocab_size <= 0) {
     return absl::InvalidArgumentError(fmt::format("{}: config has non-positive sizes (hidden {}, heads {}, kv heads {}, head_dim {}, vocab {})",

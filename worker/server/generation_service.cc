@@ -69,6 +69,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
   std::optional<grpc::Status> final_status_;
   bool finish_called_ = false;
   FinishReason finish_reason_ = FinishReason::kNone;
+  std::optional<ReasoningSplitter> reasoning_;  // set when the request separates reasoning
   int64_t prompt_tokens_ = 0;
   int64_t completion_tokens_ = 0;
   int64_t cached_prompt_tokens_ = 0;
@@ -83,6 +84,17 @@ void GenerateStream::Start(const v1::GenerateRequest& request) {
   runtime_ = *runtime;
   if (translated->engine_request.request_id.empty()) translated->engine_request.request_id = NewRequestId();
   request_id_ = translated->engine_request.request_id;
+
+  // separate_reasoning only means something for a model whose chat template reasons (the
+  // R1 family); for the others the text streams as usual. A chat prompt rendered by R1's
+  // current template already opened <think>; a raw prompt may or may not have.
+  if (request.separate_reasoning()) {
+    const ChatTemplate* chat_template = runtime_->chat_template();
+    if (chat_template != nullptr && chat_template->reasoning()) {
+      reasoning_.emplace(translated->input.kind == PromptInput::Kind::kChat &&
+                         chat_template->prompt_opens_reasoning());
+    }
+  }
 
   auto engine_request = runtime_->BuildRequest(*std::move(translated));
   if (!engine_request.ok()) return FinishEarly(engine_request.status());
@@ -149,6 +161,7 @@ void GenerateStream::OnEngineOutput(GenerationOutput output) {
     if (!write_failed_) {
       pending_.push_back(ToProtoResponse(output));
       pending_.back().set_request_id(request_id_);
+      if (reasoning_) SeparateReasoning(&*reasoning_, last, &pending_.back());
     }
     next = AdvanceLocked();
   }
@@ -166,6 +179,7 @@ GenerateStream::Next GenerateStream::AdvanceLocked() {
       v1::GenerateResponse& more = pending_.front();
       in_flight_.mutable_token_ids()->MergeFrom(more.token_ids());
       in_flight_.mutable_text()->append(more.text());
+      in_flight_.mutable_reasoning_text()->append(more.reasoning_text());
       in_flight_.mutable_logprobs()->MergeFrom(more.logprobs());
       pending_.pop_front();
     }

@@ -3,13 +3,18 @@
 // scripts and `shoal serve` wait for, then serves until SIGTERM/SIGINT, when it drains
 // streams for --shutdown-grace seconds before cancelling what is left.
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdio>
 #include <thread>
 
 #include "worker/common/log.h"
+#include "worker/parallel/group_flags.h"
+#include "worker/parallel/group_runtime.h"
+#include "worker/parallel/rendezvous_service.h"
 #include "worker/server/model_runtime.h"
 #include "worker/server/worker_server.h"
 
@@ -63,12 +68,34 @@ int Run(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  // Multi-rank groups (worker/parallel): rank 0 serves, the others follow it.
+  shoal::worker::GroupOptions group_options;
+  shoal::worker::GroupFlags group_flags;
+  AddGroupFlags(app, &group_options, &group_flags);
   CLI11_PARSE(app, argc, argv);
+  ApplyGroupFlags(group_flags, &group_options);
 
   runtime_options.engine.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
   runtime_options.kv_cache_dtype = kv_cache_dtype == "f32" ? shoal::worker::DType::kF32 : shoal::worker::DType::kF16;
   runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
   shoal::InitLogging(log_level);
+  if (absl::Status st = shoal::worker::ApplyGroupEnv(&group_options); !st.ok()) {
+    spdlog::error("startup failed: {}", st.ToString());
+    return 1;
+  }
+  if (group_options.rank > 0) {
+    auto path = shoal::worker::ResolveModelPath(runtime_options.model);
+    if (!path.ok()) {
+      spdlog::error("model load failed: {}", path.status().ToString());
+      return 1;
+    }
+    // A follower serves no requests, only health (for its pod's readiness probe).
+    const std::string health = server_options.host.find(':') != std::string::npos
+                                   ? fmt::format("[{}]:{}", server_options.host, server_options.port)
+                                   : fmt::format("{}:{}", server_options.host, server_options.port);
+    return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, runtime_options.kv_cache_dtype,
+                                      health);
+  }
 
   // SIGTERM/SIGINT are taken by sigwait below, never by a handler: block them before any
   // thread exists so every thread inherits the mask.
@@ -76,8 +103,25 @@ int Run(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);  // the group broke (raised by the group's failure callback)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (group_options.grouped()) {
+    runtime_options.model_factory = [&group_options](const shoal::worker::LoadedModel& model,
+                                                     shoal::worker::ThreadPool* pool,
+                                                     const shoal::worker::CausalLMOptions& options) {
+      return shoal::worker::CreateGroupLeaderModel(group_options, model, pool, options,
+                                                   [](const absl::Status&) { kill(getpid(), SIGUSR1); });
+    };
+  }
 
+  // When SHOAL_LEADER_ADDR names this server's own port (as the operator sets it), the
+  // group rendezvous is one more service on it; otherwise the group serves its own port.
+  std::unique_ptr<shoal::worker::RendezvousService> rendezvous;
+  if (group_options.grouped() && shoal::worker::LeaderPort(group_options) == server_options.port) {
+    rendezvous = std::make_unique<shoal::worker::RendezvousService>();
+    server_options.extra_services.push_back(rendezvous.get());
+    group_options.rendezvous = rendezvous.get();
+  }
   auto server = WorkerServer::Start(server_options);
   if (!server.ok()) {
     spdlog::error("startup failed: {}", server.status().ToString());
@@ -96,7 +140,27 @@ int Run(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  if (signal_number == SIGUSR1) {
+    // The group lost a rank or a link: say NOT_SERVING at once, let the engine fail what is
+    // queued or running (each with the group's UNAVAILABLE naming the lost rank), linger so
+    // health checkers see the state, then exit non-zero for the whole group to restart.
+    (*server)->SetServing(false);
+    spdlog::error("group broken: NOT_SERVING, failing requests, exiting with status {}",
+                  shoal::worker::kExitGroupFailed);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    for (int i = 0; i < 60; ++i) {
+      const auto stats = (*runtime)->engine().Stats();
+      if (stats.running + stats.waiting == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    (*server)->Shutdown(std::chrono::milliseconds(1000));
+    std::fflush(nullptr);
+    std::_Exit(shoal::worker::kExitGroupFailed);  // no teardown that could wait on a wedged peer
+  }
   spdlog::info("signal={} draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  // The followers' rendezvous streams would hold the server's drain open until the grace
+  // runs out: close them first (the followers wait for the STOP that comes after).
+  if (rendezvous) rendezvous->SetStopping();
   (*server)->Shutdown(std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
   runtime->reset();
   return 0;

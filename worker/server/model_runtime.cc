@@ -42,9 +42,10 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::Load(
   runtime->pool_ = std::make_unique<ThreadPool>(threads);
   ShardSpec shard;
   shard.end_layer = runtime->model_.config.num_layers;
+  const CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype};
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> lm,
-                   CreateCausalLM(runtime->model_, shard, runtime->pool_.get(),
-                                  CausalLMOptions{.kv_cache_dtype = options.kv_cache_dtype}));
+                   options.model_factory ? options.model_factory(runtime->model_, runtime->pool_.get(), lm_options)
+                                         : CreateCausalLM(runtime->model_, shard, runtime->pool_.get(), lm_options));
   ASSIGN_OR_RETURN(runtime->engine_, Engine::Create(options.engine, std::move(lm), runtime->tokenizer_));
 
   runtime->block_size_ = options.engine.block_size;

@@ -18,6 +18,7 @@
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/model/dtype.h"
 #include "worker/model/loaded_model.h"
+#include "worker/models/causal_lm.h"
 #include "worker/server/model_location.h"
 #include "worker/server/request_translation.h"
 #include "worker/tokenizer/chat_template.h"
@@ -31,6 +32,10 @@ struct ModelRuntimeOptions {
   int num_threads = 0;      // 0 = one per core
   DType kv_cache_dtype = DType::kF16;  // kF16 or kF32, see CausalLMOptions
   EngineOptions engine;
+  // Builds the CausalLM instead of CreateCausalLM over the whole model; a multi-rank group's
+  // leader passes one that joins the group (worker/parallel). Empty = one process.
+  std::function<absl::StatusOr<std::unique_ptr<CausalLM>>(const LoadedModel&, ThreadPool*, const CausalLMOptions&)>
+      model_factory;
 };
 
 class ModelRuntime {
@@ -47,6 +52,8 @@ class ModelRuntime {
   Engine& engine() { return *engine_; }
   const Engine& engine() const { return *engine_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  // The recognised chat template; null when the model has none we can render.
+  const ChatTemplate* chat_template() const { return chat_template_ ? &*chat_template_ : nullptr; }
   int max_model_len() const { return engine_->max_model_len(); }
   int block_size() const { return block_size_; }
   v1::ModelInfo Info() const;

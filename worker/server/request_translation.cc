@@ -233,6 +233,17 @@ v1::GenerateResponse ToProtoResponse(const GenerationOutput& output) {
   return r;
 }
 
+void SeparateReasoning(ReasoningSplitter* splitter, bool last, v1::GenerateResponse* response) {
+  ReasoningSplitter::Piece piece = splitter->Push(response->text());
+  if (last) {
+    ReasoningSplitter::Piece rest = splitter->Flush();
+    piece.reasoning += rest.reasoning;
+    piece.text += rest.text;
+  }
+  response->set_text(std::move(piece.text));
+  response->set_reasoning_text(std::move(piece.reasoning));
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const absl::string_view message = status.message();

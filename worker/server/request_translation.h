@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/support/status.h"
 #include "shoal/v1/generate.pb.h"
+#include "worker/engine/reasoning_splitter.h"
 #include "worker/engine/request.h"
 #include "worker/tokenizer/chat_template.h"
 
@@ -49,6 +50,11 @@ v1::FinishReason ToProtoFinishReason(FinishReason reason);
 // One streamed engine piece as the response the client sees; the last piece also carries
 // finish_reason and usage.
 v1::GenerateResponse ToProtoResponse(const GenerationOutput& output);
+
+// GenerateRequest.separate_reasoning on a reasoning model: moves the reasoning part of
+// `response`'s text into reasoning_text. `splitter` carries the split across the stream's
+// responses; `last` (the response with the finish reason) releases what it held back.
+void SeparateReasoning(ReasoningSplitter* splitter, bool last, v1::GenerateResponse* response);
 
 // absl::Status -> grpc::Status; the canonical codes are numerically the same.
 grpc::Status ToGrpcStatus(const absl::Status& status);

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(const WorkerSe
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
   builder.RegisterService(server->generation_.get());
   builder.RegisterService(server->stats_.get());
+  for (grpc::Service* service : options.extra_services) builder.RegisterService(service);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(fmt::format("gRPC server cannot listen on {} (port in use?)", address));
@@ -47,6 +48,10 @@ void WorkerServer::Serve(ModelRuntime* runtime) {
   server_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("serving model={} path={} grpc_port={} metrics_port={}", runtime->served_name(), runtime->path(),
                port_, metrics_port());
+}
+
+void WorkerServer::SetServing(bool serving) {
+  if (server_ != nullptr && !shut_down_) server_->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 void WorkerServer::Shutdown(std::chrono::milliseconds grace) {

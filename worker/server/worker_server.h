@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
@@ -19,6 +20,8 @@ struct WorkerServerOptions {
   std::string host = "0.0.0.0";
   int port = 50051;          // 0 = pick a free port; port() says which
   int metrics_port = 9090;   // 0 = pick a free port; -1 = no metrics endpoint
+  // More services on the same port (a multi-rank group's rendezvous); must outlive the server.
+  std::vector<grpc::Service*> extra_services;
 };
 
 class WorkerServer {
@@ -32,6 +35,9 @@ class WorkerServer {
   // Graceful stop: health NOT_SERVING, no new calls, running streams get up to `grace`
   // to finish, then are cancelled (their engine requests too). Idempotent.
   void Shutdown(std::chrono::milliseconds grace);
+  // grpc.health.v1 status while serving: a multi-rank group's leader turns NOT_SERVING the
+  // moment the group breaks, before it drains and exits.
+  void SetServing(bool serving);
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : -1; }

@@ -1,0 +1,174 @@
+// DeepSeek across a worker group: tensor ranks split heads, shared-expert and dense MLP
+// features, the vocabulary, and the routed experts (expert parallelism); pipeline stages
+// split the layers. Every rank is a forked process joined through the leader's
+// rendezvous; the leader drives a GroupCausalLM over three sequences batched together
+// and reports its tokens and logits, which must equal one process's run and stay within
+// tolerance of transformers.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/models/greedy_driver.h"
+#include "tests/parallel/rank_processes.h"
+#include "worker/kernels/cpu/thread_pool.h"
+#include "worker/model/loaded_model.h"
+#include "worker/parallel/group_causal_lm.h"
+
+namespace shoal::worker {
+namespace {
+
+using testing::RelativeError;
+using testing::RunGreedy;
+using testing::SequenceRun;
+
+constexpr int kBlockSize = 4;
+constexpr int kBlocksPerSeq = 16;
+
+struct Case {
+  std::string fixture;
+  int tensor;
+  int pipeline;
+};
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  std::string f = info.param.fixture;
+  for (char& c : f) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return fmt::format("{}_tp{}_pp{}", f, info.param.tensor, info.param.pipeline);
+}
+
+// The fixture prompt, one prompt prefilled in chunks, and a short one decoding early.
+std::vector<SequenceRun> Runs(const std::vector<int32_t>& prompt, int num_new) {
+  std::vector<SequenceRun> runs(3);
+  runs[0].prompt = prompt;
+  runs[0].num_new = num_new;
+  runs[1].prompt = {5, 9, 200, 17, 33, 8, 100, 3, 77, 41, 12};
+  runs[1].chunk_sizes = {4};
+  runs[1].num_new = 9;
+  runs[2].prompt = {250, 1, 2, 3};
+  runs[2].chunk_sizes = {3, 1};
+  runs[2].num_new = 14;
+  return runs;
+}
+
+class DeepseekGroup : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    const std::string dir = testing::SourceDir() + "/tests/oracle/fixtures/" + GetParam().fixture;
+    std::ifstream f(dir + "/expected.json");
+    ASSERT_TRUE(f) << dir;
+    const nlohmann::json j = nlohmann::json::parse(f);
+    prompt_ = j["prompt"].get<std::vector<int32_t>>();
+    want_logits_ = j["logits"][std::to_string(prompt_.size() - 1)].get<std::vector<float>>();
+    want_greedy_ = j["greedy"].get<std::vector<int32_t>>();
+    auto model = LoadModel(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+  }
+
+  std::string ResultPath(int rank) const {
+    return fmt::format("/tmp/shoal-deepseek-group-{}-{}.json", parent_pid_, rank);
+  }
+
+  // One rank's whole life: the leader writes what it generated, every rank its weight bytes.
+  int RankMain(int rank, int port) {
+    const Case c = GetParam();
+    GroupOptions o;
+    o.rank = rank;
+    o.leader_address = fmt::format("127.0.0.1:{}", port);
+    o.tensor = c.tensor;
+    o.pipeline = c.pipeline;
+    o.micro_batches = 2;
+    o.join_timeout = std::chrono::seconds(30);
+    o.collective_timeout = std::chrono::seconds(30);
+    auto member = GroupMember::Join(o, model_.config.num_layers);
+    if (!member.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, member.status().ToString().c_str());
+      return 10;
+    }
+    ThreadPool pool(1);
+    CausalLMOptions opts{.kv_cache_dtype = DType::kF32, .tensor_group = &(*member)->tensor_group()};
+    auto local = CreateCausalLM(model_, (*member)->shard(), &pool, opts);
+    if (!local.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, local.status().ToString().c_str());
+      return 11;
+    }
+    nlohmann::json out;
+    out["weight_bytes"] = (*local)->WeightBytes();
+    if (rank != 0) {
+      absl::Status st = FollowerLoop(**member, **local);
+      if (!st.ok()) std::fprintf(stderr, "rank %d: %s\n", rank, st.ToString().c_str());
+      std::ofstream(ResultPath(rank)) << out.dump();
+      return st.ok() ? 0 : 12;
+    }
+    auto group = GroupCausalLM::Create(std::move(*member), std::move(*local));
+    if (!group.ok()) return 13;
+    if (!(*group)->AllocateKvCache(3 * kBlocksPerSeq, kBlockSize).ok()) return 14;
+    auto runs = Runs(prompt_, static_cast<int>(want_greedy_.size()));
+    RunGreedy(**group, runs, kBlockSize, kBlocksPerSeq);
+    for (const SequenceRun& r : runs) out["generated"].push_back(r.generated);
+    out["prompt_logits"] = runs[0].prompt_logits;
+    std::ofstream(ResultPath(rank)) << out.dump();
+    group->reset();  // tells the followers to stop
+    return 0;
+  }
+
+  std::vector<int32_t> prompt_;
+  std::vector<float> want_logits_;
+  std::vector<int32_t> want_greedy_;
+  LoadedModel model_;
+  const pid_t parent_pid_ = getpid();
+};
+
+TEST_P(DeepseekGroup, SameTokensAsOneProcessAndLogitsWithinTolerance) {
+  const Case c = GetParam();
+  const int world = c.tensor * c.pipeline;
+  const int port = testing::FreePort();
+  auto exits = testing::RunRanks(world, [&](int rank) { return RankMain(rank, port); }, std::chrono::seconds(90));
+  for (int r = 0; r < world; ++r) {
+    ASSERT_EQ(exits[r].code, 0) << "rank " << r << " signal " << exits[r].signal
+                                << (exits[r].killed_at_deadline ? " (hung, killed)" : "");
+  }
+  std::vector<nlohmann::json> results;
+  for (int r = 0; r < world; ++r) {
+    std::ifstream f(ResultPath(r));
+    ASSERT_TRUE(f) << ResultPath(r);
+    results.push_back(nlohmann::json::parse(f));
+    std::remove(ResultPath(r).c_str());
+  }
+
+  ThreadPool pool(1);
+  auto single = CreateCausalLM(model_, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+  ASSERT_TRUE(single.ok()) << single.status();
+  ASSERT_TRUE((*single)->AllocateKvCache(3 * kBlocksPerSeq, kBlockSize).ok());
+  auto runs = Runs(prompt_, static_cast<int>(want_greedy_.size()));
+  RunGreedy(**single, runs, kBlockSize, kBlocksPerSeq);
+
+  ASSERT_EQ(results[0]["generated"].size(), runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    EXPECT_EQ(results[0]["generated"][i].get<std::vector<int32_t>>(), runs[i].generated) << "sequence " << i;
+  }
+  EXPECT_EQ(runs[0].generated, want_greedy_);
+  const auto logits = results[0]["prompt_logits"].get<std::vector<float>>();
+  ASSERT_EQ(logits.size(), want_logits_.size());
+  EXPECT_LE(RelativeError(logits.data(), want_logits_), 1e-3) << "against transformers";
+  EXPECT_LE(RelativeError(logits.data(), runs[0].prompt_logits), 1e-4) << "against one process";
+  // Each rank holds less than the whole model (experts, heads, features and vocabulary
+  // split; embedding, q_a/kv_a and router whole on every tensor rank).
+  const size_t total = (*single)->WeightBytes();
+  for (int r = 0; r < world; ++r) {
+    const size_t got = results[r]["weight_bytes"].get<size_t>();
+    std::printf("%s rank %d: weight bytes %zu of %zu\n", CaseName({c, 0}).c_str(), r, got, total);
+    EXPECT_LT(got, total * 3 / 4) << "rank " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, DeepseekGroup,
+                         ::testing::Values(Case{"deepseek-v3-tiny", 2, 1}, Case{"deepseek-v2-tiny", 1, 2},
+                                           Case{"deepseek-v2-lite-tiny", 2, 2}, Case{"deepseek-v3-tiny", 4, 1}),
+                         CaseName);
+
+}  // namespace
+}  // namespace shoal::worker

@@ -1,0 +1,173 @@
+#include "worker/parallel/nccl_communicator.h"
+
+#include <fmt/format.h>
+
+#include <gloo/rendezvous/store.h>
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <thread>
+
+namespace shoal::worker {
+
+absl::StatusOr<ncclUniqueId> NcclCommunicator::NewUniqueId() {
+  ncclUniqueId id;
+  if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) {
+    return absl::InternalError(fmt::format("ncclGetUniqueId: {}", ncclGetErrorString(r)));
+  }
+  return id;
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const ncclUniqueId& id, int rank,
+                                                                            std::vector<int> group_ranks,
+                                                                            std::chrono::milliseconds timeout) {
+  auto c = std::unique_ptr<NcclCommunicator>(new NcclCommunicator());
+  c->rank_ = rank;
+  c->group_ranks_ = std::move(group_ranks);
+  c->timeout_ = timeout;
+  if (cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaMalloc(&c->scratch_, sizeof(float)) != cudaSuccess) {
+    return absl::InternalError(fmt::format("NCCL rank {}: cannot create a CUDA stream or scratch buffer", rank));
+  }
+  // Non-blocking init so a rank that never arrives turns into a timeout, not a hang.
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclResult_t r = ncclCommInitRankConfig(&c->comm_, c->size(), id, rank, &config);
+  if (r != ncclSuccess && r != ncclInProgress) return c->Check(r, "init");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  ncclResult_t state = ncclInProgress;
+  while (state == ncclInProgress) {
+    ncclCommGetAsyncError(c->comm_, &state);
+    if (state == ncclInProgress && std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(c->comm_);
+      c->comm_ = nullptr;
+      return absl::DeadlineExceededError(fmt::format("NCCL rank {} of {}: init did not complete within {} ms", rank,
+                                                     c->size(), timeout.count()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (absl::Status st = c->Check(state, "init"); !st.ok()) return st;
+  return c;
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateThroughStore(
+    gloo::rendezvous::Store& store, const std::string& key, int rank, std::vector<int> group_ranks,
+    std::chrono::milliseconds timeout) {
+  ncclUniqueId id;
+  try {
+    if (rank == 0) {
+      auto made = NewUniqueId();
+      if (!made.ok()) return made.status();
+      id = *made;
+      store.set(key, std::vector<char>(id.internal, id.internal + sizeof(id.internal)));
+    } else {
+      store.wait({key}, timeout);
+      const std::vector<char> bytes = store.get(key);
+      if (bytes.size() != sizeof(id.internal)) {
+        return absl::DataLossError(fmt::format("NCCL unique id under '{}' has {} bytes, expected {}", key, bytes.size(),
+                                               sizeof(id.internal)));
+      }
+      std::copy(bytes.begin(), bytes.end(), id.internal);
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(fmt::format("NCCL rank {}: exchanging the unique id under '{}': {}", rank, key,
+                                              e.what()));
+  }
+  return Create(id, rank, std::move(group_ranks), timeout);
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (comm_ != nullptr) broken_.ok() ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+  if (scratch_ != nullptr) cudaFree(scratch_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status NcclCommunicator::Check(ncclResult_t r, const char* op) {
+  if (r == ncclSuccess || r == ncclInProgress) return absl::OkStatus();
+  broken_ = absl::UnavailableError(fmt::format("NCCL {} (rank {} of {}): {}", op, rank_, size(), ncclGetErrorString(r)));
+  return broken_;
+}
+
+absl::Status NcclCommunicator::Sync(const char* op) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(stream_);
+    if (e == cudaSuccess) return absl::OkStatus();
+    if (e != cudaErrorNotReady) {
+      broken_ = absl::InternalError(fmt::format("NCCL {}: CUDA error {}", op, cudaGetErrorString(e)));
+      return broken_;
+    }
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      return Check(async, op);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      broken_ = absl::DeadlineExceededError(
+          fmt::format("NCCL {} (rank {} of {}) did not complete within {} ms", op, rank_, size(), timeout_.count()));
+      return broken_;
+    }
+    std::this_thread::yield();
+  }
+}
+
+absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
+  if (!broken_.ok()) return broken_;
+  if (absl::Status st = Check(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, ncclSum, comm_, stream_),
+                              "all-reduce");
+      !st.ok()) {
+    return st;
+  }
+  return Sync("all-reduce");
+}
+
+absl::Status NcclCommunicator::AllGather(std::span<const float> in, std::span<float> out) {
+  if (!broken_.ok()) return broken_;
+  if (out.size() != in.size() * size()) return absl::InvalidArgumentError("NCCL all-gather: output size");
+  if (absl::Status st = Check(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat32, comm_, stream_), "all-gather");
+      !st.ok()) {
+    return st;
+  }
+  return Sync("all-gather");
+}
+
+absl::Status NcclCommunicator::Broadcast(std::span<std::byte> data, int root) {
+  if (!broken_.ok()) return broken_;
+  if (absl::Status st =
+          Check(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_), "broadcast");
+      !st.ok()) {
+    return st;
+  }
+  return Sync("broadcast");
+}
+
+// NCCL matches point-to-point calls by order per peer; the tag is not needed.
+absl::Status NcclCommunicator::SendAsync(std::span<const std::byte> data, int dst, uint64_t) {
+  if (!broken_.ok()) return broken_;
+  return Check(ncclSend(data.data(), data.size(), ncclUint8, dst, comm_, stream_), "send");
+}
+
+absl::Status NcclCommunicator::WaitSends() {
+  if (!broken_.ok()) return broken_;
+  return Sync("send");
+}
+
+absl::Status NcclCommunicator::Recv(std::span<std::byte> data, int src, uint64_t) {
+  if (!broken_.ok()) return broken_;
+  if (absl::Status st = Check(ncclRecv(data.data(), data.size(), ncclUint8, src, comm_, stream_), "recv"); !st.ok()) {
+    return st;
+  }
+  return Sync("recv");
+}
+
+absl::Status NcclCommunicator::Barrier() {
+  if (!broken_.ok()) return broken_;
+  return AllReduceSum(std::span<float>(scratch_, 1));
+}
+
+}  // namespace shoal::worker
