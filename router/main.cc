@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "absl/synchronization/mutex.h"
 #include "router/discovery.h"
 #include "router/router_server.h"
 #include "worker/common/log.h"
@@ -63,6 +64,13 @@ int Run(int argc, char** argv) {
   app.add_option("--api-key-file", options.api_key_file, "file of accepted API keys, one a line (off when unset)");
   app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate for TLS on the gRPC and HTTP ports");
   app.add_option("--tls-key", options.tls_key_file, "PEM private key for --tls-cert");
+  app.add_option("--upstream-tls-ca", options.upstream_tls_ca_file,
+                 "PEM CA bundle: dial the groups over TLS and verify their certificates with it");
+  app.add_option("--upstream-tls-cert", options.upstream_tls_cert_file,
+                 "PEM client certificate for groups that require mutual TLS");
+  app.add_option("--upstream-tls-key", options.upstream_tls_key_file, "PEM private key for --upstream-tls-cert");
+  app.add_option("--upstream-tls-server-name", options.upstream_tls_server_name,
+                 "name to verify in the groups' certificates when it is not the dialled host");
   app.add_option("--max-body-bytes", options.max_http_body_bytes, "largest HTTP request body")->capture_default_str();
   app.add_option("--shutdown-grace", grace_seconds, "seconds streams get to finish on SIGTERM")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -70,6 +78,10 @@ int Run(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   CLI11_PARSE(app, argc, argv);
   shoal::InitLogging(log_level);
+  // Debian builds Abseil with Mutex deadlock detection on: every lock gRPC takes then
+  // updates a global lock graph, a few percent of the router's CPU per stream for a check
+  // meant for debug builds.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   for (const auto& text : upstreams) {
     auto parsed = shoal::router::ParseHostPort(text);

@@ -41,7 +41,9 @@ struct GenerateStream {
 };
 
 void Accumulate(CompletionResult& result, const v1::GenerateResponse& response) {
+  if (result.include_logprobs) AppendLogprobs(response, static_cast<int64_t>(result.text.size()), result.logprobs);
   result.text += response.text();
+  result.reasoning_text += response.reasoning_text();
   if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) result.finish_reason = response.finish_reason();
   if (response.has_usage()) {
     result.has_usage = true;
@@ -154,6 +156,7 @@ void OpenAiHttpServer::Routes() {
       stream->result.id = NewCompletionId(endpoint);
       stream->result.model = parsed->request.model();
       stream->result.created = UnixSeconds();
+      stream->result.include_logprobs = parsed->request.include_logprobs();
       stream->reader = stub_->Generate(&stream->context, parsed->request);
       // The first message decides the HTTP status: an error before any token is a real
       // 4xx/5xx, not a 200 with an error event.
@@ -185,7 +188,12 @@ void OpenAiHttpServer::Routes() {
             v1::GenerateResponse response = stream->first;
             do {
               delta.text = response.text();
+              delta.reasoning_text = response.reasoning_text();
               delta.finish_reason = response.finish_reason();
+              if (delta.include_logprobs) {
+                delta.logprobs.clear();
+                AppendLogprobs(response, static_cast<int64_t>(stream->result.text.size()), delta.logprobs);
+              }
               Accumulate(stream->result, response);
               if (!send(CompletionChunkJson(endpoint, delta, first))) {
                 client_gone = true;

@@ -43,6 +43,9 @@ int64_t FirstInvalidUtf8Byte(std::string_view bytes) {
 
 namespace {
 
+// The most alternatives per position a group returns (GenerateRequest.top_logprobs).
+constexpr int64_t kMaxTopLogprobs = 20;
+
 absl::Status FieldError(std::string_view field, std::string_view what) {
   // The field name leads the message; OpenAiError() recovers it as `param`.
   return absl::InvalidArgumentError(fmt::format("{}: {}", field, what));
@@ -152,6 +155,29 @@ absl::Status ParseCommon(const json& body, OpenAiEndpoint endpoint, OpenAiReques
       return FieldError("n", "only n = 1 is supported");
     }
   }
+  if (endpoint == OpenAiEndpoint::kCompletions) {
+    // Completions: `logprobs: N` asks for the sampled token's logprob and N alternatives.
+    if (body.contains("logprobs") && !body["logprobs"].is_null()) {
+      auto v = IntegerField(body, "logprobs", 0, kMaxTopLogprobs);
+      if (!v.ok()) return v.status();
+      r.set_include_logprobs(true);
+      r.set_top_logprobs(static_cast<int32_t>(*v));
+    }
+  } else {
+    // Chat: `logprobs: true` plus `top_logprobs: N`; the reasoning of R1-style models comes
+    // back apart from the answer, as `reasoning_content`.
+    r.set_separate_reasoning(true);
+    if (body.contains("logprobs") && !body["logprobs"].is_null()) {
+      if (!body["logprobs"].is_boolean()) return FieldError("logprobs", "must be a boolean");
+      r.set_include_logprobs(body["logprobs"].get<bool>());
+    }
+    if (body.contains("top_logprobs") && !body["top_logprobs"].is_null()) {
+      auto v = IntegerField(body, "top_logprobs", 0, kMaxTopLogprobs);
+      if (!v.ok()) return v.status();
+      if (*v > 0 && !r.include_logprobs()) return FieldError("top_logprobs", "needs \"logprobs\": true");
+      r.set_top_logprobs(static_cast<int32_t>(*v));
+    }
+  }
   if (body.contains("stream") && !body["stream"].is_null()) {
     if (!body["stream"].is_boolean()) return FieldError("stream", "must be a boolean");
     out.stream = body["stream"].get<bool>();
@@ -250,7 +276,61 @@ json UsageJson(const v1::Usage& usage) {
               {"prompt_tokens_details", {{"cached_tokens", usage.cached_prompt_tokens()}}}};
 }
 
+json Utf8Bytes(const std::string& s) {
+  json bytes = json::array();
+  for (const unsigned char c : s) bytes.push_back(static_cast<int>(c));
+  return bytes;
+}
+
+// OpenAI's two logprobs shapes for `entries`, or null when logprobs were not asked for.
+json LogprobsJson(OpenAiEndpoint endpoint, const CompletionResult& result) {
+  if (!result.include_logprobs) return nullptr;
+  if (endpoint == OpenAiEndpoint::kCompletions) {
+    json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+    for (const auto& e : result.logprobs) {
+      tokens.push_back(e.token);
+      token_logprobs.push_back(e.logprob);
+      json alternatives = json::object();
+      for (const auto& [token, logprob] : e.top) alternatives[token] = logprob;
+      top.push_back(std::move(alternatives));
+      offsets.push_back(e.text_offset);
+    }
+    return json{{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+  }
+  json content = json::array();
+  for (const auto& e : result.logprobs) {
+    json top = json::array();
+    for (const auto& [token, logprob] : e.top) {
+      top.push_back({{"token", token}, {"logprob", logprob}, {"bytes", Utf8Bytes(token)}});
+    }
+    content.push_back({{"token", e.token}, {"logprob", e.logprob}, {"bytes", Utf8Bytes(e.token)}, {"top_logprobs", top}});
+  }
+  return json{{"content", content}, {"refusal", nullptr}};
+}
+
+std::string TokenIdSpelling(int32_t id) { return fmt::format("token_id:{}", id); }
+
 }  // namespace
+
+void AppendLogprobs(const v1::GenerateResponse& response, int64_t text_before, std::vector<TokenLogprobEntry>& out) {
+  int64_t offset = text_before;
+  const bool one_token = response.logprobs_size() == 1 && !response.text().empty();
+  for (const v1::TokenLogprob& lp : response.logprobs()) {
+    TokenLogprobEntry e;
+    e.logprob = lp.logprob();
+    e.text_offset = offset;
+    for (const v1::TopLogprob& t : lp.top()) {
+      if (t.token_id() == lp.token_id() && !t.token().empty()) e.token = t.token();
+    }
+    if (e.token.empty()) e.token = one_token ? response.text() : TokenIdSpelling(lp.token_id());
+    for (const v1::TopLogprob& t : lp.top()) {
+      std::string token = !t.token().empty() ? t.token() : t.token_id() == lp.token_id() ? e.token : TokenIdSpelling(t.token_id());
+      e.top.emplace_back(std::move(token), t.logprob());
+    }
+    if (one_token) offset += static_cast<int64_t>(e.token.size());
+    out.push_back(std::move(e));
+  }
+}
 
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, std::string_view body) {
   if (const int64_t bad = FirstInvalidUtf8Byte(body); bad >= 0) {
@@ -267,6 +347,9 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, std::s
       (void)reparsed;
     } catch (const json::parse_error& e) {
       what = fmt::format("malformed JSON at byte {}: {}", e.byte, e.what());
+    } catch (const json::exception& e) {
+      // Not only syntax: a number past double's range (1e400) is out_of_range.
+      what = fmt::format("malformed JSON: {}", e.what());
     }
     return absl::InvalidArgumentError(fmt::format("body: {}", what));
   }
@@ -290,11 +373,14 @@ const char* OpenAiFinishReason(v1::FinishReason reason) {
 }
 
 std::string CompletionResponseJson(OpenAiEndpoint endpoint, const CompletionResult& result) {
-  json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(result.finish_reason)}, {"logprobs", nullptr}};
+  json choice = {{"index", 0},
+                 {"finish_reason", FinishReasonJson(result.finish_reason)},
+                 {"logprobs", LogprobsJson(endpoint, result)}};
   if (endpoint == OpenAiEndpoint::kCompletions) {
     choice["text"] = result.text;
   } else {
     choice["message"] = {{"role", "assistant"}, {"content", result.text}};
+    if (!result.reasoning_text.empty()) choice["message"]["reasoning_content"] = result.reasoning_text;
   }
   json out = {{"id", result.id},
               {"object", ObjectName(endpoint, false)},
@@ -306,13 +392,17 @@ std::string CompletionResponseJson(OpenAiEndpoint endpoint, const CompletionResu
 }
 
 std::string CompletionChunkJson(OpenAiEndpoint endpoint, const CompletionResult& delta, bool first) {
-  json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(delta.finish_reason)}, {"logprobs", nullptr}};
+  json choice = {{"index", 0},
+                 {"finish_reason", FinishReasonJson(delta.finish_reason)},
+                 {"logprobs", LogprobsJson(endpoint, delta)}};
   if (endpoint == OpenAiEndpoint::kCompletions) {
     choice["text"] = delta.text;
   } else {
     json d = json::object();
     if (first) d["role"] = "assistant";
-    d["content"] = delta.text;
+    // A step of pure reasoning carries only reasoning_content, as DeepSeek's API streams it.
+    if (!delta.reasoning_text.empty()) d["reasoning_content"] = delta.reasoning_text;
+    if (delta.reasoning_text.empty() || !delta.text.empty()) d["content"] = delta.text;
     choice["delta"] = d;
   }
   json out = {{"id", delta.id},

@@ -51,6 +51,30 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterSe
     credentials = grpc::SslServerCredentials(ssl);
   }
 
+  UpstreamPoolOptions upstreams = options.upstreams;
+  if (!options.upstream_tls_ca_file.empty()) {
+    auto ca = ReadWholeFile(options.upstream_tls_ca_file, "upstream TLS CA file");
+    if (!ca.ok()) return ca.status();
+    if (ca->empty()) {
+      return absl::InvalidArgumentError(fmt::format("upstream TLS CA file {} is empty", options.upstream_tls_ca_file));
+    }
+    upstreams.tls.root_certs_pem = *std::move(ca);
+    upstreams.tls.server_name = options.upstream_tls_server_name;
+  }
+  if (!options.upstream_tls_cert_file.empty() || !options.upstream_tls_key_file.empty()) {
+    if (options.upstream_tls_ca_file.empty() || options.upstream_tls_cert_file.empty() ||
+        options.upstream_tls_key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "an upstream client certificate needs --upstream-tls-ca, --upstream-tls-cert and --upstream-tls-key");
+    }
+    auto cert = ReadWholeFile(options.upstream_tls_cert_file, "upstream TLS client certificate");
+    if (!cert.ok()) return cert.status();
+    auto key = ReadWholeFile(options.upstream_tls_key_file, "upstream TLS client key");
+    if (!key.ok()) return key.status();
+    upstreams.tls.client_cert_pem = *std::move(cert);
+    upstreams.tls.client_key_pem = *std::move(key);
+  }
+
   server->metrics_ = std::make_unique<RouterMetrics>();
   if (options.metrics_port >= 0) {
     auto exposer = MetricsExposer::Start(options.host, options.metrics_port, *server->metrics_);
@@ -58,7 +82,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterSe
     server->metrics_exposer_ = *std::move(exposer);
   }
   server->balancer_ = std::make_unique<Balancer>(options.balancer);
-  server->pool_ = std::make_unique<UpstreamPool>(options.upstreams, server->balancer_.get(), server->metrics_.get());
+  server->pool_ = std::make_unique<UpstreamPool>(std::move(upstreams), server->balancer_.get(), server->metrics_.get());
   server->core_ = std::make_unique<RouterCore>();
   server->core_->balancer = server->balancer_.get();
   server->core_->pool = server->pool_.get();

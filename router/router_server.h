@@ -32,6 +32,11 @@ struct RouterServerOptions {
   std::string api_key_file;   // "" = no authentication
   std::string tls_cert_file;  // both set = TLS on the gRPC and HTTP ports
   std::string tls_key_file;
+  // TLS to the groups: on when the CA file is set (upstreams.tls is filled from these).
+  std::string upstream_tls_ca_file;
+  std::string upstream_tls_cert_file;  // optional client certificate (mutual TLS)
+  std::string upstream_tls_key_file;
+  std::string upstream_tls_server_name;
   size_t max_http_body_bytes = 4 << 20;
 };
 

@@ -7,8 +7,24 @@
 
 namespace shoal::router {
 
+namespace {
+
+std::shared_ptr<grpc::ChannelCredentials> UpstreamCredentials(const UpstreamTls& tls) {
+  if (!tls.enabled()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls.root_certs_pem;
+  ssl.pem_cert_chain = tls.client_cert_pem;
+  ssl.pem_private_key = tls.client_key_pem;
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
 UpstreamPool::UpstreamPool(UpstreamPoolOptions options, Balancer* balancer, RouterMetrics* metrics)
-    : options_(std::move(options)), balancer_(balancer), metrics_(metrics) {}
+    : options_(std::move(options)),
+      credentials_(UpstreamCredentials(options_.tls)),
+      balancer_(balancer),
+      metrics_(metrics) {}
 
 UpstreamPool::~UpstreamPool() { Stop(); }
 
@@ -23,10 +39,13 @@ std::shared_ptr<Upstream> UpstreamPool::Connect(uint64_t id, const std::string& 
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   args.SetMaxReceiveMessageSize(64 << 20);
+  if (options_.tls.enabled() && !options_.tls.server_name.empty()) {
+    args.SetSslTargetNameOverride(options_.tls.server_name);
+  }
   auto upstream = std::make_shared<Upstream>();
   upstream->id = id;
   upstream->endpoint = endpoint;
-  upstream->channel = grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args);
+  upstream->channel = grpc::CreateCustomChannel(endpoint, credentials_, args);
   upstream->generation = v1::Generation::NewStub(upstream->channel);
   upstream->worker = v1::Worker::NewStub(upstream->channel);
   upstream->health = grpc::health::v1::Health::NewStub(upstream->channel);

@@ -5,6 +5,7 @@
 // ListModels, feeding the answers into the Balancer. A group starts out of rotation and
 // enters it on its first SERVING answer; it leaves after `unhealthy_threshold` failed
 // checks in a row, or at once when a call to it fails with UNAVAILABLE (ReportFailure).
+// Channels are plaintext, or TLS verified against a CA file (UpstreamTls).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -37,8 +38,21 @@ struct Upstream {
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 };
 
+// TLS from the router to its groups (PEM contents, not paths). Off when root_certs_pem is
+// empty; the client pair is for groups that ask for client certificates (mutual TLS).
+struct UpstreamTls {
+  std::string root_certs_pem;
+  std::string client_cert_pem;
+  std::string client_key_pem;
+  // The name the groups' certificates carry, when it is not the dialled host (DNS discovery
+  // dials pod IPs; their certificate names the Service).
+  std::string server_name;
+  bool enabled() const { return !root_certs_pem.empty(); }
+};
+
 struct UpstreamPoolOptions {
   DiscoverySources sources;
+  UpstreamTls tls;
   std::chrono::milliseconds health_interval{1000};
   std::chrono::milliseconds health_timeout{1000};
   std::chrono::milliseconds discovery_interval{5000};
@@ -82,6 +96,7 @@ class UpstreamPool {
   void RpcDone();
 
   const UpstreamPoolOptions options_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;  // shared by every group's channel
   Balancer* const balancer_;
   RouterMetrics* const metrics_;
 

@@ -18,6 +18,7 @@ seed_files() {
     gguf_fuzz) ls "$here"/tests/model/testdata/*.gguf ;;
     safetensors_fuzz) ls "$here"/tests/model/testdata/*.safetensors "$here"/tests/oracle/fixtures/*/config.json ;;
     tokenizer_json_fuzz) ls "$here"/tests/tokenizer/fixtures/*.tokenizer.json ;;
+    openai_http_fuzz) ls "$here"/tests/router/testdata/openai_*.json ;;
   esac 2>/dev/null
 }
 

@@ -308,8 +308,9 @@ TEST_F(RouterProxyTest, MetricsCountRequestsLatencyTokensAndHealth) {
 
 class RouterHttpTest : public RouterProxyTest {
  protected:
+  virtual SyntheticOptions GroupOptions() const { return {}; }
   void SetUp() override {
-    StartGroups(1);
+    StartGroups(1, GroupOptions());
     const std::string path = ::testing::TempDir() + "/router_http_keys.txt";
     std::ofstream(path) << "sk-http\n";
     RouterServerOptions options;
@@ -321,6 +322,23 @@ class RouterHttpTest : public RouterProxyTest {
     client_->set_read_timeout(10, 0);
   }
   static json ErrorOf(const httplib::Result& res) { return json::parse(res->body)["error"]; }
+  // The JSON events of a server-sent-event body, and whether it ended with [DONE].
+  static std::vector<json> Events(const std::string& body, bool* done) {
+    std::vector<json> events;
+    *done = false;
+    size_t pos = 0;
+    while ((pos = body.find("data: ", pos)) != std::string::npos) {
+      const size_t end = body.find("\n\n", pos);
+      const std::string data = body.substr(pos + 6, end - pos - 6);
+      if (data == "[DONE]") {
+        *done = true;
+      } else {
+        events.push_back(json::parse(data));
+      }
+      pos = end;
+    }
+    return events;
+  }
   std::unique_ptr<httplib::Client> client_;
 };
 
@@ -369,6 +387,104 @@ TEST_F(RouterHttpTest, ChatCompletionStreamsServerSentEvents) {
   EXPECT_EQ(events[3]["usage"]["completion_tokens"], 3);
 }
 
+TEST_F(RouterHttpTest, CompletionLogprobsWholeAndStreamed) {
+  auto res = client_->Post("/v1/completions",
+                           R"({"model": "synthetic", "prompt": "abcd", "max_tokens": 3, "logprobs": 2})",
+                           "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json lp = json::parse(res->body)["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], json({"t0 ", "t1 ", "t2 "})) << lp;
+  EXPECT_EQ(lp["token_logprobs"], json({-0.25, -0.25, -0.25})) << lp;
+  EXPECT_EQ(lp["text_offset"], json({0, 3, 6})) << lp;
+  ASSERT_EQ(lp["top_logprobs"].size(), 3u) << lp;
+  EXPECT_EQ(lp["top_logprobs"][1], json({{"t1 ", -0.25}, {"token_id:1002", -1.5}})) << lp;
+
+  auto streamed = client_->Post(
+      "/v1/completions", R"({"model": "synthetic", "prompt": "abcd", "max_tokens": 3, "logprobs": 0, "stream": true})",
+      "application/json");
+  ASSERT_TRUE(streamed);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  bool done = false;
+  std::vector<json> events = Events(streamed->body, &done);
+  EXPECT_TRUE(done);
+  ASSERT_EQ(events.size(), 3u) << streamed->body;
+  for (int i = 0; i < 3; ++i) {
+    const json& chunk_lp = events[i]["choices"][0]["logprobs"];
+    EXPECT_EQ(chunk_lp["tokens"], json({"t" + std::to_string(i) + " "})) << chunk_lp;
+    EXPECT_EQ(chunk_lp["text_offset"], json({3 * i})) << chunk_lp;
+    EXPECT_EQ(chunk_lp["top_logprobs"], json::array({json::object()})) << chunk_lp;
+  }
+}
+
+TEST_F(RouterHttpTest, ChatLogprobsWholeAndStreamed) {
+  const std::string body =
+      R"({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+          "logprobs": true, "top_logprobs": 1)";
+  auto res = client_->Post("/v1/chat/completions", body + "}", "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json content = json::parse(res->body)["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u) << res->body;
+  EXPECT_EQ(content[1]["token"], "t1 ");
+  EXPECT_EQ(content[1]["logprob"], -0.25);
+  EXPECT_EQ(content[1]["bytes"], json({116, 49, 32}));
+  EXPECT_EQ(content[1]["top_logprobs"], json::array({{{"token", "t1 "}, {"logprob", -0.25}, {"bytes", {116, 49, 32}}}}));
+
+  auto streamed = client_->Post("/v1/chat/completions", body + ", \"stream\": true}", "application/json");
+  ASSERT_TRUE(streamed);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  bool done = false;
+  std::vector<json> events = Events(streamed->body, &done);
+  ASSERT_EQ(events.size(), 2u) << streamed->body;
+  EXPECT_EQ(events[0]["choices"][0]["logprobs"]["content"][0]["token"], "t0 ");
+  EXPECT_EQ(events[1]["choices"][0]["logprobs"]["content"][0]["token"], "t1 ");
+  EXPECT_EQ(events[1]["choices"][0]["logprobs"]["content"].size(), 1u);
+
+  // Without logprobs the field is null, as OpenAI sends it.
+  auto plain = client_->Post("/v1/chat/completions",
+                             R"({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})",
+                             "application/json");
+  ASSERT_TRUE(plain);
+  EXPECT_TRUE(json::parse(plain->body)["choices"][0]["logprobs"].is_null()) << plain->body;
+}
+
+// A group whose first two tokens are reasoning ("r0 r1 "), like DeepSeek-R1's <think>.
+class RouterHttpReasoningTest : public RouterHttpTest {
+ protected:
+  SyntheticOptions GroupOptions() const override {
+    SyntheticOptions options;
+    options.reasoning_tokens = 2;
+    return options;
+  }
+};
+
+TEST_F(RouterHttpReasoningTest, ChatSeparatesReasoningContentWholeAndStreamed) {
+  const std::string body = R"({"model": "synthetic", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 4)";
+  auto res = client_->Post("/v1/chat/completions", body + "}", "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json message = json::parse(res->body)["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], "r0 r1 ") << message;
+  EXPECT_EQ(message["content"], "t2 t3 ") << message;
+
+  auto streamed = client_->Post("/v1/chat/completions", body + ", \"stream\": true}", "application/json");
+  ASSERT_TRUE(streamed);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  bool done = false;
+  std::vector<json> events = Events(streamed->body, &done);
+  ASSERT_EQ(events.size(), 4u) << streamed->body;
+  EXPECT_EQ(events[0]["choices"][0]["delta"], json({{"role", "assistant"}, {"reasoning_content", "r0 "}}));
+  EXPECT_EQ(events[1]["choices"][0]["delta"], json({{"reasoning_content", "r1 "}}));
+  EXPECT_EQ(events[2]["choices"][0]["delta"], json({{"content", "t2 "}}));
+
+  // A plain completion does not ask for the split: the reasoning stays in the text.
+  auto completion = client_->Post("/v1/completions", R"({"model": "synthetic", "prompt": "2+2?", "max_tokens": 3})",
+                                  "application/json");
+  ASSERT_TRUE(completion);
+  EXPECT_EQ(json::parse(completion->body)["choices"][0]["text"], "r0 r1 t2 ") << completion->body;
+}
+
 TEST_F(RouterHttpTest, HttpClientHangingUpCancelsTheGroupsStream) {
   const std::string command =
       "curl -sS -N --max-time 0.5 -H 'Authorization: Bearer sk-http' -H 'Content-Type: application/json' -d "
@@ -405,6 +521,11 @@ TEST_F(RouterHttpTest, ErrorsAreOpenAiShapedWithPreciseStatus) {
       {"/v1/completions", "{\"model\": \"synthetic\", \"prompt\": \"" + std::string(5000, 'x') + "\"}", 413,
        "larger than 4096 bytes"},
       {"/v1/nothing", "{}", 404, "no route"},
+      {"/v1/completions", "[1]", 400, "body: must be a JSON object"},
+      {"/v1/completions", "", 400, "body: malformed JSON"},
+      {"/v1/completions", R"({"prompt": "x"})", 400, "model: is required"},
+      {"/v1/completions", R"({"model": "synthetic", "prompt": "x", "logprobs": 99})", 400, "logprobs: must be in [0, 20]"},
+      {"/v1/chat/completions", R"({"model": "synthetic", "messages": "hi"})", 400, "messages: must be a non-empty array"},
   };
   for (const auto& c : cases) {
     auto res = client_->Post(c.path, c.body, "application/json");
@@ -415,6 +536,11 @@ TEST_F(RouterHttpTest, ErrorsAreOpenAiShapedWithPreciseStatus) {
         << c.body.substr(0, 80) << " -> " << res->body;
     EXPECT_TRUE(error.contains("type"));
   }
+  auto text = client_->Post("/v1/completions", R"({"model": "synthetic", "prompt": "x"})", "text/plain");
+  ASSERT_TRUE(text);
+  EXPECT_EQ(text->status, 415);
+  EXPECT_NE(ErrorOf(text)["message"].get<std::string>().find("Content-Type must be application/json"),
+            std::string::npos);
   httplib::Client anonymous("127.0.0.1", router_->http_port());
   auto res = anonymous.Post("/v1/completions", R"({"model": "synthetic", "prompt": "x"})", "application/json");
   ASSERT_TRUE(res);
@@ -478,6 +604,67 @@ TEST(RouterTls, ServesGrpcAndHttpOverTls) {
   ASSERT_TRUE(res) << httplib::to_string(res.error());
   EXPECT_EQ(res->status, 200);
   (*router)->Shutdown(std::chrono::milliseconds(0));
+}
+
+// Makes a self-signed certificate for localhost and 127.0.0.1 with the openssl tool.
+void MakeCertificate(const std::string& cert, const std::string& key) {
+  const std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                              "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                              " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << "openssl could not make a test certificate";
+}
+
+// The router dials a TLS-only group: with the group's CA it streams; with another CA (or
+// none) the group never passes a health check, so requests end UNAVAILABLE.
+TEST(RouterTls, DialsGroupsOverTlsVerifiedByTheCaFile) {
+  const std::string dir = ::testing::TempDir();
+  const std::string cert = dir + "/upstream_tls_cert.pem", key = dir + "/upstream_tls_key.pem";
+  const std::string other_cert = dir + "/upstream_other_cert.pem", other_key = dir + "/upstream_other_key.pem";
+  MakeCertificate(cert, key);
+  MakeCertificate(other_cert, other_key);
+  testing::SyntheticOptions tls;
+  tls.tls_cert_pem = ReadAll(cert);
+  tls.tls_key_pem = ReadAll(key);
+  auto group = testing::SyntheticGenerationServer::Start(tls);
+  ASSERT_NE(group, nullptr);
+
+  auto start_router = [&](const std::string& ca, const std::string& server_name) {
+    RouterServerOptions options;
+    options.host = "127.0.0.1";
+    options.grpc_port = 0;
+    options.http_port = -1;
+    options.metrics_port = -1;
+    options.upstreams.health_interval = std::chrono::milliseconds(100);
+    options.upstreams.health_timeout = std::chrono::milliseconds(500);
+    options.upstream_tls_ca_file = ca;
+    options.upstream_tls_server_name = server_name;
+    options.upstreams.sources.static_upstreams.push_back({"127.0.0.1", group->port()});
+    return RouterServer::Start(options);
+  };
+  auto stub_of = [](RouterServer& router) {
+    return v1::Generation::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router.grpc_port()),
+                                                       grpc::InsecureChannelCredentials()));
+  };
+  for (const std::string server_name : {"", "localhost"}) {  // the IP SAN, then the DNS SAN
+    auto router = start_router(cert, server_name);
+    ASSERT_TRUE(router.ok()) << router.status();
+    auto stub = stub_of(**router);
+    testing::StreamResult r = testing::Generate(*stub, testing::PromptRequest("tls", 2), std::chrono::seconds(10));
+    EXPECT_TRUE(r.status.ok()) << server_name << ": " << r.status.error_message();
+    EXPECT_EQ(r.text, "t0 t1 ");
+    (*router)->Shutdown(std::chrono::milliseconds(0));
+  }
+  const int calls = group->calls();
+
+  auto wrong = start_router(other_cert, "");
+  ASSERT_TRUE(wrong.ok()) << wrong.status();
+  auto stub = stub_of(**wrong);
+  testing::StreamResult r = testing::Generate(*stub, testing::PromptRequest("tls", 2), std::chrono::seconds(5));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+  (*wrong)->Shutdown(std::chrono::milliseconds(0));
+  EXPECT_EQ(group->calls(), calls);  // the untrusted group was never sent a request
+
+  EXPECT_EQ(start_router(dir + "/no_such_ca.pem", "").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -203,6 +203,195 @@ TEST(OpenAiResponses, CompletionAndChatShapes) {
   EXPECT_EQ(usage["usage"]["prompt_tokens"], 3);
 }
 
+TEST(ParseOpenAiRequest, LogprobsAndReasoningFlags) {
+  auto c = ParseOpenAiRequest(OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "logprobs": 3})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->request.include_logprobs());
+  EXPECT_EQ(c->request.top_logprobs(), 3);
+  EXPECT_FALSE(c->request.separate_reasoning());  // a raw completion keeps the model's text as is
+  auto c0 = ParseOpenAiRequest(OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "logprobs": 0})");
+  ASSERT_TRUE(c0.ok()) << c0.status();
+  EXPECT_TRUE(c0->request.include_logprobs());
+  EXPECT_EQ(c0->request.top_logprobs(), 0);
+  auto off = ParseOpenAiRequest(OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "logprobs": null})");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->request.include_logprobs());
+
+  auto chat = ParseOpenAiRequest(OpenAiEndpoint::kChatCompletions,
+                                 R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                     "logprobs": true, "top_logprobs": 2})");
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_TRUE(chat->request.include_logprobs());
+  EXPECT_EQ(chat->request.top_logprobs(), 2);
+  EXPECT_TRUE(chat->request.separate_reasoning());
+  auto plain = ParseOpenAiRequest(OpenAiEndpoint::kChatCompletions,
+                                  R"({"model": "m", "messages": [{"role": "user", "content": "x"}]})");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->request.include_logprobs());
+  EXPECT_TRUE(plain->request.separate_reasoning());
+
+  const std::vector<BadRequestCase> cases = {
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "logprobs": true})", "logprobs: must be an integer"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "logprobs": 21})", "logprobs: must be in [0, 20]"},
+      {OpenAiEndpoint::kChatCompletions, R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": 2})",
+       "logprobs: must be a boolean"},
+      {OpenAiEndpoint::kChatCompletions,
+       R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})",
+       "top_logprobs: needs \"logprobs\": true"},
+      {OpenAiEndpoint::kChatCompletions,
+       R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": -1})",
+       "top_logprobs: must be in [0, 20]"},
+  };
+  for (const auto& bad : cases) {
+    auto r = ParseOpenAiRequest(bad.endpoint, bad.body);
+    ASSERT_FALSE(r.ok()) << bad.body;
+    EXPECT_EQ(std::string(r.status().message()).rfind(bad.expected_prefix, 0), 0u)
+        << "body: " << bad.body << "\nmessage: " << r.status().message();
+  }
+}
+
+TEST(ParseOpenAiRequest, MoreBadInputNamesTheProblem) {
+  const std::vector<BadRequestCase> cases = {
+      {OpenAiEndpoint::kCompletions, "", "body: malformed JSON at byte"},
+      {OpenAiEndpoint::kCompletions, "null", "body: must be a JSON object"},
+      // Found by tests/fuzz/openai_http_fuzz.cc: an out-of-range number used to escape as an exception.
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "temperature": 1e400})",
+       "body: malformed JSON: [json.exception.out_of_range.406] number overflow"},
+      {OpenAiEndpoint::kCompletions, "{\"model\": \"m\", \"prompt\": \"a\"} trailing", "body: malformed JSON"},
+      {OpenAiEndpoint::kCompletions, "{\"model\": \"\xc3\x28\", \"prompt\": \"a\"}", "body: invalid UTF-8 at byte offset 11"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": [1, -2]})", "prompt: an array of token ids"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": 7})", "prompt: must be a string"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "seed": 1.5})", "seed: must be an integer"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]})",
+       "stop: at most 4"},
+      {OpenAiEndpoint::kCompletions, R"({"model": "m", "prompt": "a", "stream_options": 1})",
+       "stream_options: must be an object"},
+      {OpenAiEndpoint::kChatCompletions, R"({"model": "m", "messages": {"role": "user"}})",
+       "messages: must be a non-empty array"},
+      {OpenAiEndpoint::kChatCompletions, R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
+       "messages[0].content[0]: only"},
+      {OpenAiEndpoint::kChatCompletions, R"({"model": "m", "messages": [{"role": "user", "content": 5}]})",
+       "messages[0].content: must be a string"},
+  };
+  for (const auto& c : cases) {
+    auto r = ParseOpenAiRequest(c.endpoint, c.body);
+    ASSERT_FALSE(r.ok()) << c.body;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.body;
+    EXPECT_EQ(std::string(r.status().message()).rfind(c.expected_prefix, 0), 0u)
+        << "body: " << c.body << "\nmessage: " << r.status().message();
+  }
+}
+
+v1::GenerateResponse OneTokenResponse(int32_t id, const std::string& text, float logprob,
+                                      std::vector<std::pair<int32_t, float>> top) {
+  v1::GenerateResponse r;
+  r.add_token_ids(id);
+  r.set_text(text);
+  auto* lp = r.add_logprobs();
+  lp->set_token_id(id);
+  lp->set_logprob(logprob);
+  for (const auto& [tid, tlp] : top) {
+    auto* t = lp->add_top();
+    t->set_token_id(tid);
+    t->set_logprob(tlp);
+  }
+  return r;
+}
+
+TEST(AppendLogprobs, ResolvesTokenTextFromTheStepTextOrTheId) {
+  std::vector<TokenLogprobEntry> entries;
+  AppendLogprobs(OneTokenResponse(7, "Hello", -0.5f, {{7, -0.5f}, {9, -2.0f}}), 0, entries);
+  v1::GenerateResponse two;  // two tokens in one step: the text cannot be split between them
+  two.add_token_ids(1);
+  two.add_token_ids(2);
+  two.set_text(" world!");
+  for (int id : {1, 2}) {
+    auto* lp = two.add_logprobs();
+    lp->set_token_id(id);
+    lp->set_logprob(-1.0f);
+    auto* t = lp->add_top();
+    t->set_token_id(id + 10);
+    t->set_token("alt");
+    t->set_logprob(-3.0f);
+  }
+  AppendLogprobs(two, 5, entries);
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[0].token, "Hello");
+  EXPECT_FLOAT_EQ(entries[0].logprob, -0.5f);
+  EXPECT_EQ(entries[0].text_offset, 0);
+  ASSERT_EQ(entries[0].top.size(), 2u);
+  EXPECT_EQ(entries[0].top[0].first, "Hello");  // the sampled token among the alternatives
+  EXPECT_EQ(entries[0].top[1].first, "token_id:9");
+  EXPECT_FLOAT_EQ(entries[0].top[1].second, -2.0f);
+  EXPECT_EQ(entries[1].token, "token_id:1");
+  EXPECT_EQ(entries[1].text_offset, 5);
+  EXPECT_EQ(entries[2].token, "token_id:2");
+  EXPECT_EQ(entries[2].top[0].first, "alt");  // a group-given token text wins
+}
+
+TEST(OpenAiResponses, LogprobsInBothShapes) {
+  CompletionResult result;
+  result.id = "x";
+  result.model = "m";
+  result.include_logprobs = true;
+  result.text = "Hi there";
+  AppendLogprobs(OneTokenResponse(4, "Hi", -0.25f, {{4, -0.25f}, {5, -1.5f}}), 0, result.logprobs);
+  AppendLogprobs(OneTokenResponse(6, " there", -0.75f, {{6, -0.75f}, {8, -2.5f}}), 2, result.logprobs);
+
+  json c = json::parse(CompletionResponseJson(OpenAiEndpoint::kCompletions, result))["choices"][0]["logprobs"];
+  EXPECT_EQ(c["tokens"], json({"Hi", " there"}));
+  EXPECT_EQ(c["token_logprobs"], json({-0.25, -0.75}));
+  EXPECT_EQ(c["text_offset"], json({0, 2}));
+  ASSERT_EQ(c["top_logprobs"].size(), 2u);
+  EXPECT_EQ(c["top_logprobs"][0], json({{"Hi", -0.25}, {"token_id:5", -1.5}}));
+
+  json chat = json::parse(CompletionResponseJson(OpenAiEndpoint::kChatCompletions, result))["choices"][0]["logprobs"];
+  ASSERT_EQ(chat["content"].size(), 2u);
+  EXPECT_EQ(chat["content"][1]["token"], " there");
+  EXPECT_EQ(chat["content"][1]["logprob"], -0.75);
+  EXPECT_EQ(chat["content"][0]["bytes"], json({72, 105}));
+  ASSERT_EQ(chat["content"][1]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(chat["content"][1]["top_logprobs"][1]["token"], "token_id:8");
+  EXPECT_EQ(chat["content"][1]["top_logprobs"][1]["logprob"], -2.5);
+
+  // A streamed chunk carries the logprobs of its own tokens only.
+  CompletionResult delta = result;
+  delta.logprobs.resize(1);
+  json chunk = json::parse(CompletionChunkJson(OpenAiEndpoint::kChatCompletions, delta, false));
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["content"].size(), 1u);
+
+  result.include_logprobs = false;
+  EXPECT_TRUE(json::parse(CompletionResponseJson(OpenAiEndpoint::kChatCompletions, result))["choices"][0]["logprobs"].is_null());
+}
+
+TEST(OpenAiResponses, ReasoningContentInMessageAndDelta) {
+  CompletionResult result;
+  result.id = "x";
+  result.model = "m";
+  result.reasoning_text = "Two and two make four.";
+  result.text = "4";
+  json message = json::parse(CompletionResponseJson(OpenAiEndpoint::kChatCompletions, result))["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], "Two and two make four.");
+  EXPECT_EQ(message["content"], "4");
+
+  CompletionResult thinking = result;
+  thinking.text.clear();
+  thinking.reasoning_text = "Two and";
+  json delta = json::parse(CompletionChunkJson(OpenAiEndpoint::kChatCompletions, thinking, true))["choices"][0]["delta"];
+  EXPECT_EQ(delta["reasoning_content"], "Two and");
+  EXPECT_EQ(delta["role"], "assistant");
+  EXPECT_FALSE(delta.contains("content"));  // a reasoning step has no answer text yet
+
+  CompletionResult answer = result;
+  answer.reasoning_text.clear();
+  json later = json::parse(CompletionChunkJson(OpenAiEndpoint::kChatCompletions, answer, false))["choices"][0]["delta"];
+  EXPECT_FALSE(later.contains("reasoning_content"));
+  EXPECT_EQ(later["content"], "4");
+  answer.text.clear();
+  json no_reasoning = json::parse(CompletionResponseJson(OpenAiEndpoint::kChatCompletions, answer))["choices"][0]["message"];
+  EXPECT_FALSE(no_reasoning.contains("reasoning_content"));
+}
+
 TEST(OpenAiError, MapsGrpcCodesToHttpAndNamesTheParam) {
   auto e = OpenAiError(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "messages[0].role: must be x"));
   EXPECT_EQ(e.http_status, 400);

@@ -46,7 +46,26 @@ class SyntheticGenerationServer::GenerationImpl final : public v1::Generation::S
       v1::GenerateResponse response;
       response.set_request_id(request->request_id());
       response.add_token_ids(i);
-      response.set_text("t" + std::to_string(i) + " ");
+      if (i < s.options_.reasoning_tokens) {
+        const std::string thought = "r" + std::to_string(i) + " ";
+        if (request->separate_reasoning()) {
+          response.set_reasoning_text(thought);
+        } else {
+          response.set_text(thought);
+        }
+      } else {
+        response.set_text("t" + std::to_string(i) + " ");
+      }
+      if (request->include_logprobs()) {
+        v1::TokenLogprob* lp = response.add_logprobs();
+        lp->set_token_id(i);
+        lp->set_logprob(-0.25f);
+        for (int k = 0; k < request->top_logprobs(); ++k) {
+          v1::TopLogprob* top = lp->add_top();
+          top->set_token_id(k == 0 ? i : i + 1000 + k);
+          top->set_logprob(k == 0 ? -0.25f : -0.5f - static_cast<float>(k));
+        }
+      }
       if (i == tokens - 1) {
         response.set_finish_reason(v1::FINISH_REASON_LENGTH);
         response.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(request->prompt().size() / 4));
@@ -95,7 +114,13 @@ std::unique_ptr<SyntheticGenerationServer> SyntheticGenerationServer::Start(Synt
   server->worker_ = std::make_unique<WorkerImpl>(server.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(), &server->port_);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!server->options_.tls_cert_pem.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({server->options_.tls_key_pem, server->options_.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), credentials, &server->port_);
   builder.RegisterService(server->generation_.get());
   builder.RegisterService(server->worker_.get());
   server->server_ = builder.BuildAndStart();

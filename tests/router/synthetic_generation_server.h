@@ -4,7 +4,9 @@
 // fixed interval — token i is id i with text "t<i> " — and answers grpc.health.v1,
 // shoal.v1.Worker/GetStats (running = its open streams) and ListModels. It records what
 // the router sent it (calls, cancellations, the deadline it saw), and can be told to fail
-// before the first token or after N tokens, to exercise failover.
+// before the first token or after N tokens, to exercise failover. With include_logprobs,
+// token i has logprob -0.25 and its top_logprobs alternatives are i itself, then i+1001,
+// i+1002, ... at -1.5, -2.5, ... (token text left empty, as a worker leaves it).
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -24,6 +26,12 @@ struct SyntheticOptions {
   std::chrono::microseconds token_interval{std::chrono::milliseconds(5)};
   int fail_first_calls = 0;       // this many calls end UNAVAILABLE before any token
   int fail_after_tokens = -1;     // >= 0: every call ends UNAVAILABLE after this many tokens
+  // The first this many tokens are "reasoning" ("r<i> "): in reasoning_text when the
+  // request sets separate_reasoning, else in text.
+  int reasoning_tokens = 0;
+  // Both set: the port speaks TLS only.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
 };
 
 class SyntheticGenerationServer {

@@ -5,20 +5,44 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "tests/router/synthetic_generation_server.h"
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  out = buffer.str();
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   shoal::router::testing::SyntheticOptions options;
   int port = 0;
   int token_interval_us = 5000;
+  std::string tls_cert, tls_key;
   CLI::App app{"shoal-synthetic-worker: streams synthetic tokens at a fixed rate over shoal.v1.Generation"};
   app.add_option("--port", port, "gRPC port; 0 = pick a free one");
   app.add_option("--model", options.model, "served model name");
   app.add_option("--tokens", options.default_tokens, "tokens per request when max_tokens is 0");
   app.add_option("--token-interval-us", token_interval_us, "microseconds between tokens");
+  app.add_option("--reasoning-tokens", options.reasoning_tokens, "the first N tokens are reasoning");
+  app.add_option("--tls-cert", tls_cert, "PEM certificate: serve TLS only");
+  app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert");
   CLI11_PARSE(app, argc, argv);
   options.token_interval = std::chrono::microseconds(token_interval_us);
+  if (!tls_cert.empty() &&
+      (!ReadFile(tls_cert, options.tls_cert_pem) || !ReadFile(tls_key, options.tls_key_pem))) {
+    std::fprintf(stderr, "cannot read --tls-cert %s or --tls-key %s\n", tls_cert.c_str(), tls_key.c_str());
+    return 2;
+  }
 
   sigset_t signals;
   sigemptyset(&signals);
