@@ -14,6 +14,7 @@
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/kernels/cpu/yarn_rope.h"
+#include "worker/models/decoder_step.h"
 #include "worker/models/deepseek_moe.h"
 #include "worker/models/linear.h"
 #include "worker/parallel/communicator.h"
@@ -67,10 +68,8 @@ class DeepseekModel final : public CausalLM {
   int64_t EntryElements() const { return config_.deepseek.kv_lora_rank + config_.deepseek.qk_rope_head_dim; }
   int tp_size() const { return shard_.tp_size; }
   bool last_stage() const { return lm_head_.has_value(); }
-  absl::Status Validate(const ForwardBatch& batch) const;
   // h += the tensor ranks' sum of what `partial` adds (with one rank: h += it directly).
   absl::Status AddAcrossRanks(int64_t T, const std::function<void(float*)>& partial);
-  absl::Status GatherLogits(int64_t rows, std::vector<float>* logits);
 
   ModelConfig config_;
   ShardSpec shard_;
@@ -90,7 +89,7 @@ class DeepseekModel final : public CausalLM {
   std::vector<std::unique_ptr<std::byte[]>> cache_;  // per layer [num_blocks, block_size, entry]
 
   std::vector<float> h_, xn_, part_, mlp_scratch_, local_logits_, gathered_;
-  std::vector<int64_t> positions_;
+  StepRows step_;
 };
 
 // Only decoder layers [0, num_hidden_layers) are read. DeepSeek-V3/R1 checkpoints also
@@ -164,34 +163,6 @@ absl::Status DeepseekModel::AllocateKvCache(int64_t num_blocks, int block_size) 
   return absl::OkStatus();
 }
 
-absl::Status DeepseekModel::Validate(const ForwardBatch& batch) const {
-  if (block_size_ == 0) return absl::FailedPreconditionError("Forward before AllocateKvCache");
-  for (size_t s = 0; s < batch.seqs.size(); ++s) {
-    const SequenceChunk& c = batch.seqs[s];
-    if (c.tokens.empty()) return absl::InvalidArgumentError(fmt::format("batch sequence {}: no tokens", s));
-    const int64_t end = c.start_pos + static_cast<int64_t>(c.tokens.size());
-    const int64_t blocks_needed = (end + block_size_ - 1) / block_size_;
-    if (c.start_pos < 0 || static_cast<int64_t>(c.block_table.size()) < blocks_needed) {
-      return absl::InvalidArgumentError(
-          fmt::format("batch sequence {}: positions [{}, {}) need {} blocks of {}, the block table has {}", s,
-                      c.start_pos, end, blocks_needed, block_size_, c.block_table.size()));
-    }
-    for (int64_t b = 0; b < blocks_needed; ++b) {
-      if (c.block_table[b] < 0 || c.block_table[b] >= num_blocks_) {
-        return absl::InvalidArgumentError(fmt::format("batch sequence {}: block table entry {} is {}, outside [0, {})",
-                                                      s, b, c.block_table[b], num_blocks_));
-      }
-    }
-    for (size_t t = 0; t < c.tokens.size(); ++t) {
-      if (c.tokens[t] < 0 || c.tokens[t] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(fmt::format("batch sequence {}: token {} is id {}, outside the vocabulary of {}",
-                                                      s, t, c.tokens[t], config_.vocab_size));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status DeepseekModel::AddAcrossRanks(int64_t T, const std::function<void(float*)>& partial) {
   if (tp_size() == 1) {
     partial(h_.data());
@@ -205,35 +176,8 @@ absl::Status DeepseekModel::AddAcrossRanks(int64_t T, const std::function<void(f
   return absl::OkStatus();
 }
 
-absl::Status DeepseekModel::GatherLogits(int64_t rows, std::vector<float>* logits) {
-  const int64_t local_vocab = lm_head_->out_features(), vocab = local_vocab * tp_size();
-  logits->resize(rows * vocab);
-  if (rows == 0) return absl::OkStatus();
-  if (tp_size() == 1) {
-    const cpu::MatmulTarget head = lm_head_->Target(logits->data(), vocab);
-    cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
-    return absl::OkStatus();
-  }
-  local_logits_.resize(rows * local_vocab);
-  gathered_.resize(rows * vocab);
-  const cpu::MatmulTarget head = lm_head_->Target(local_logits_.data(), local_vocab);
-  cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
-  RETURN_IF_ERROR(tp_->AllGather(local_logits_, gathered_));
-  // gathered_: [rank][row][local_vocab] -> logits: [row][rank * local_vocab + j]
-  for (int r = 0; r < tp_size(); ++r) {
-    for (int64_t row = 0; row < rows; ++row) {
-      std::copy_n(&gathered_[(r * rows + row) * local_vocab], local_vocab, logits->data() + row * vocab + r * local_vocab);
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status DeepseekModel::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
-  if (!shard_.is_first_stage() || !last_stage()) {
-    return absl::FailedPreconditionError(fmt::format(
-        "layers [{}, {}) of {}: a pipeline stage runs through ForwardStage, which takes or gives hidden states",
-        shard_.first_layer, shard_.end_layer, config_.num_layers));
-  }
+  if (!shard_.is_first_stage() || !last_stage()) return WholeModelOnly(shard_, config_.num_layers);
   return ForwardStage(batch, {}, logits);
 }
 
@@ -242,34 +186,17 @@ absl::Status DeepseekModel::Forward(const ForwardBatch& batch, std::vector<float
 // attention and the MLP/MoE each end in one all-reduce of their partial outputs.
 absl::Status DeepseekModel::ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
                                          std::vector<float>* out) {
-  RETURN_IF_ERROR(Validate(batch));
+  RETURN_IF_ERROR(step_.Reset(batch, num_blocks_, block_size_, config_.vocab_size));
   const int64_t hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  std::vector<cpu::AttentionSequence> seqs;
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> logit_rows;
-  positions_.clear();
-  int64_t max_pos = 0;
-  for (const SequenceChunk& c : batch.seqs) {
-    const int64_t n = static_cast<int64_t>(c.tokens.size());
-    seqs.push_back({static_cast<int64_t>(tokens.size()), n, c.start_pos, c.block_table});
-    tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
-    for (int64_t t = 0; t < n; ++t) positions_.push_back(c.start_pos + t);
-    max_pos = std::max(max_pos, c.start_pos + n);
-    if (c.want_logits) logit_rows.push_back(static_cast<int64_t>(tokens.size()) - 1);
-  }
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  if (max_pos > rope_.num_positions()) rope_.Reserve(std::max(max_pos, 2 * rope_.num_positions()));
+  const int64_t T = step_.num_tokens();
+  if (step_.max_pos > rope_.num_positions()) rope_.Reserve(std::max(step_.max_pos, 2 * rope_.num_positions()));
   h_.resize(T * hidden);
   xn_.resize(T * hidden);
   if (shard_.is_first_stage()) {
-    cpu::EmbeddingLookup(*embed_, tokens.data(), T, h_.data());
+    cpu::EmbeddingLookup(*embed_, step_.tokens.data(), T, h_.data());
   } else {
-    if (static_cast<int64_t>(hidden_in.size()) != T * hidden) {
-      return absl::InvalidArgumentError(fmt::format(
-          "layers [{}, {}): hidden states in have {} floats, the batch's {} tokens need {} x {}", shard_.first_layer,
-          shard_.end_layer, hidden_in.size(), T, T, hidden));
-    }
+    RETURN_IF_ERROR(CheckHiddenIn(shard_, hidden_in, T, hidden));
     std::copy(hidden_in.begin(), hidden_in.end(), h_.begin());
   }
 
@@ -280,7 +207,7 @@ absl::Status DeepseekModel::ForwardStage(const ForwardBatch& batch, std::span<co
                                       d.qk_rope_head_dim, kv_dtype_};
     cpu::RmsNorm(h_.data(), L.attn_norm.data(), xn_.data(), T, hidden, eps);
     RETURN_IF_ERROR(AddAcrossRanks(T, [&](float* y) {
-      L.attn.Forward(pool_, xn_.data(), T, seqs, positions_.data(), rope_, cache, mla_mode_, y);
+      L.attn.Forward(pool_, xn_.data(), T, step_.seqs, step_.positions.data(), rope_, cache, mla_mode_, y);
     }));
     cpu::RmsNorm(h_.data(), L.mlp_norm.data(), xn_.data(), T, hidden, eps);
     RETURN_IF_ERROR(AddAcrossRanks(T, [&](float* y) {
@@ -296,11 +223,11 @@ absl::Status DeepseekModel::ForwardStage(const ForwardBatch& batch, std::span<co
     return absl::OkStatus();
   }
   // Final norm and vocabulary projection only for the rows the caller samples from.
-  const int64_t rows = static_cast<int64_t>(logit_rows.size());
+  const int64_t rows = static_cast<int64_t>(step_.logit_rows.size());
   for (int64_t r = 0; r < rows; ++r) {
-    cpu::RmsNorm(&h_[logit_rows[r] * hidden], final_norm_->data(), &xn_[r * hidden], 1, hidden, eps);
+    cpu::RmsNorm(&h_[step_.logit_rows[r] * hidden], final_norm_->data(), &xn_[r * hidden], 1, hidden, eps);
   }
-  return GatherLogits(rows, out);
+  return ProjectLogits(pool_, tp_, tp_size(), *lm_head_, xn_.data(), rows, hidden, &local_logits_, &gathered_, out);
 }
 
 }  // namespace
@@ -309,31 +236,11 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateDeepseek(const LoadedModel& mode
                                                          ThreadPool* pool, const CausalLMOptions& options,
                                                          const DeepseekOptions& deepseek) {
   const ModelConfig& c = model.config;
-  if (pool == nullptr) return absl::InvalidArgumentError("CreateCausalLM: thread pool is null");
-  if (model.weights == nullptr) return absl::InvalidArgumentError(fmt::format("{}: no weights loaded", model.path));
   if (!IsDeepseek(c.arch)) {
     return absl::InvalidArgumentError(fmt::format("{}: architecture '{}' is not DeepSeek", model.path, c.arch_name));
   }
   ShardSpec shard = shard_in;
-  if (shard.end_layer < 0) shard.end_layer = c.num_layers;
-  if (shard.first_layer < 0 || shard.first_layer >= shard.end_layer || shard.end_layer > c.num_layers) {
-    return absl::InvalidArgumentError(fmt::format("{}: layer range [{}, {}) is not inside the model's {} layers",
-                                                  model.path, shard.first_layer, shard.end_layer, c.num_layers));
-  }
-  if (shard.tp_size < 1 || shard.tp_rank < 0 || shard.tp_rank >= shard.tp_size) {
-    return absl::InvalidArgumentError(
-        fmt::format("tensor parallel rank {} of {} is out of range", shard.tp_rank, shard.tp_size));
-  }
-  if (shard.tp_size != 1 && (options.tensor_group == nullptr || options.tensor_group->size() != shard.tp_size ||
-                              options.tensor_group->rank() != shard.tp_rank)) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor parallel rank {} of {} needs CausalLMOptions.tensor_group, a communicator over its {} tensor ranks",
-        model.path, shard.tp_rank, shard.tp_size, shard.tp_size));
-  }
-  if (options.kv_cache_dtype != DType::kF16 && options.kv_cache_dtype != DType::kF32) {
-    return absl::InvalidArgumentError(fmt::format("{}: KV cache dtype {}: the CPU model keeps its KV cache in F16 or F32",
-                                                  model.path, DTypeName(options.kv_cache_dtype)));
-  }
+  RETURN_IF_ERROR(CheckModelArgs(model, pool, options, &shard));
   if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
     return absl::InvalidArgumentError(
         fmt::format("{}: rope scaling llama3 is not a DeepSeek rope scaling (use yarn)", model.path));

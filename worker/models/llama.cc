@@ -17,6 +17,7 @@
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cpu/thread_pool.h"
+#include "worker/models/decoder_step.h"
 #include "worker/models/linear.h"
 #include "worker/parallel/communicator.h"
 
@@ -68,7 +69,6 @@ class LlamaModel final : public CausalLM {
   size_t WeightBytes() const override { return weight_bytes_; }
 
  private:
-  absl::Status Validate(const ForwardBatch& batch) const;
   absl::Status RunLayer(size_t l, int64_t num_tokens, std::span<const cpu::AttentionSequence> seqs);
   // Embeds `tokens` into h_: with tensor parallelism each rank holds a slice of the
   // vocabulary, fills the rows of its own tokens, zeroes the rest, and the all-reduce sums
@@ -76,8 +76,6 @@ class LlamaModel final : public CausalLM {
   absl::Status Embed(const std::vector<int32_t>& tokens);
   // h += the row-parallel product in part_, summed over the tensor ranks.
   absl::Status AddReduced(int64_t T);
-  // logits[rows, vocab] from this rank's vocabulary slice, all-gathered across ranks.
-  absl::Status GatherLogits(int64_t rows, std::vector<float>* logits);
   bool last_stage() const { return lm_head_.has_value(); }
   int tp_size() const { return shard_.tp_size; }
   // fn(begin, end) over token rows, split across threads when there are enough of them.
@@ -113,7 +111,7 @@ class LlamaModel final : public CausalLM {
   // Activations of the current step, reused across steps.
   std::vector<float> h_, xn_, q_, k_, v_, attn_, gate_, up_;
   std::vector<float> part_, local_logits_, gathered_;  // tensor parallel only
-  std::vector<int64_t> positions_;
+  StepRows step_;
 };
 
 absl::Status LlamaModel::Load(const WeightStore& store) {
@@ -207,36 +205,6 @@ absl::Status LlamaModel::AllocateKvCache(int64_t num_blocks, int block_size) {
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::Validate(const ForwardBatch& batch) const {
-  if (block_size_ == 0) return absl::FailedPreconditionError("Forward before AllocateKvCache");
-  for (size_t s = 0; s < batch.seqs.size(); ++s) {
-    const SequenceChunk& c = batch.seqs[s];
-    if (c.tokens.empty()) {
-      return absl::InvalidArgumentError(fmt::format("batch sequence {}: no tokens", s));
-    }
-    const int64_t end = c.start_pos + static_cast<int64_t>(c.tokens.size());
-    const int64_t blocks_needed = (end + block_size_ - 1) / block_size_;
-    if (c.start_pos < 0 || static_cast<int64_t>(c.block_table.size()) < blocks_needed) {
-      return absl::InvalidArgumentError(fmt::format(
-          "batch sequence {}: positions [{}, {}) need {} blocks of {}, the block table has {}", s,
-          c.start_pos, end, blocks_needed, block_size_, c.block_table.size()));
-    }
-    for (int64_t b = 0; b < blocks_needed; ++b) {
-      if (c.block_table[b] < 0 || c.block_table[b] >= num_blocks_) {
-        return absl::InvalidArgumentError(fmt::format("batch sequence {}: block table entry {} is {}, outside [0, {})",
-                                                      s, b, c.block_table[b], num_blocks_));
-      }
-    }
-    for (size_t t = 0; t < c.tokens.size(); ++t) {
-      if (c.tokens[t] < 0 || c.tokens[t] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(fmt::format("batch sequence {}: token {} is id {}, outside the vocabulary of {}",
-                                                      s, t, c.tokens[t], config_.vocab_size));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 // One decoder block over all T tokens of the step: the linear layers see the tokens of
 // every sequence as one matrix; only attention looks at sequences one by one.
 absl::Status LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::AttentionSequence> seqs) {
@@ -253,8 +221,8 @@ absl::Status LlamaModel::RunLayer(size_t l, int64_t T, std::span<const cpu::Atte
                                     L.v.Target(v_.data(), kv_width)};
   cpu::Matmul(pool_, xn_.data(), T, hidden, qkv);
   ForTokens(T, [&](int64_t b, int64_t e) {
-    cpu::ApplyRope(rope_, &q_[b * q_width], e - b, q_width, &positions_[b], num_heads_, hd, config_.rope_interleaved);
-    cpu::ApplyRope(rope_, &k_[b * kv_width], e - b, kv_width, &positions_[b], num_kv_heads_, hd, config_.rope_interleaved);
+    cpu::ApplyRope(rope_, &q_[b * q_width], e - b, q_width, &step_.positions[b], num_heads_, hd, config_.rope_interleaved);
+    cpu::ApplyRope(rope_, &k_[b * kv_width], e - b, kv_width, &step_.positions[b], num_kv_heads_, hd, config_.rope_interleaved);
   });
 
   // k, v → their cache slots; attention reads the new keys from the cache like the old.
@@ -322,62 +290,17 @@ absl::Status LlamaModel::Embed(const std::vector<int32_t>& tokens) {
   return tp_->AllReduceSum(std::span<float>(h_.data(), T * hidden));
 }
 
-absl::Status LlamaModel::GatherLogits(int64_t rows, std::vector<float>* logits) {
-  const int64_t local_vocab = lm_head_->out_features();
-  const int64_t vocab = local_vocab * tp_size();
-  logits->resize(rows * vocab);
-  if (rows == 0) return absl::OkStatus();
-  if (tp_size() == 1) {
-    const cpu::MatmulTarget head = lm_head_->Target(logits->data(), vocab);
-    cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
-    return absl::OkStatus();
-  }
-  local_logits_.resize(rows * local_vocab);
-  gathered_.resize(rows * vocab);
-  const cpu::MatmulTarget head = lm_head_->Target(local_logits_.data(), local_vocab);
-  cpu::Matmul(pool_, xn_.data(), rows, config_.hidden_size, {&head, 1});
-  RETURN_IF_ERROR(tp_->AllGather(local_logits_, gathered_));
-  // gathered_: [rank][row][local_vocab] -> logits: [row][rank * local_vocab + j]
-  for (int r = 0; r < tp_size(); ++r) {
-    for (int64_t row = 0; row < rows; ++row) {
-      std::copy_n(&gathered_[(r * rows + row) * local_vocab], local_vocab,
-                  logits->data() + row * vocab + r * local_vocab);
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, std::vector<float>* logits) {
-  if (!shard_.is_first_stage() || !last_stage()) {
-    return absl::FailedPreconditionError(fmt::format(
-        "layers [{}, {}) of {}: a pipeline stage runs through ForwardStage, with the hidden states of its neighbours",
-        shard_.first_layer, shard_.end_layer, config_.num_layers));
-  }
+  if (!shard_.is_first_stage() || !last_stage()) return WholeModelOnly(shard_, config_.num_layers);
   return ForwardStage(batch, {}, logits);
 }
 
 absl::Status LlamaModel::ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
                                       std::vector<float>* out) {
-  RETURN_IF_ERROR(Validate(batch));
+  RETURN_IF_ERROR(step_.Reset(batch, num_blocks_, block_size_, config_.vocab_size));
   const int64_t hidden = config_.hidden_size, hd = config_.head_dim;
-
-  // Lay the sequences' new tokens end to end: rows [first_row, first_row + n) are one
-  // sequence's, at positions start_pos...
-  std::vector<cpu::AttentionSequence> seqs;
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> logit_rows;
-  positions_.clear();
-  int64_t max_pos = 0;
-  for (const SequenceChunk& c : batch.seqs) {
-    const int64_t n = static_cast<int64_t>(c.tokens.size());
-    seqs.push_back({static_cast<int64_t>(tokens.size()), n, c.start_pos, c.block_table});
-    tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
-    for (int64_t t = 0; t < n; ++t) positions_.push_back(c.start_pos + t);
-    max_pos = std::max(max_pos, c.start_pos + n);
-    if (c.want_logits) logit_rows.push_back(static_cast<int64_t>(tokens.size()) - 1);
-  }
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  if (max_pos > rope_.num_positions()) rope_.Reserve(std::max(max_pos, 2 * rope_.num_positions()));
+  const int64_t T = step_.num_tokens();
+  if (step_.max_pos > rope_.num_positions()) rope_.Reserve(std::max(step_.max_pos, 2 * rope_.num_positions()));
 
   h_.resize(T * hidden);
   xn_.resize(T * hidden);
@@ -390,27 +313,24 @@ absl::Status LlamaModel::ForwardStage(const ForwardBatch& batch, std::span<const
   if (tp_size() > 1) part_.resize(T * hidden);
 
   if (shard_.is_first_stage()) {
-    RETURN_IF_ERROR(Embed(tokens));
+    RETURN_IF_ERROR(Embed(step_.tokens));
   } else {
-    if (static_cast<int64_t>(hidden_in.size()) != T * hidden) {
-      return absl::InvalidArgumentError(fmt::format("layers [{}, {}): hidden states in have {} floats, the batch's {} tokens need {} x {}",
-                                                    shard_.first_layer, shard_.end_layer, hidden_in.size(), T, T, hidden));
-    }
+    RETURN_IF_ERROR(CheckHiddenIn(shard_, hidden_in, T, hidden));
     std::copy(hidden_in.begin(), hidden_in.end(), h_.begin());
   }
-  for (size_t l = 0; l < layers_.size(); ++l) RETURN_IF_ERROR(RunLayer(l, T, seqs));
+  for (size_t l = 0; l < layers_.size(); ++l) RETURN_IF_ERROR(RunLayer(l, T, step_.seqs));
 
   if (!last_stage()) {
     out->assign(h_.begin(), h_.end());
     return absl::OkStatus();
   }
   // Final norm and vocabulary projection only for the rows the caller samples from.
-  const int64_t rows = static_cast<int64_t>(logit_rows.size());
+  const int64_t rows = static_cast<int64_t>(step_.logit_rows.size());
   for (int64_t r = 0; r < rows; ++r) {
-    cpu::RmsNorm(&h_[logit_rows[r] * hidden], final_norm_->data(), &xn_[r * hidden], 1, hidden,
+    cpu::RmsNorm(&h_[step_.logit_rows[r] * hidden], final_norm_->data(), &xn_[r * hidden], 1, hidden,
                  static_cast<float>(config_.rms_norm_eps));
   }
-  return GatherLogits(rows, out);
+  return ProjectLogits(pool_, tp_, tp_size(), *lm_head_, xn_.data(), rows, hidden, &local_logits_, &gathered_, out);
 }
 
 }  // namespace
@@ -419,30 +339,11 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateLlama(const LoadedModel& model,
                                                       const ShardSpec& shard_in, ThreadPool* pool,
                                                       const CausalLMOptions& options) {
   const ModelConfig& c = model.config;
-  if (pool == nullptr) return absl::InvalidArgumentError("CreateCausalLM: thread pool is null");
-  if (model.weights == nullptr) return absl::InvalidArgumentError(fmt::format("{}: no weights loaded", model.path));
   ShardSpec shard = shard_in;
-  if (shard.end_layer < 0) shard.end_layer = c.num_layers;
-  if (shard.first_layer < 0 || shard.first_layer >= shard.end_layer || shard.end_layer > c.num_layers) {
-    return absl::InvalidArgumentError(fmt::format("{}: layer range [{}, {}) is not inside the model's {} layers",
-                                                  model.path, shard.first_layer, shard.end_layer, c.num_layers));
-  }
-  if (shard.tp_size < 1 || shard.tp_rank < 0 || shard.tp_rank >= shard.tp_size) {
-    return absl::InvalidArgumentError(fmt::format("tensor parallel rank {} of {} is out of range", shard.tp_rank, shard.tp_size));
-  }
-  if (shard.tp_size != 1 && (options.tensor_group == nullptr || options.tensor_group->size() != shard.tp_size ||
-                              options.tensor_group->rank() != shard.tp_rank)) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor parallel rank {} of {} needs CausalLMOptions.tensor_group, a communicator over its {} tensor ranks",
-        model.path, shard.tp_rank, shard.tp_size, shard.tp_size));
-  }
+  RETURN_IF_ERROR(CheckModelArgs(model, pool, options, &shard));
   if (c.head_dim <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.vocab_size <= 0) {
     return absl::InvalidArgumentError(fmt::format("{}: config has non-positive sizes (hidden {}, heads {}, kv heads {}, head_dim {}, vocab {})",
                                                   model.path, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size));
-  }
-  if (options.kv_cache_dtype != DType::kF16 && options.kv_cache_dtype != DType::kF32) {
-    return absl::InvalidArgumentError(fmt::format("{}: KV cache dtype {}: the CPU model keeps its KV cache in F16 or F32",
-                                                  model.path, DTypeName(options.kv_cache_dtype)));
   }
   auto m = std::make_unique<LlamaModel>(c, shard, pool, options);
   RETURN_IF_ERROR(m->Load(*model.weights));
