@@ -212,7 +212,7 @@ start_component() {
         --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
         --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
         --use-service-account-credentials=false --controllers='*' \
-        --node-monitor-grace-period=60s --v=1 ;;
+        --node-monitor-grace-period=60s ${SHOAL_K8S_KCM_QPS:+--kube-api-qps=$SHOAL_K8S_KCM_QPS --kube-api-burst=$((2 * SHOAL_K8S_KCM_QPS))} --v=1 ;;
     kube-scheduler)
       launch kube-scheduler "$bin/kube-scheduler" --kubeconfig="$kc" \
         --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \

@@ -1,5 +1,7 @@
-// Tensor and pipeline parallel llama/qwen2 against one process and against Hugging Face
-// transformers: every rank is a forked process joined through the leader's rendezvous,
+// Tensor and pipeline parallel llama, qwen2 and DeepSeek (V2, V2-Lite, V3: MLA heads,
+// shared-expert and dense features split, routed experts partitioned over the tensor
+// ranks) against one process and against Hugging Face transformers: every rank is a
+// forked process joined through the leader's rendezvous,
 // the leader drives a GroupCausalLM with three sequences batched together (one prefilled
 // in chunks), and the parent compares the tokens and logits it reports with a
 // single-process run of the same model and with the fixture's recorded logits. Each
@@ -114,12 +116,20 @@ class GroupModel : public ::testing::TestWithParam<Case> {
     return 0;
   }
 
-  // The bytes of the file's tensors rank `rank` should hold: layer matrices and the
-  // vocabulary split over the tensor ranks (k/v over at most num_kv_heads), norms whole.
+  // The bytes of the file's tensors rank `rank` should hold. Split over the tensor ranks:
+  // layer matrices (k/v over at most num_kv_heads), shared-expert and dense features, the
+  // vocabulary of llama's embedding and every LM head. Whole on every rank: norms,
+  // DeepSeek's q_a/kv_a projections, router and embedding. Routed experts: those of the
+  // rank's ExpertRange. kv_b_proj counts twice: the absorbed MLA form keeps a per-head
+  // copy of the rank's slice in the same element size (f32 fixtures).
   size_t ExpectedBytes(const GroupLayout& g, int rank) const {
     const ShardSpec s = g.shard_of(rank);
-    const bool first = s.first_layer == 0, last = s.end_layer == model_.config.num_layers;
-    const std::regex layer_re(R"(model\.layers\.(\d+)\.(.*))");
+    const ModelConfig& c = model_.config;
+    const bool first = s.first_layer == 0, last = s.end_layer == c.num_layers;
+    const bool deepseek = IsDeepseek(c.arch);
+    const ExpertRange experts = ExpertRange::Of(c.deepseek.n_routed_experts, s.tp_rank, s.tp_size);
+    const std::regex layer_re(R"(model\.layers\.(\d+)\.(.*))"), expert_re(R"(mlp\.experts\.(\d+)\..*)");
+    const auto has = [](const std::string& rest, const char* part) { return rest.find(part) != std::string::npos; };
     size_t bytes = 0;
     for (const std::string& name : model_.weights->Names()) {
       const TensorView* t = model_.weights->Find(name);
@@ -129,16 +139,23 @@ class GroupModel : public ::testing::TestWithParam<Case> {
         const int64_t layer = std::stoll(m[1]);
         if (layer < s.first_layer || layer >= s.end_layer) continue;
         const std::string rest = m[2];
-        if (rest.find("norm") != std::string::npos) {
+        std::smatch e;
+        if (std::regex_match(rest, e, expert_re)) {
+          const int64_t expert = std::stoll(e[1]);
+          if (experts.Contains(expert)) bytes += whole;
+        } else if (has(rest, "norm") || has(rest, "q_a_proj") || has(rest, "kv_a_proj") ||
+                   has(rest, "mlp.gate.") || has(rest, "e_score_correction_bias")) {
           bytes += whole;
-        } else if (rest.find("k_proj") != std::string::npos || rest.find("v_proj") != std::string::npos) {
-          bytes += t->nbytes / std::min<int64_t>(g.tensor, model_.config.num_kv_heads);
+        } else if (has(rest, "kv_b_proj")) {
+          bytes += 2 * split;
+        } else if (has(rest, "k_proj") || has(rest, "v_proj")) {
+          bytes += t->nbytes / std::min<int64_t>(g.tensor, c.num_kv_heads);
         } else {
           bytes += split;
         }
       } else if (name == "model.embed_tokens.weight") {
-        if (first) bytes += split;
-        if (last && model_.config.tie_word_embeddings && !first) bytes += split;
+        if (first) bytes += deepseek ? whole : split;
+        if (last && c.tie_word_embeddings && !first) bytes += split;
       } else if (name == "lm_head.weight") {
         if (last) bytes += split;
       } else if (name == "model.norm.weight") {
@@ -205,7 +222,9 @@ TEST_P(GroupModel, SameTokensAsOneProcessAndLogitsWithinTolerance) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GroupModel,
                          ::testing::Values(Case{"llama-tiny", 2, 1}, Case{"llama-tiny", 1, 2}, Case{"llama-tiny", 2, 2},
-                                           Case{"llama-tiny", 4, 1}, Case{"qwen2-tiny", 2, 2}),
+                                           Case{"llama-tiny", 4, 1}, Case{"qwen2-tiny", 2, 2},
+                                           Case{"deepseek-v3-tiny", 2, 1}, Case{"deepseek-v2-tiny", 1, 2},
+                                           Case{"deepseek-v2-lite-tiny", 2, 2}, Case{"deepseek-v3-tiny", 4, 1}),
                          CaseName);
 
 }  // namespace
