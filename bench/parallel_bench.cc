@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <fstream>
 #include <numeric>
 #include <sstream>
@@ -26,6 +27,7 @@
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/model/loaded_model.h"
 #include "worker/parallel/group_causal_lm.h"
+#include "worker/parallel/group_member.h"
 
 namespace shoal::worker {
 namespace {
@@ -109,6 +111,20 @@ struct RankReport {
   std::vector<std::vector<int32_t>> tokens;
 };
 
+// A port that was free a moment ago, for the rendezvous.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
 std::string ReportPath(pid_t parent, int rank) { return fmt::format("/tmp/shoal-parallel-bench-{}-{}.txt", parent, rank); }
 
 // Forks a group of tensor x pipeline ranks; rank 0 decodes, everyone reports busy seconds.
@@ -117,19 +133,7 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
                                  int min_micro_batch_tokens = 1) {
   const int world = tensor * pipeline;
   const pid_t parent = getpid();
-  int port;
-  {
-    // A free port for the rendezvous.
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    socklen_t len = sizeof(a);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-    close(fd);
-  }
+  const int port = FreePort();
   std::vector<pid_t> pids;
   std::fflush(nullptr);  // or the children would print the parent's buffered lines again
   for (int rank = 0; rank < world; ++rank) {
@@ -203,6 +207,51 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
     std::remove(ReportPath(parent, r).c_str());
   }
   return reports;
+}
+
+// Mean seconds of one all-reduce of `floats` f32 values over `tensor` ranks (forked,
+// joined like a group), after a warm-up: the latency a tensor-parallel layer pays twice.
+double AllReduceSeconds(int tensor, int64_t num_layers, int64_t floats, int iterations) {
+  const int port = FreePort();
+  const pid_t parent = getpid();
+  std::vector<pid_t> pids;
+  std::fflush(nullptr);
+  for (int rank = 0; rank < tensor; ++rank) {
+    const pid_t pid = fork();
+    if (pid != 0) {
+      pids.push_back(pid);
+      continue;
+    }
+    GroupOptions o;
+    o.rank = rank;
+    o.leader_address = fmt::format("127.0.0.1:{}", port);
+    o.tensor = tensor;
+    o.probe_interval = std::chrono::seconds(60);
+    auto member = GroupMember::Join(o, num_layers);
+    if (!member.ok()) _exit(1);
+    std::vector<float> data(floats, 1.0f);
+    for (int i = 0; i < 20; ++i) {
+      if (!(*member)->tensor_group().AllReduceSum(data).ok()) _exit(1);
+    }
+    const auto t0 = Clock::now();
+    for (int i = 0; i < iterations; ++i) {
+      if (!(*member)->tensor_group().AllReduceSum(data).ok()) _exit(1);
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count() / iterations;
+    std::ofstream(ReportPath(parent, rank)) << seconds << "\n";
+    _exit(0);
+  }
+  double seconds = 0;
+  for (int r = 0; r < tensor; ++r) {
+    int status = 0;
+    waitpid(pids[r], &status, 0);
+    std::ifstream in(ReportPath(parent, r));
+    double s = 0;
+    in >> s;
+    seconds = std::max(seconds, s);
+    std::remove(ReportPath(parent, r).c_str());
+  }
+  return seconds;
 }
 
 int Run(int argc, char** argv) {
@@ -289,6 +338,13 @@ int Run(int argc, char** argv) {
     const double tp_step = tp[0].decode / s.decode;
     std::printf("tp%d_decode_step_ms: %.2f\nratio_tp%d_step_time_vs_tp1: %.2f\n", tensor, 1e3 * tp_step, tensor,
                 tp_step / one_step);
+    // What each of the layers' all-reduces costs at this batch ([streams, hidden] f32).
+    const int64_t floats = static_cast<int64_t>(s.num) * c.hidden_size;
+    const double ar = AllReduceSeconds(tensor, c.num_layers, floats, 500);
+    std::printf("tp%d_allreduce_%lld_floats_us: %.1f\n", tensor, static_cast<long long>(floats), 1e6 * ar);
+    std::printf("tp%d_allreduce_bus_gb_per_s: %.3f\n", tensor,
+                2.0 * (tensor - 1) / tensor * floats * sizeof(float) / ar / 1e9);
+    std::printf("tp%d_allreduces_per_decode_step: %lld\n", tensor, static_cast<long long>(2 * c.num_layers + 1));
   }
   std::printf("validation: ok (pipeline tokens equal one process's)\n");
   return 0;
