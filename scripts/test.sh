@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite the way CI does: set-up (idempotent), build, every CTest
-# label that needs no GPU, the Kubernetes tests against a real control plane, then each
-# fuzzer for a short budget.
+# label that needs no GPU, the Kubernetes tests against a real control plane, the CUDA
+# sources compiled (their tests run where a GPU is), then each fuzzer for a short budget.
 #
 #   scripts/test.sh                 everything (unit, oracle, k8s, fuzz)
 #   SHOAL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz budget
 #   SHOAL_SKIP_K8S=1 scripts/test.sh       skip the Kubernetes step
+#   SHOAL_SKIP_CUDA=1 scripts/test.sh      skip compiling the CUDA sources
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +25,18 @@ ctest --output-on-failure -j "$(nproc)" -L 'unit|oracle|multiproc'
 if [[ ${SHOAL_SKIP_K8S:-0} != 1 ]]; then
   "$here/tests/k8s/install.sh"
   ctest --output-on-failure -j "$(nproc)" -L k8s
+fi
+
+# --- CUDA (label cuda) -------------------------------------------------------------------
+# Compiles every CUDA source (target shoal_cuda) against CUDA 13.0 assembled from PyPI by
+# scripts/setup_cuda.sh, in its own tree; without a GPU the cuda tests report
+# "skipped: no GPU". On a GPU machine the same commands run them for real.
+if [[ ${SHOAL_SKIP_CUDA:-0} != 1 ]]; then
+  cuda_root=$("$here/scripts/setup_cuda.sh")
+  cuda_build=${SHOAL_CUDA_BUILD_DIR:-$here/build-cuda}
+  cmake -S "$here" -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUDAToolkit_ROOT="$cuda_root" >/dev/null
+  cmake --build "$cuda_build" --target shoal_cuda -j "$(nproc)"
+  (cd "$cuda_build" && ctest --output-on-failure -L cuda)
 fi
 
 if ((fuzz_seconds > 0)); then

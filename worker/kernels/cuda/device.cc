@@ -1,0 +1,57 @@
+#include "worker/kernels/cuda/device.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "worker/kernels/cuda/cuda_check.h"
+
+namespace shoal::worker::cuda {
+
+absl::StatusOr<int> CudaDeviceCount() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error so later calls do not report it again
+    return absl::FailedPreconditionError(fmt::format("no GPU: {} ({})", cudaGetErrorString(err), cudaGetErrorName(err)));
+  }
+  if (n == 0) return absl::FailedPreconditionError("no GPU: the driver reports 0 devices");
+  return n;
+}
+
+std::string DeviceDescription(int device) {
+  cudaDeviceProp p{};
+  SHOAL_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return fmt::format("{} (sm_{}{}, {:.1f} GiB)", p.name, p.major, p.minor,
+                     static_cast<double>(p.totalGlobalMem) / (1ull << 30));
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) SHOAL_CUDA_CHECK(cudaMalloc(&data_, bytes));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_ != nullptr) cudaFree(data_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) cudaFree(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void DeviceBuffer::CopyFromHost(const void* host, size_t bytes) {
+  SHOAL_CUDA_CHECK(cudaMemcpy(data_, host, bytes, cudaMemcpyHostToDevice));
+}
+
+void DeviceBuffer::CopyToHost(void* host, size_t bytes) const {
+  SHOAL_CUDA_CHECK(cudaMemcpy(host, data_, bytes, cudaMemcpyDeviceToHost));
+}
+
+}  // namespace shoal::worker::cuda

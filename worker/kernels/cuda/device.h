@@ -1,0 +1,44 @@
+#pragma once
+// Finding a GPU, and device memory with an owner.
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace shoal::worker::cuda {
+
+// The number of usable GPUs, or FAILED_PRECONDITION saying why there are none (no
+// driver, no device): the cuda tests skip on that, a worker asked to use CUDA fails.
+absl::StatusOr<int> CudaDeviceCount();
+
+// "NVIDIA H200 (sm_90, 139.8 GiB)" for logs and benchmark output.
+std::string DeviceDescription(int device);
+
+// cudaMalloc'd bytes, freed with the buffer. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  size_t bytes() const { return bytes_; }
+  void CopyFromHost(const void* host, size_t bytes);  // synchronous
+  void CopyToHost(void* host, size_t bytes) const;    // synchronous
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace shoal::worker::cuda
