@@ -195,6 +195,27 @@ TEST_F(CliEndToEnd, ServeOnceAnswersOverGrpcAndShutsDownCleanly) {
   EXPECT_THAT(r.err, HasSubstr("listening grpc="));  // the worker's ready line, on stderr
 }
 
+// The same tree with the worker group as tensor x pipeline processes: a pipeline-only
+// group computes exactly what one process does, so the greedy answer is the same text;
+// with tensor ranks too (3 x 2 = 6 processes) the answer is still the model's English.
+TEST_F(CliEndToEnd, ServeOnceRunsTheGroupAsTensorTimesPipelineProcesses) {
+  const std::vector<std::string> ask = {kBinDir + "/shoal", "serve", "--once", "Name three colours.", "--max-tokens",
+                                        "24", "--temperature", "0", "--threads", "1", "--kv-cache-mb", "32"};
+  ProcessResult one = RunToEnd(ask);
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  std::vector<std::string> pipeline = ask;
+  pipeline.insert(pipeline.end(), {"--pipeline", "2"});
+  ProcessResult pp = RunToEnd(pipeline);
+  EXPECT_EQ(pp.exit_code, 0) << pp.err;
+  EXPECT_EQ(pp.out, one.out);
+  std::vector<std::string> both = pipeline;
+  both.insert(both.end(), {"--tensor", "3"});
+  ProcessResult tp_pp = RunToEnd(both);
+  EXPECT_EQ(tp_pp.exit_code, 0) << tp_pp.err;
+  EXPECT_TRUE(LooksLikeEnglish(tp_pp.out)) << tp_pp.out;
+  ExpectOnlyProduct(tp_pp.out);
+}
+
 // shoal-worker on its own: the ready line names a free port, clients reach it, SIGTERM
 // ends it with status 0.
 TEST_F(CliEndToEnd, WorkerServesGenerateAndBenchThenStopsOnSigterm) {
