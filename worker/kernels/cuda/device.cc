@@ -1,29 +1,31 @@
 #include "worker/kernels/cuda/device.h"
 
-#include <fmt/format.h>
-
+#include <cstdio>
 #include <utility>
 
 #include "worker/kernels/cuda/cuda_check.h"
 
 namespace shoal::worker::cuda {
 
-absl::StatusOr<int> CudaDeviceCount() {
+int CudaDeviceCount(std::string* why_not) {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear the sticky error so later calls do not report it again
-    return absl::FailedPreconditionError(fmt::format("no GPU: {} ({})", cudaGetErrorString(err), cudaGetErrorName(err)));
+    *why_not = std::string("no GPU: ") + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
+    return 0;
   }
-  if (n == 0) return absl::FailedPreconditionError("no GPU: the driver reports 0 devices");
+  if (n == 0) *why_not = "no GPU: the driver reports 0 devices";
   return n;
 }
 
 std::string DeviceDescription(int device) {
   cudaDeviceProp p{};
   SHOAL_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
-  return fmt::format("{} (sm_{}{}, {:.1f} GiB)", p.name, p.major, p.minor,
-                     static_cast<double>(p.totalGlobalMem) / (1ull << 30));
+  char text[320];
+  std::snprintf(text, sizeof(text), "%s (sm_%d%d, %.1f GiB)", p.name, p.major, p.minor,
+                static_cast<double>(p.totalGlobalMem) / (1ull << 30));
+  return text;
 }
 
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {

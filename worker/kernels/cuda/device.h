@@ -5,13 +5,13 @@
 #include <cstddef>
 #include <string>
 
-#include "absl/status/statusor.h"
-
 namespace shoal::worker::cuda {
 
-// The number of usable GPUs, or FAILED_PRECONDITION saying why there are none (no
-// driver, no device): the cuda tests skip on that, a worker asked to use CUDA fails.
-absl::StatusOr<int> CudaDeviceCount();
+// The number of usable GPUs; 0 with *why_not saying why there are none ("no GPU: …", no
+// driver or no device): the cuda tests skip on that, a worker asked to use CUDA fails.
+// Plain values rather than absl::Status: the kernels depend on the CUDA toolkit alone,
+// so they also build on a GPU machine that has nothing else installed.
+int CudaDeviceCount(std::string* why_not);
 
 // "NVIDIA H200 (sm_90, 139.8 GiB)" for logs and benchmark output.
 std::string DeviceDescription(int device);
