@@ -38,13 +38,13 @@ const char* ModeName(MlaMode m) {
 class DeepseekOracle : public ::testing::TestWithParam<std::tuple<std::string, MlaMode>> {
  protected:
   void SetUp() override {
-    dir_ = testing::SourceDir() + "/tests/oracle/fixtures/" + std::get<0>(GetParam());
-    std::ifstream f(dir_ + "/expected.json");
-    ASSERT_TRUE(f) << dir_ << "/expected.json is missing (tests/oracle/generate_deepseek_fixtures.py makes it)";
-    const nlohmann::json j = nlohmann::json::parse(f);
-    prompt_ = j["prompt"].get<std::vector<int32_t>>();
-    for (const auto& [pos, v] : j["logits"].items()) logits_[std::stoi(pos)] = v.get<std::vector<float>>();
-    greedy_ = j["greedy"].get<std::vector<int32_t>>();
+    testing::OracleExpectation e;
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(std::get<0>(GetParam()), &e, &error)) << error;
+    dir_ = e.dir;
+    prompt_ = e.prompt;
+    logits_ = e.logits;
+    greedy_ = e.greedy;
 
     auto model = LoadModel(dir_);
     ASSERT_TRUE(model.ok()) << model.status();
@@ -158,13 +158,12 @@ INSTANTIATE_TEST_SUITE_P(
 // close to the f32 oracle (its rounding alone moves these tiny models' logits ~1e-3).
 TEST(DeepseekF16Cache, StaysCloseToTransformers) {
   for (const char* name : {"deepseek-v2-tiny", "deepseek-v3-tiny"}) {
-    const std::string dir = testing::SourceDir() + "/tests/oracle/fixtures/" + name;
-    std::ifstream f(dir + "/expected.json");
-    ASSERT_TRUE(f);
-    const nlohmann::json j = nlohmann::json::parse(f);
-    const auto prompt = j["prompt"].get<std::vector<int32_t>>();
-    const auto want = j["logits"][std::to_string(prompt.size() - 1)].get<std::vector<float>>();
-    auto model = LoadModel(dir);
+    testing::OracleExpectation e;
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(name, &e, &error)) << error;
+    const std::vector<int32_t>& prompt = e.prompt;
+    const std::vector<float>& want = e.last_logits();
+    auto model = LoadModel(e.dir);
     ASSERT_TRUE(model.ok()) << model.status();
     ThreadPool pool(2);
     auto lm = CreateCausalLM(*model, ShardSpec{}, &pool);

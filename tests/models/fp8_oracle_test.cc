@@ -33,12 +33,13 @@ constexpr int kBlocksPerSeq = 16;
 class Fp8OracleFixture : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    dir_ = testing::SourceDir() + "/tests/oracle/fixtures/" + GetParam();
-    std::ifstream f(dir_ + "/expected.json");
-    ASSERT_TRUE(f) << dir_ << "/expected.json is missing (tests/oracle/generate_fp8_fixtures.py makes it)";
-    expected_ = nlohmann::json::parse(f);
-    prompt_ = expected_["prompt"].get<std::vector<int32_t>>();
-    for (const auto& [pos, v] : expected_["logits"].items()) logits_[std::stoi(pos)] = v.get<std::vector<float>>();
+    testing::OracleExpectation e;
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(GetParam(), &e, &error)) << error;
+    dir_ = e.dir;
+    expected_ = e.json;
+    prompt_ = e.prompt;
+    logits_ = e.logits;
     auto model = LoadModel(dir_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);

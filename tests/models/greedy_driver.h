@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -23,6 +26,37 @@ inline std::string SourceDir() {
 inline std::string ModelsDir() {
   if (const char* d = std::getenv("SHOAL_MODELS_DIR")) return d;
   return std::string(std::getenv("HOME")) + "/.cache/shoal/models";
+}
+
+// tests/oracle/fixtures/<name>/expected.json: what transformers computed for a fixture's
+// checkpoint (in the same directory).
+struct OracleExpectation {
+  std::string dir;
+  std::vector<int32_t> prompt;
+  std::map<int, std::vector<float>> logits;  // by prompt position
+  std::vector<int32_t> greedy;               // the greedy continuation of the prompt
+  nlohmann::json json;                       // all of it, for what only some fixtures record
+  const std::vector<float>& last_logits() const { return logits.at(static_cast<int>(prompt.size()) - 1); }
+};
+
+// False, saying why in *error, when the file is missing (the generator in tests/oracle/
+// makes it) or lacks the common fields.
+inline bool ReadOracleExpectation(const std::string& name, OracleExpectation* out, std::string* error) {
+  out->dir = SourceDir() + "/tests/oracle/fixtures/" + name;
+  std::ifstream f(out->dir + "/expected.json");
+  if (!f) {
+    *error = out->dir + "/expected.json is missing (the generators in tests/oracle/ make it)";
+    return false;
+  }
+  out->json = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!out->json.contains("prompt") || !out->json.contains("logits") || !out->json.contains("greedy")) {
+    *error = out->dir + "/expected.json has no prompt, logits or greedy";
+    return false;
+  }
+  out->prompt = out->json["prompt"].get<std::vector<int32_t>>();
+  for (const auto& [pos, v] : out->json["logits"].items()) out->logits[std::stoi(pos)] = v.get<std::vector<float>>();
+  out->greedy = out->json["greedy"].get<std::vector<int32_t>>();
+  return true;
 }
 
 inline int32_t ArgMax(const float* v, int64_t n) {

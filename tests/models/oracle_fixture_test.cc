@@ -21,22 +21,12 @@ constexpr double kLogitTolerance = 1e-3;
 constexpr int kBlockSize = 4;
 constexpr int kBlocksPerSeq = 16;  // 64 positions: prompt 20 + 32 new
 
-struct Expected {
-  std::vector<int32_t> prompt;
-  std::map<int, std::vector<float>> logits;  // by prompt position
-  std::vector<int32_t> greedy;
-};
-
 class OracleFixture : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    dir_ = testing::SourceDir() + "/tests/oracle/fixtures/" + GetParam();
-    std::ifstream f(dir_ + "/expected.json");
-    ASSERT_TRUE(f) << dir_ << "/expected.json is missing (tests/oracle/generate_fixtures.py makes it)";
-    const nlohmann::json j = nlohmann::json::parse(f);
-    expected_.prompt = j["prompt"].get<std::vector<int32_t>>();
-    for (const auto& [pos, v] : j["logits"].items()) expected_.logits[std::stoi(pos)] = v.get<std::vector<float>>();
-    expected_.greedy = j["greedy"].get<std::vector<int32_t>>();
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(GetParam(), &expected_, &error)) << error;
+    dir_ = expected_.dir;
 
     auto model = LoadModel(dir_);
     ASSERT_TRUE(model.ok()) << model.status();
@@ -59,7 +49,7 @@ class OracleFixture : public ::testing::TestWithParam<std::string> {
   }
 
   std::string dir_;
-  Expected expected_;
+  testing::OracleExpectation expected_;
   ThreadPool pool_{2};
   LoadedModel model_;
   std::unique_ptr<CausalLM> lm_;

@@ -58,13 +58,13 @@ std::vector<SequenceRun> Runs(const std::vector<int32_t>& prompt, int num_new) {
 class GroupModel : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    dir_ = testing::SourceDir() + "/tests/oracle/fixtures/" + GetParam().fixture;
-    std::ifstream f(dir_ + "/expected.json");
-    ASSERT_TRUE(f) << dir_;
-    const nlohmann::json j = nlohmann::json::parse(f);
-    prompt_ = j["prompt"].get<std::vector<int32_t>>();
-    want_logits_ = j["logits"][std::to_string(prompt_.size() - 1)].get<std::vector<float>>();
-    want_greedy_ = j["greedy"].get<std::vector<int32_t>>();
+    testing::OracleExpectation e;
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(GetParam().fixture, &e, &error)) << error;
+    dir_ = e.dir;
+    prompt_ = e.prompt;
+    want_logits_ = e.last_logits();
+    want_greedy_ = e.greedy;
     auto model = LoadModel(dir_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
