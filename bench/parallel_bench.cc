@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -125,6 +126,19 @@ int FreePort() {
   return port;
 }
 
+// Forks `world` children, child r running body(r) and exiting with its value; returns
+// their pids. Flushes first, or the children would print the parent's buffered lines again.
+std::vector<pid_t> ForkRanks(int world, const std::function<int(int)>& body) {
+  std::vector<pid_t> pids;
+  std::fflush(nullptr);
+  for (int rank = 0; rank < world; ++rank) {
+    const pid_t pid = fork();
+    if (pid == 0) _exit(body(rank));
+    pids.push_back(pid);
+  }
+  return pids;
+}
+
 std::string ReportPath(pid_t parent, int rank) { return fmt::format("/tmp/shoal-parallel-bench-{}-{}.txt", parent, rank); }
 
 // Forks a group of tensor x pipeline ranks; rank 0 decodes, everyone reports busy seconds.
@@ -134,14 +148,7 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
   const int world = tensor * pipeline;
   const pid_t parent = getpid();
   const int port = FreePort();
-  std::vector<pid_t> pids;
-  std::fflush(nullptr);  // or the children would print the parent's buffered lines again
-  for (int rank = 0; rank < world; ++rank) {
-    const pid_t pid = fork();
-    if (pid != 0) {
-      pids.push_back(pid);
-      continue;
-    }
+  const std::vector<pid_t> pids = ForkRanks(world, [&](int rank) {
     GroupOptions o;
     o.rank = rank;
     o.leader_address = fmt::format("127.0.0.1:{}", port);
@@ -154,14 +161,14 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
     auto member = GroupMember::Join(o, model.config.num_layers);
     if (!member.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", rank, member.status().ToString().c_str());
-      _exit(1);
+      return 1;
     }
     ThreadPool pool(threads);
     auto local = CreateCausalLM(model, (*member)->shard(), &pool,
                                 CausalLMOptions{.tensor_group = &(*member)->tensor_group()});
     if (!local.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", rank, local.status().ToString().c_str());
-      _exit(1);
+      return 1;
     }
     auto timed = std::make_unique<TimedModel>(std::move(*local));
     TimedModel* t = timed.get();
@@ -171,15 +178,15 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
       absl::Status st = FollowerLoop(**member, *t);
       out << t->busy << " 0 0\n";
       out.close();
-      _exit(st.ok() ? 0 : 1);
+      return st.ok() ? 0 : 1;
     }
     auto group = GroupCausalLM::Create(std::move(*member), std::move(timed));
-    if (!group.ok()) _exit(1);
+    if (!group.ok()) return 1;
     t->timing = true;
     auto r = Decode(**group, s);
     if (!r.ok()) {
       std::fprintf(stderr, "rank 0: %s\n", r.status().ToString().c_str());
-      _exit(1);
+      return 1;
     }
     out << t->busy << " " << r->total_seconds << " " << r->decode_seconds << "\n";
     for (const auto& seq : r->tokens) {
@@ -188,8 +195,8 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
     }
     out.close();
     group->reset();
-    _exit(0);
-  }
+    return 0;
+  });
   std::vector<RankReport> reports(world);
   for (int r = 0; r < world; ++r) {
     int status = 0;
@@ -214,33 +221,26 @@ std::vector<RankReport> RunGroup(const LoadedModel& model, int tensor, int pipel
 double AllReduceSeconds(int tensor, int64_t num_layers, int64_t floats, int iterations) {
   const int port = FreePort();
   const pid_t parent = getpid();
-  std::vector<pid_t> pids;
-  std::fflush(nullptr);
-  for (int rank = 0; rank < tensor; ++rank) {
-    const pid_t pid = fork();
-    if (pid != 0) {
-      pids.push_back(pid);
-      continue;
-    }
+  const std::vector<pid_t> pids = ForkRanks(tensor, [&](int rank) {
     GroupOptions o;
     o.rank = rank;
     o.leader_address = fmt::format("127.0.0.1:{}", port);
     o.tensor = tensor;
     o.probe_interval = std::chrono::seconds(60);
     auto member = GroupMember::Join(o, num_layers);
-    if (!member.ok()) _exit(1);
+    if (!member.ok()) return 1;
     std::vector<float> data(floats, 1.0f);
     for (int i = 0; i < 20; ++i) {
-      if (!(*member)->tensor_group().AllReduceSum(data).ok()) _exit(1);
+      if (!(*member)->tensor_group().AllReduceSum(data).ok()) return 1;
     }
     const auto t0 = Clock::now();
     for (int i = 0; i < iterations; ++i) {
-      if (!(*member)->tensor_group().AllReduceSum(data).ok()) _exit(1);
+      if (!(*member)->tensor_group().AllReduceSum(data).ok()) return 1;
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count() / iterations;
     std::ofstream(ReportPath(parent, rank)) << seconds << "\n";
-    _exit(0);
-  }
+    return 0;
+  });
   double seconds = 0;
   for (int r = 0; r < tensor; ++r) {
     int status = 0;
