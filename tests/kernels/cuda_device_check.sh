@@ -39,10 +39,12 @@ log=$out/cuda_device_check.log
   g++ -std=c++17 -O2 -I"$gtest/googletest/include" -I"$gtest/googletest" -c "$gtest/googletest/src/gtest-all.cc" \
     -o "$work/gtest-all.o" &
   g++ -std=c++17 -O2 -I"$gtest/googletest/include" -c "$gtest/googletest/src/gtest_main.cc" -o "$work/gtest_main.o" &
-  for f in device.cc gemm.cc; do
-    g++ -std=c++20 -O2 $host_flags -I"$here" -I"$cuda/include" -c "$here/worker/kernels/cuda/$f" -o "$work/$f.o" &
+  for f in "$here"/worker/kernels/cuda/*.cc; do
+    g++ -std=c++20 -O2 $host_flags -I"$here" -I"$cuda/include" -c "$f" -o "$work/$(basename "$f").o" &
   done
-  "$nvcc" -std=c++17 -O3 -arch="sm_$arch" -I"$here" -c "$here/worker/kernels/cuda/ops.cu" -o "$work/ops.o"
+  for f in "$here"/worker/kernels/cuda/*.cu; do
+    "$nvcc" -std=c++17 -O3 -arch="sm_$arch" -I"$here" -c "$f" -o "$work/$(basename "$f").o" &
+  done
   wait
   g++ -o "$work/cuda_kernels_test" "$work"/*.o -L"$cuda/lib64" -L"$cuda/lib" -Wl,-rpath,"$cuda/lib64:$cuda/lib" \
     -lcublas -lcudart -lpthread

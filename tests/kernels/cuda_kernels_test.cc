@@ -13,8 +13,11 @@
 #include <random>
 #include <vector>
 
+#include "worker/kernels/cpu/attention.h"
 #include "worker/kernels/cpu/ops.h"
+#include "worker/kernels/cpu/thread_pool.h"
 #include "worker/kernels/cpu/quant.h"
+#include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
 #include "worker/kernels/cuda/gemm.h"
@@ -195,6 +198,81 @@ TEST_P(CudaKernels, GemmMatchesAnF32ReferenceAndAccumulates) {
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   for (int64_t i = 0; i < T * out; ++i) want[i] += y0[i];
   ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-4);
+}
+
+// Three sequences in one launch: a decode row after 37 cached tokens, a 5-row prompt chunk
+// after 10, a fresh 7-row prompt; GQA (8 heads over 2 kv heads); head_dim 80, so lanes
+// past the head are masked; scattered block tables. Keys and values are rounded to the
+// cache type first, so the CPU's f32 cache holds the same numbers the GPU's cache does.
+TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t heads = 8, kv_heads = 2, hd = 80, width = kv_heads * hd;
+  const int block_size = 16, blocks_per_seq = 4;
+  const int64_t num_blocks = 3 * blocks_per_seq;
+  struct Seq {
+    int64_t start, num_new;
+  };
+  const std::vector<Seq> seqs = {{37, 1}, {10, 5}, {0, 7}};
+  std::vector<int32_t> tables;  // [3, blocks_per_seq], interleaved so neighbours are not adjacent
+  for (int s = 0; s < 3; ++s) {
+    for (int b = 0; b < blocks_per_seq; ++b) tables.push_back(static_cast<int32_t>(b * 3 + (2 - s)));
+  }
+  // Every position each sequence holds, past and new, in the order written.
+  std::vector<int32_t> all_seq;
+  std::vector<int64_t> all_pos;
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
+  }
+  const int64_t n_all = static_cast<int64_t>(all_pos.size());
+  const std::vector<float> k = Round(Random(n_all * width, 10), t).values, v = Round(Random(n_all * width, 11), t).values;
+
+  // CPU: an f32 cache holding the rounded values; queries are the new rows.
+  std::vector<float> kc(num_blocks * block_size * width), vc(kc.size());
+  const cpu::PagedKvLayer cpu_cache{kc.data(), vc.data(), num_blocks, block_size, kv_heads, hd, DType::kF32};
+  std::vector<cpu::AttentionSequence> cpu_seqs;
+  std::vector<int32_t> q_seq;
+  std::vector<int64_t> q_pos;
+  int64_t written = 0, first_row = 0;
+  for (int s = 0; s < 3; ++s) {
+    const std::span<const int32_t> table(&tables[s * blocks_per_seq], blocks_per_seq);
+    const int64_t n = seqs[s].start + seqs[s].num_new;
+    cpu::WriteKv(cpu_cache, {0, n, 0, table}, &k[written * width], width, &v[written * width], width);
+    written += n;
+    cpu_seqs.push_back({first_row, seqs[s].num_new, seqs[s].start, table});
+    for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
+    first_row += seqs[s].num_new;
+  }
+  const int64_t rows = first_row, ldq = heads * hd;
+  const std::vector<float> q = Random(rows * ldq, 12);
+  std::vector<float> want(rows * ldq);
+  ThreadPool pool(1);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  cpu::PagedAttention(&pool, cpu_cache, cpu_seqs, q.data(), ldq, heads, scale, want.data(), ldq);
+
+  // GPU: write every position through WriteKv, then attend for the new rows.
+  DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
+  const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
+  DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
+  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+  DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
+  WriteKv(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+          dk.as<float>(), width, dv.as<float>(), width);
+  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+  DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(q.size() * 4);
+  PagedAttention(nullptr, cache, {dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows},
+                 dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
+
+  // The cache holds exactly the rounded keys wherever the CPU's does.
+  const std::vector<float> got_k = Decode(Download(dk_cache), t);
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) {
+      const int64_t at = cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
+      ASSERT_EQ(got_k[at], kc[at]) << "sequence " << s << " position " << p;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Activations, CudaKernels, ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),

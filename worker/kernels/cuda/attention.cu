@@ -1,0 +1,155 @@
+#include "worker/kernels/cuda/attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "worker/kernels/cuda/cuda_check.h"
+
+namespace shoal::worker::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kDimsPerLane = kMaxHeadDim / 32;
+
+template <typename T>
+__device__ __forceinline__ float Load(const T* p, int64_t i) {
+  if constexpr (std::is_same_v<T, float>) {
+    return p[i];
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(p[i]);
+  } else {
+    return __bfloat162float(p[i]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(v);
+  } else {
+    return __float2bfloat16_rn(v);
+  }
+}
+
+// Element offset of (position, kv head) in a layer's cache.
+__device__ __forceinline__ int64_t SlotOffset(const int32_t* table, int64_t pos, int block_size, int64_t kv_heads,
+                                              int64_t g, int64_t head_dim) {
+  const int64_t block = table[pos / block_size];
+  return ((block * block_size + pos % block_size) * kv_heads + g) * head_dim;
+}
+
+// One thread per (row, element of the row's k/v).
+template <typename T>
+__global__ void WriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, int64_t head_dim, DeviceRows rows,
+                              const float* k, int64_t ldk, const float* v, int64_t ldv) {
+  const int64_t width = kv_heads * head_dim;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows.num_rows * width) return;
+  const int64_t r = idx / width, e = idx % width;
+  const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
+  const int64_t at = SlotOffset(table, rows.row_pos[r], block_size, kv_heads, e / head_dim, head_dim) + e % head_dim;
+  kc[at] = FromFloat<T>(k[r * ldk + e]);
+  vc[at] = FromFloat<T>(v[r * ldv + e]);
+}
+
+template <typename T>
+__global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t head_dim,
+                                DeviceRows rows, const float* q, int64_t ldq, int64_t num_heads, float scale,
+                                float* out, int64_t ldo) {
+  const int64_t r = blockIdx.x, h = blockIdx.y;
+  const int64_t g = h / (num_heads / kv_heads);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
+  const int64_t last = rows.row_pos[r];
+
+  float qv[kDimsPerLane], acc[kDimsPerLane];
+  for (int i = 0; i < kDimsPerLane; ++i) {
+    const int64_t d = lane + 32 * i;
+    qv[i] = d < head_dim ? q[r * ldq + h * head_dim + d] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = warp; j <= last; j += kWarps) {
+    const int64_t at = SlotOffset(table, j, block_size, kv_heads, g, head_dim);
+    float s = 0.0f;
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int64_t d = lane + 32 * i;
+      if (d < head_dim) s += qv[i] * Load(kc, at + d);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    const float m_new = fmaxf(m, s);
+    const float keep = __expf(m - m_new), p = __expf(s - m_new);
+    l = l * keep + p;
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int64_t d = lane + 32 * i;
+      acc[i] = acc[i] * keep + (d < head_dim ? p * Load(vc, at + d) : 0.0f);
+    }
+    m = m_new;
+  }
+
+  // Merge the warps' partial softmaxes: rescale each to the largest max.
+  __shared__ float warp_m[kWarps], warp_l[kWarps];
+  __shared__ float warp_acc[kWarps][kMaxHeadDim];
+  if (lane == 0) {
+    warp_m[warp] = m;
+    warp_l[warp] = l;
+  }
+  for (int i = 0; i < kDimsPerLane; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  float big = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) big = fmaxf(big, warp_m[w]);
+  float total = 0.0f;
+  for (int w = 0; w < kWarps; ++w) total += warp_m[w] == -INFINITY ? 0.0f : warp_l[w] * __expf(warp_m[w] - big);
+  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (warp_m[w] != -INFINITY) sum += warp_acc[w][d] * __expf(warp_m[w] - big);
+    }
+    out[r * ldo + h * head_dim + d] = sum / total;
+  }
+}
+
+template <typename Fn>
+void WithCacheType(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::kF32: fn(float{}); return;
+    case DType::kF16: fn(__half{}); return;
+    case DType::kBF16: fn(__nv_bfloat16{}); return;
+    default: DieOnCudaError("KV cache type", DTypeName(t).data(), __FILE__, __LINE__);
+  }
+}
+
+}  // namespace
+
+void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* k, int64_t ldk,
+             const float* v, int64_t ldv) {
+  const int64_t work = rows.num_rows * cache.num_kv_heads * cache.head_dim;
+  if (work == 0) return;
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    WriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
+        static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim,
+        rows, k, ldk, v, ldv);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
+                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo) {
+  if (rows.num_rows == 0) return;
+  if (cache.head_dim > kMaxHeadDim || num_heads % cache.num_kv_heads != 0) {
+    DieOnCudaError("PagedAttention", "head_dim above 256, or heads not a multiple of kv heads", __FILE__, __LINE__);
+  }
+  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    AttentionKernel<T><<<grid, 32 * kWarps, 0, stream>>>(static_cast<const T*>(cache.k), static_cast<const T*>(cache.v),
+                                                         cache.block_size, cache.num_kv_heads, cache.head_dim, rows,
+                                                         q, ldq, num_heads, scale, out, ldo);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace shoal::worker::cuda

@@ -1,0 +1,51 @@
+#pragma once
+// Causal attention over a paged KV cache on the GPU, in the CPU kernels' layout: each
+// layer's K and V are [num_blocks, block_size, num_kv_heads, head_dim] of f32, f16 or
+// bf16, addressed through per-sequence block tables. The step's query rows are described
+// row by row (which sequence, which position), so one launch serves prompt chunks and
+// decode rows of many sequences alike.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "worker/model/dtype.h"
+
+namespace shoal::worker::cuda {
+
+struct DeviceKvLayer {
+  void* k = nullptr;
+  void* v = nullptr;
+  int64_t num_blocks = 0;
+  int block_size = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;  // at most kMaxHeadDim
+  DType dtype = DType::kF32;
+};
+
+constexpr int64_t kMaxHeadDim = 256;
+
+// The step's rows, device arrays of num_rows entries: row r belongs to sequence
+// row_seq[r] and sits at position row_pos[r]; sequence s's block table is
+// block_tables[s * max_blocks_per_seq ...].
+struct DeviceRows {
+  const int32_t* row_seq = nullptr;
+  const int64_t* row_pos = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t max_blocks_per_seq = 0;
+  int64_t num_rows = 0;
+};
+
+// Stores each row's k and v ([num_kv_heads * head_dim] f32, row strides ldk/ldv) in its
+// position's cache slot, rounded to the cache's type.
+void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* k, int64_t ldk,
+             const float* v, int64_t ldv);
+
+// out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
+// g = h / (num_heads / num_kv_heads). q and out f32. One block per (row, head); its warps
+// take every 4th key with a running max and sum (online softmax) and merge at the end,
+// so any context length fits in registers. Long contexts at batch 1 want the keys split
+// across blocks too (split-K); that is not done yet.
+void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
+                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo);
+
+}  // namespace shoal::worker::cuda
