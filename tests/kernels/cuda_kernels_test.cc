@@ -270,7 +270,9 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   for (int s = 0; s < 3; ++s) {
     for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) {
       const int64_t at = cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
-      ASSERT_EQ(got_k[at], kc[at]) << "sequence " << s << " position " << p;
+      for (int64_t e = 0; e < width; ++e) {
+        ASSERT_EQ(got_k[at + e], kc[at + e]) << "sequence " << s << " position " << p << " element " << e;
+      }
     }
   }
 }
