@@ -153,7 +153,10 @@ json WorkerPodTemplate(const DeploymentSpec& d, int group) {
       {"readinessProbe", {{"grpc", {{"port", kWorkerGrpcPort}}}, {"periodSeconds", 5}}},
       {"resources", d.worker_resources}};
   if (!d.enable_prefix_caching) container["args"].push_back("--no-prefix-caching");
-  if (d.gpus_per_pod > 0 && !container["resources"].contains("limits")) {
+  // The group's GPUs, unless the user set this limit themselves (other limits, such as
+  // memory, do not replace it).
+  if (d.gpus_per_pod > 0 && !(container["resources"].contains("limits") &&
+                              container["resources"]["limits"].contains("nvidia.com/gpu"))) {
     container["resources"]["limits"]["nvidia.com/gpu"] = d.gpus_per_pod;
   }
   json volumes = d.worker_volumes;

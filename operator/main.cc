@@ -102,22 +102,40 @@ int main(int argc, char** argv) {
   if (leader_elect && !elector.Acquire(g_stop)) return 0;  // stopped while standing by
   leading = true;
   metrics.SetLeader(true);
+  // Renewal runs beside the controllers from the moment we lead (their first sync can
+  // outlast the Lease). Losing it ends the process at once, as client-go's controllers
+  // do: nothing queued may still be written by a replica that is no longer the leader.
+  // The watchdog covers a renewal stuck in HTTP calls past the renew deadline.
+  std::thread renewer, watchdog;
+  if (leader_elect) {
+    const auto lost = [](const char* why) {
+      spdlog::error("shoal-operator lost leadership ({}); exiting", why);
+      spdlog::default_logger()->flush();
+      std::_Exit(1);
+    };
+    renewer = std::thread([&elector, lost] {
+      if (!elector.HoldUntil(g_stop)) lost("renewal failed or another replica holds the Lease");
+    });
+    watchdog = std::thread([&elector, lost] {
+      while (!g_stop) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!g_stop && elector.SinceRenewal() > elector.options().renew_deadline) lost("no renewal within the renew deadline");
+      }
+    });
+  }
   if (absl::Status started = reconciler.Start(); !started.ok()) {
     spdlog::error("controller: {}", std::string(started.message()));
-    return 1;
+    std::_Exit(1);  // the renewer thread must not outlive main's locals
   }
   spdlog::info("controller started identity={} namespace={}", identity,
                options.watch_namespace.empty() ? "<all>" : options.watch_namespace);
-  bool clean = true;
-  if (leader_elect) {
-    clean = elector.HoldUntil(g_stop);
-  } else {
-    while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   // Controllers stop before the Lease goes: never two leaders acting at once.
   reconciler.Stop();
-  if (leader_elect && clean) elector.Release();
+  if (renewer.joinable()) renewer.join();
+  if (watchdog.joinable()) watchdog.join();
+  if (leader_elect) elector.Release();
   metrics.SetLeader(false);
-  spdlog::info("shoal-operator stopped ({})", clean ? "signal" : "lost leadership");
-  return clean ? 0 : 1;
+  spdlog::info("shoal-operator stopped (signal)");
+  return 0;
 }

@@ -3,6 +3,7 @@
 // same (object, type, reason, message) within 10 minutes bumps `count` on the existing
 // Event instead of creating another, so a condition that persists costs one small PATCH
 // per occurrence, not a new object.
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -32,7 +33,7 @@ class EventRecorder {
   std::string component_;
   std::mutex mu_;
   std::map<std::string, Seen> seen_;
-  uint64_t sequence_ = 0;
+  std::atomic<uint64_t> sequence_{0};
 };
 
 }  // namespace shoal::kube

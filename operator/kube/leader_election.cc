@@ -34,6 +34,7 @@ LeaderElector::LeaderElector(KubeClient* client, LeaderElectionOptions options)
     : client_(client), options_(std::move(options)) {}
 
 bool LeaderElector::TryAcquireOrRenew() {
+  held_by_other_ = false;
   const std::string path = resources::kLeases.ObjectPath(options_.lease_namespace, options_.lease_name);
   const std::string now = MicroTimeNow();
   auto current = client_->Get(path);
@@ -56,6 +57,7 @@ bool LeaderElector::TryAcquireOrRenew() {
     if (!created.ok()) return false;
     observed_record_ = options_.identity + "@" + now;
     observed_at_ = std::chrono::steady_clock::now();
+    last_renewal_ = observed_at_.time_since_epoch().count();
     return true;
   }
   nlohmann::json lease = *current;
@@ -68,7 +70,10 @@ bool LeaderElector::TryAcquireOrRenew() {
   }
   const auto duration = std::chrono::seconds(spec.value("leaseDurationSeconds", options_.lease_duration.count()));
   const bool held_by_other = !holder.empty() && holder != options_.identity;
-  if (held_by_other && std::chrono::steady_clock::now() < observed_at_ + duration) return false;
+  if (held_by_other && std::chrono::steady_clock::now() < observed_at_ + duration) {
+    held_by_other_ = true;
+    return false;
+  }
   if (holder != options_.identity) {
     spec["acquireTime"] = now;
     spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
@@ -80,6 +85,7 @@ bool LeaderElector::TryAcquireOrRenew() {
   if (!updated.ok()) return false;
   observed_record_ = options_.identity + "@" + now;
   observed_at_ = std::chrono::steady_clock::now();
+  last_renewal_ = observed_at_.time_since_epoch().count();
   return true;
 }
 
@@ -110,6 +116,11 @@ bool LeaderElector::HoldUntil(const std::atomic<bool>& stop) {
     if (stop) break;
     if (TryAcquireOrRenew()) {
       last_renew = std::chrono::steady_clock::now();
+    } else if (held_by_other_) {
+      spdlog::error("leader election lease={} identity={} lost: the Lease is held by another replica",
+                    options_.lease_name, options_.identity);
+      is_leader_ = false;
+      return false;
     } else if (std::chrono::steady_clock::now() - last_renew > options_.renew_deadline) {
       spdlog::error("leader election lease={} identity={} lost: no renewal within {}s", options_.lease_name,
                     options_.identity, options_.renew_deadline.count());

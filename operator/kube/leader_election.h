@@ -30,7 +30,15 @@ class LeaderElector {
   // Blocks until leadership is acquired (returns true) or `stop` turns true (false).
   bool Acquire(const std::atomic<bool>& stop);
   // Renews until leadership is lost (returns false) or `stop` turns true (returns true).
+  // Lost: no renewal within the renew deadline, or the Lease names another holder.
   bool HoldUntil(const std::atomic<bool>& stop);
+  // Time since the last successful acquire or renewal: a watchdog's measure, since one
+  // renewal's HTTP calls can take longer than the renew deadline.
+  std::chrono::steady_clock::duration SinceRenewal() const {
+    return std::chrono::steady_clock::now() -
+           std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(last_renewal_.load()));
+  }
+  const LeaderElectionOptions& options() const { return options_; }
   // Gives the Lease up so a standby takes over at once (call after our controllers stopped).
   void Release();
   bool is_leader() const { return is_leader_.load(); }
@@ -43,6 +51,8 @@ class LeaderElector {
   KubeClient* client_;
   LeaderElectionOptions options_;
   std::atomic<bool> is_leader_{false};
+  bool held_by_other_ = false;  // the last attempt found another holder's unexpired Lease
+  std::atomic<std::chrono::steady_clock::rep> last_renewal_{0};
   std::string observed_record_;  // holder + renewTime last seen
   std::chrono::steady_clock::time_point observed_at_;
 };

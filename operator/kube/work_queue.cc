@@ -101,13 +101,17 @@ void WorkQueue::PromoteDueLocked(Clock::time_point now) {
 std::optional<std::string> WorkQueue::Get() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    // Shut down: what is still queued is dropped, not worked off (a replica that lost
+    // the Lease must stop writing; a new leader reconciles everything on its first sync).
+    if (shutting_down_) return std::nullopt;
     PromoteDueLocked(Clock::now());
     if (!queue_.empty()) break;
-    if (shutting_down_) return std::nullopt;
     if (waiting_.empty()) {
       cv_.wait(lock);
     } else {
-      cv_.wait_until(lock, waiting_.begin()->first);
+      // A copy: another worker may erase the node while this one waits.
+      const Clock::time_point due = waiting_.begin()->first;
+      cv_.wait_until(lock, due);
     }
   }
   std::string key = queue_.front();

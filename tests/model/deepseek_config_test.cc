@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "worker/model/hf_config.h"
@@ -123,15 +124,19 @@ TEST(DeepseekConfig, DefaultsFollowTheVersion) {
   v3.erase("topk_method");
   v3.erase("scoring_func");
   v3.erase("norm_topk_prob");
+  v3.erase("routed_scaling_factor");
   absl::StatusOr<ModelConfig> c = Config(v3);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->deepseek.topk_method, DeepseekConfig::TopkMethod::kNoauxTc);
   EXPECT_TRUE(c->deepseek.norm_topk_prob);
+  EXPECT_DOUBLE_EQ(c->deepseek.routed_scaling_factor, 2.5);  // DeepseekV3Config's default
   Json v2 = V2LiteJson();
   v2.erase("topk_method");
   v2.erase("scoring_func");
+  v2.erase("routed_scaling_factor");
   c = Config(v2);
   ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->deepseek.routed_scaling_factor, 1.0);
   EXPECT_EQ(c->deepseek.topk_method, DeepseekConfig::TopkMethod::kGreedy);
   EXPECT_EQ(c->deepseek.scoring_func, DeepseekConfig::ScoringFunc::kSoftmax);
 }
@@ -201,6 +206,20 @@ TEST(DeepseekConfig, YarnFieldsAreChecked) {
   j["rope_scaling"]["beta_fast"] = 1;
   j["rope_scaling"]["beta_slow"] = 2;
   EXPECT_THAT(Config(j).status().message(), HasSubstr("beta_fast 1 must be greater than beta_slow 2"));
+  // Values that would make every logit NaN or infinite are refused with their field.
+  j = V3Json();
+  j["rope_scaling"]["beta_slow"] = -1;
+  EXPECT_THAT(Config(j).status().message(), HasSubstr("both positive"));
+  j = V3Json();
+  j["rope_scaling"]["mscale_all_dim"] = -20.0 / std::log(40.0);  // mscale -1
+  EXPECT_THAT(Config(j).status().message(), HasSubstr("field 'rope_scaling.mscale_all_dim'"));
+  j = V3Json();
+  j["rope_scaling"]["attention_factor"] = 0;
+  EXPECT_THAT(Config(j).status().message(), HasSubstr("field 'rope_scaling.attention_factor' is 0"));
+  // An odd qk_nope_head_dim is fine: only the rope dims rotate.
+  j = V3Json();
+  j["qk_nope_head_dim"] = 127;
+  EXPECT_TRUE(Config(j).ok()) << Config(j).status();
   // transformers 5's rope_parameters spelling reads the same.
   j = V3Json();
   Json params = j["rope_scaling"];

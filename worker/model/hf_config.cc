@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <utility>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -149,10 +150,25 @@ absl::Status ParseRopeScaling(const std::string& source, const Json& config,
     out->mscale = mscale.value_or(0.0);
     out->mscale_all_dim = mscale_all_dim.value_or(0.0);
     out->truncate = truncate.value_or(true);
-    if (!(out->beta_fast > out->beta_slow)) {
+    if (!(out->beta_slow > 0) || !(out->beta_fast > out->beta_slow)) {
       return absl::InvalidArgumentError(fmt::format(
-          "{}: field '{}': beta_fast {} must be greater than beta_slow {}", source, field,
+          "{}: field '{}': beta_fast {} must be greater than beta_slow {}, and both positive", source, field,
           out->beta_fast, out->beta_slow));
+    }
+    // yarn_get_mscale(factor, m) = 0.1 m ln(factor) + 1 scales cos/sin and the softmax; at
+    // or below 0 every logit turns infinite or NaN, so refuse it here with its field.
+    const double yarn_factor = factor.value_or(1.0);
+    const auto mscale_of = [&](double m) { return yarn_factor > 1 ? 0.1 * m * std::log(yarn_factor) + 1.0 : 1.0; };
+    for (const auto& [name, m] : {std::pair{"mscale", out->mscale}, std::pair{"mscale_all_dim", out->mscale_all_dim}}) {
+      if (!(mscale_of(m) > 0)) {
+        return absl::InvalidArgumentError(fmt::format(
+            "{}: field '{}.{}': {} makes YaRN's mscale 0.1 * {} * ln({}) + 1 = {}, which must be positive", source,
+            field, name, m, m, yarn_factor, mscale_of(m)));
+      }
+    }
+    if (out->attention_factor && !(*out->attention_factor > 0)) {
+      return absl::InvalidArgumentError(fmt::format("{}: field '{}.attention_factor' is {}, expected > 0", source,
+                                                    field, *out->attention_factor));
     }
   } else {
     return absl::InvalidArgumentError(fmt::format(
@@ -199,7 +215,7 @@ absl::Status ParseDeepseekFields(const JsonFields& f, ModelConfig* c) {
   ASSIGN_OR_RETURN(std::optional<bool> norm, f.Bool("norm_topk_prob"));
   d.norm_topk_prob = norm.value_or(v3);
   ASSIGN_OR_RETURN(std::optional<double> scaling, f.Number("routed_scaling_factor"));
-  d.routed_scaling_factor = scaling.value_or(1.0);
+  d.routed_scaling_factor = scaling.value_or(v3 ? 2.5 : 1.0);  // DeepseekV3Config's default is 2.5
   ASSIGN_OR_RETURN(std::optional<int64_t> nextn, f.Int("num_nextn_predict_layers"));
   d.num_nextn_predict_layers = nextn.value_or(0);
 

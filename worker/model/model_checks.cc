@@ -45,7 +45,9 @@ absl::Status ValidateModelConfig(const std::string& source, ModelConfig* c) {
     return bad(fmt::format("num_attention_heads {} is not a multiple of num_key_value_heads {}",
                            c->num_heads, c->num_kv_heads));
   }
-  if (c->head_dim % 2 != 0) {
+  // DeepSeek's head_dim is qk_nope + qk_rope; only the rope part (checked even with the
+  // DeepSeek fields) rotates.
+  if (c->head_dim % 2 != 0 && !IsDeepseek(c->arch)) {
     return bad(fmt::format("head_dim {} is odd; rotary embeddings need pairs", c->head_dim));
   }
   if (!(c->rms_norm_eps > 0) || !std::isfinite(c->rms_norm_eps)) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "worker/common/status_macros.h"
+#include "worker/kernels/cpu/fp8_matmul.h"
 #include "worker/kernels/cpu/matmul.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/quant.h"
@@ -17,21 +18,17 @@ namespace {
 // not config.rms_norm_eps.
 constexpr float kLatentNormEps = 1e-6f;
 
-// w as a dense f32 [rows, cols] matrix. Row dequantization where the format allows it;
-// otherwise (block-scaled FP8, whose scales live beside the rows) through the matmul
-// itself: I · W^T = W^T, exact since every product but one is with 0.
+// w as a dense f32 [rows, cols] matrix. FP8 weights become code × their block's scale,
+// the one f32 rounding of HF's `fp8.float() * scale` (and of the FP8 matmul).
 std::vector<float> DenseF32(ThreadPool* pool, const cpu::WeightMatrix& w) {
   std::vector<float> out(w.rows * w.cols);
   if (w.dtype != DType::kF8E4M3) {
     for (int64_t r = 0; r < w.rows; ++r) cpu::DequantizeRow(w.dtype, w.row(r), out.data() + r * w.cols, w.cols);
     return out;
   }
-  std::vector<float> eye(w.cols * w.cols, 0.0f), wt(w.cols * w.rows);
-  for (int64_t i = 0; i < w.cols; ++i) eye[i * w.cols + i] = 1.0f;
-  const cpu::MatmulTarget t{&w, wt.data(), w.rows, nullptr, false};
-  cpu::Matmul(pool, eye.data(), w.cols, w.cols, {&t, 1});
-  for (int64_t c = 0; c < w.cols; ++c) {
-    for (int64_t r = 0; r < w.rows; ++r) out[r * w.cols + c] = wt[c * w.rows + r];
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const auto* codes = reinterpret_cast<const uint8_t*>(w.row(r));
+    for (int64_t c = 0; c < w.cols; ++c) out[r * w.cols + c] = cpu::E4M3ToFloat(codes[c]) * cpu::Fp8BlockScale(w, r, c);
   }
   return out;
 }

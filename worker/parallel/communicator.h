@@ -33,7 +33,8 @@ class Communicator {
   // Point to point; a (peer, tag) pair matches one send with one Recv of the same size.
   // A send completes only once the receiver has posted its Recv (rendezvous, no hidden
   // buffering), so a pipeline stage starts its sends with SendAsync, keeps computing, and
-  // collects them with WaitSends; `data` must stay alive until then.
+  // collects them with WaitSends; `data` must stay alive until then (Gloo's copies it, so
+  // a step that fails half-way leaves no send reading freed memory).
   virtual absl::Status SendAsync(std::span<const std::byte> data, int dst, uint64_t tag) = 0;
   virtual absl::Status WaitSends() = 0;
   absl::Status Send(std::span<const std::byte> data, int dst, uint64_t tag) {

@@ -53,6 +53,7 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(gloo:
   comm->rank_ = options.rank;
   comm->group_ranks_ = options.group_ranks;
   comm->timeout_ = options.timeout;
+  comm->connect_timeout_ = options.timeout;
   try {
     gloo::transport::tcp::attr attr;
     attr.hostname = options.hostname;
@@ -95,8 +96,11 @@ absl::Status GlooCommunicator::AllReduceSum(std::span<float> data) {
     opts.setReduceFunction(&SumFloats);
     // A layer's all-reduce is small ([tokens, hidden]) and latency-bound: bcube exchanges
     // in log2(size) rounds where ring takes 2 (size - 1), 3x faster for 24 KB over two
-    // ranks here (parallel-bench's tp2_allreduce_*_us: 930 -> 230-310 us).
-    opts.setAlgorithm(gloo::AllreduceOptions::Algorithm::BCUBE);
+    // ranks here (parallel-bench's tp2_allreduce_*_us: 930 -> 230-310 us). But bcube
+    // waits with the transport's timeout from Create, not opts' one, so a call under a
+    // shorter timeout (the health probe's) takes ring, which honours it.
+    opts.setAlgorithm(timeout_ == connect_timeout_ ? gloo::AllreduceOptions::Algorithm::BCUBE
+                                                   : gloo::AllreduceOptions::Algorithm::RING);
     opts.setTag(next_tag_++);
     opts.setTimeout(timeout_);
     gloo::allreduce(opts);
@@ -136,15 +140,16 @@ absl::Status GlooCommunicator::Broadcast(std::span<std::byte> data, int root) {
 
 absl::Status GlooCommunicator::SendAsync(std::span<const std::byte> data, int dst, uint64_t tag) {
   return Guarded("send", [&] {
-    auto buf = context_->createUnboundBuffer(const_cast<std::byte*>(data.data()), data.size());
-    buf->send(dst, PointToPointSlot(tag));
-    pending_sends_.push_back(std::move(buf));
+    PendingSend send{std::vector<std::byte>(data.begin(), data.end()), nullptr};
+    send.buffer = context_->createUnboundBuffer(send.bytes.data(), send.bytes.size());
+    send.buffer->send(dst, PointToPointSlot(tag));
+    pending_sends_.push_back(std::move(send));
   });
 }
 
 absl::Status GlooCommunicator::WaitSends() {
   absl::Status st = Guarded("send", [&] {
-    for (auto& buf : pending_sends_) buf->waitSend(timeout_);
+    for (PendingSend& send : pending_sends_) send.buffer->waitSend(timeout_);
   });
   pending_sends_.clear();
   return st;

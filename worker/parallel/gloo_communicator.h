@@ -63,9 +63,16 @@ class GlooCommunicator final : public Communicator {
   int rank_ = 0;
   std::vector<int> group_ranks_;
   std::chrono::milliseconds timeout_{30000};
+  std::chrono::milliseconds connect_timeout_{30000};  // the transport's own, fixed at Create
   uint32_t next_tag_ = 1;
   absl::Status broken_;
-  std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> pending_sends_;
+  // A send in flight owns a copy of its bytes: a caller that fails half-way through a step
+  // (and frees its buffers) must not leave Gloo sending from freed memory.
+  struct PendingSend {
+    std::vector<std::byte> bytes;
+    std::unique_ptr<gloo::transport::UnboundBuffer> buffer;
+  };
+  std::vector<PendingSend> pending_sends_;
 };
 
 }  // namespace shoal::worker

@@ -327,6 +327,12 @@ absl::Status FollowerLoop(GroupMember& member, CausalLM& local) {
       return absl::UnavailableError(fmt::format("{}: waiting for the leader's next step: {}",
                                                 member.layout().Describe(member.rank()), std::string(st.message())));
     }
+    // The leader's header sizes the step message; a garbled one must not size an allocation.
+    constexpr int64_t kMaxStepBytes = int64_t{256} << 20;
+    if (header[0] <= 0 || header[0] > kMaxStepBytes) {
+      return absl::DataLossError(fmt::format("step {}: the leader announced a step message of {} bytes (expected 1..{})",
+                                             header[1], header[0], kMaxStepBytes));
+    }
     std::string bytes(header[0], '\0');
     RETURN_IF_ERROR(world.Broadcast(std::as_writable_bytes(std::span<char>(bytes.data(), bytes.size())), 0));
     v1::GroupStep step;

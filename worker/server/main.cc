@@ -162,6 +162,15 @@ int Run(int argc, char** argv) {
   // runs out: close them first (the followers wait for the STOP that comes after).
   if (rendezvous) rendezvous->SetStopping();
   (*server)->Shutdown(std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
+  // The group may have broken during the drain (its SIGUSR1 is still pending, blocked):
+  // then the exit says so, and the operator restarts the whole group.
+  sigset_t pending;
+  sigpending(&pending);
+  if (sigismember(&pending, SIGUSR1)) {
+    spdlog::error("group broken while draining: exiting with status {}", shoal::worker::kExitGroupFailed);
+    std::fflush(nullptr);
+    std::_Exit(shoal::worker::kExitGroupFailed);
+  }
   runtime->reset();
   return 0;
 }
