@@ -111,6 +111,8 @@ absl::StatusOr<DeploymentSpec> Parse(const json& object, const OperatorDefaults&
   const json& worker = Field(spec, "worker");
   SHOAL_READ(ReadString(worker, "image", "spec.worker", &d.worker_image));
   if (d.worker_image.empty()) d.worker_image = defaults.worker_image;
+  SHOAL_READ(ReadString(worker, "imagePullPolicy", "spec.worker", &d.worker_image_pull_policy));
+  SHOAL_READ(ReadString(worker, "serviceAccountName", "spec.worker", &d.worker_service_account_name));
   ReadJson(worker, "resources", &d.worker_resources);
   ReadJson(worker, "env", &d.worker_env);
   ReadJson(worker, "nodeSelector", &d.worker_node_selector);
@@ -126,6 +128,7 @@ absl::StatusOr<DeploymentSpec> Parse(const json& object, const OperatorDefaults&
   SHOAL_READ(ReadString(router, "image", "spec.router", &d.router_image));
   if (d.router_image.empty()) d.router_image = defaults.router_image;
   SHOAL_READ(ReadString(router, "serviceType", "spec.router", &d.router_service_type));
+  ReadJson(router, "resources", &d.router_resources);
   const json& key_ref = Field(router, "apiKeySecretRef");
   if (key_ref.is_object()) {
     d.router_api_key_secret = key_ref.value("name", "");

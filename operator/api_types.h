@@ -125,6 +125,8 @@ struct DeploymentSpec {
   bool enable_prefix_caching = true;
 
   std::string worker_image;
+  std::string worker_image_pull_policy;      // empty = Kubernetes' default
+  std::string worker_service_account_name;   // empty = the namespace's default
   nlohmann::json worker_resources = nlohmann::json::object();
   nlohmann::json worker_env = nlohmann::json::array();
   nlohmann::json worker_node_selector = nlohmann::json::object();
@@ -137,6 +139,7 @@ struct DeploymentSpec {
 
   int router_replicas = 1;
   std::string router_image;
+  nlohmann::json router_resources = nlohmann::json::object();
   std::string router_service_type = "ClusterIP";
   std::string router_api_key_secret;  // Secret name; empty = no API keys
   std::string router_api_key_key = "keys";  // key in that Secret

@@ -153,6 +153,7 @@ json WorkerPodTemplate(const DeploymentSpec& d, int group) {
       {"readinessProbe", {{"grpc", {{"port", kWorkerGrpcPort}}}, {"periodSeconds", 5}}},
       {"resources", d.worker_resources}};
   if (!d.enable_prefix_caching) container["args"].push_back("--no-prefix-caching");
+  if (!d.worker_image_pull_policy.empty()) container["imagePullPolicy"] = d.worker_image_pull_policy;
   // The group's GPUs, unless the user set this limit themselves (other limits, such as
   // memory, do not replace it).
   if (d.gpus_per_pod > 0 && !(container["resources"].contains("limits") &&
@@ -172,6 +173,8 @@ json WorkerPodTemplate(const DeploymentSpec& d, int group) {
   json pod_spec = {{"containers", json::array({container})}};
   if (!d.scheduler_name.empty()) pod_spec["schedulerName"] = d.scheduler_name;
   if (!d.priority_class_name.empty()) pod_spec["priorityClassName"] = d.priority_class_name;
+  // The pods' identity for pulling weights (hf://, object stores) with workload identity.
+  if (!d.worker_service_account_name.empty()) pod_spec["serviceAccountName"] = d.worker_service_account_name;
   if (!d.worker_node_selector.empty()) pod_spec["nodeSelector"] = d.worker_node_selector;
   if (!d.worker_tolerations.empty()) pod_spec["tolerations"] = d.worker_tolerations;
   if (!d.worker_affinity.empty()) pod_spec["affinity"] = d.worker_affinity;
@@ -251,6 +254,7 @@ json DesiredRouterDeployment(const DeploymentSpec& d) {
                              {{"name", "http"}, {"containerPort", kRouterHttpPort}},
                              {{"name", "metrics"}, {"containerPort", kRouterMetricsPort}}})},
       {"readinessProbe", {{"httpGet", {{"path", "/readyz"}, {"port", kRouterHttpPort}}}, {"periodSeconds", 5}}}};
+  if (!d.router_resources.empty()) container["resources"] = d.router_resources;
   json pod_spec = {{"containers", json::array()}};
   if (!d.router_api_key_secret.empty()) {
     container["args"].push_back("--api-key-file=/etc/shoal/api-keys/" + d.router_api_key_key);

@@ -386,9 +386,13 @@ absl::Status GroupReconciler::Reconcile(const std::string& key, std::chrono::mil
       const auto& type = d.Gang() == GangScheduler::kVolcano ? res::kVolcanoPodGroups : res::kSchedulerPluginsPodGroups;
       absl::Status s = ApplyIfChanged(nullptr, type, pg);
       if (!s.ok()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (!pod_groups_unavailable_[key]) {
-          pod_groups_unavailable_[key] = true;
+        bool first_report = false;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          first_report = !std::exchange(pod_groups_unavailable_[key], true);
+        }
+        // Outside mu_: recording is an API call, and every worker's applies need mu_.
+        if (first_report) {
           events_.Record(*dsd, "Warning", kReasonPodGroupUnavailable,
                          fmt::format("cannot create PodGroup for scheduler {} (is its CRD installed?): {}",
                                      d.scheduler_name, std::string(s.message())));

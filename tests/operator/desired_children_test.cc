@@ -187,6 +187,28 @@ TEST(DesiredChildren, MatchTableOfExpectedJson) {
   }
 }
 
+// Pod-level settings the CR carries reach the pods: the GPU limit beside a user's own
+// memory limit (not replaced by it), pull policy, service account, router resources.
+TEST(DesiredChildren, PodSettingsFromTheSpecReachThePods) {
+  const auto d = DeploymentBuilder()
+                     .Tensor(8)
+                     .GpusPerPod(8)
+                     .Set("/spec/worker/resources", json{{"limits", {{"memory", "500Gi"}}}})
+                     .Set("/spec/worker/imagePullPolicy", "Always")
+                     .Set("/spec/worker/serviceAccountName", "model-reader")
+                     .Set("/spec/router/resources", json{{"requests", {{"cpu", "2"}}}})
+                     .Spec();
+  const json pod = DesiredGroupStatefulSet(d, 0, {})["spec"]["template"]["spec"];
+  EXPECT_EQ(pod["containers"][0]["resources"]["limits"], (json{{"memory", "500Gi"}, {"nvidia.com/gpu", 8}}));
+  EXPECT_EQ(pod["containers"][0]["imagePullPolicy"], "Always");
+  EXPECT_EQ(pod["serviceAccountName"], "model-reader");
+  const json router = DesiredRouterDeployment(d)["spec"]["template"]["spec"]["containers"][0];
+  EXPECT_EQ(router["resources"], (json{{"requests", {{"cpu", "2"}}}}));
+  // A GPU limit the user set stays theirs.
+  const auto own = DeploymentBuilder().Tensor(8).GpusPerPod(8).Set("/spec/worker/resources", json{{"limits", {{"nvidia.com/gpu", 4}}}}).Spec();
+  EXPECT_EQ(DesiredGroupStatefulSet(own, 0, {})["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 4);
+}
+
 TEST(DesiredChildren, NoPodGroupWithoutGangScheduler) {
   EXPECT_TRUE(DesiredPodGroup(DeploymentBuilder().Tensor(2).Spec(), 0).empty());
   EXPECT_TRUE(DesiredPodGroup(DeploymentBuilder().SchedulerName("default-scheduler").Spec(), 0).empty());
