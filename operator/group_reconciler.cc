@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <ctime>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
