@@ -139,6 +139,8 @@ void RollGroup(GroupDecision* decision, const std::vector<PodObservation>& pods)
   }
   std::vector<std::string> stale = decision->pods_to_delete;
   Recreate(decision, current);
+  // A new spec starts a fresh restart budget: failures of the old one say nothing of it.
+  decision->record.restarts = 0;
   decision->pods_to_delete.insert(decision->pods_to_delete.end(), stale.begin(), stale.end());
   decision->phase = GroupPhase::kUpdating;
   decision->outdated = false;

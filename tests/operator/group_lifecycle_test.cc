@@ -126,6 +126,20 @@ TEST(DecideGroup, SpecChangeLiftsASpentBudget) {
   EXPECT_TRUE(g.record.failed_spec_hash.empty());
 }
 
+TEST(RollGroup, RollingToANewSpecStartsAFreshRestartBudget) {
+  auto old = Pod("ds-g0-0", "u1", true, 4);
+  old.spec_hash = "h0";
+  auto other = Pod("ds-g0-1", "u2", true, 4);
+  other.spec_hash = "h0";
+  auto g = DecideGroup(kTwoPods, "h1", Started({"u1", "u2"}, 4, 3), {old, other}, 500);
+  ASSERT_TRUE(g.outdated);
+  RollGroup(&g, {old, other});
+  EXPECT_TRUE(g.recreate);
+  EXPECT_EQ(g.record.incarnation, 5);
+  EXPECT_EQ(g.record.restarts, 0);
+  EXPECT_EQ(g.pods_to_delete, (std::vector<std::string>{"ds-g0-0", "ds-g0-1"}));
+}
+
 TEST(DecideGroup, PodsOfAnOlderIncarnationAreDeletedAndIgnored) {
   GroupRecord r;
   r.incarnation = 3;
