@@ -111,6 +111,37 @@ TEST(GroupRendezvous, MissingRankFailsTheGroupByName) {
   for (int r = 0; r < 4; ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
 }
 
+// A follower that gives up waiting for the others (its Join deadline passes, as when its
+// pod restarts) hands its rank back: joining again later completes the group.
+TEST(GroupRendezvous, RankThatGaveUpCanJoinAgain) {
+  const int port = testing::FreePort();
+  auto exits = RunRanks(
+      3,
+      [&](int rank) {
+        GroupOptions o = Options(rank, port, 3, 1);
+        o.join_timeout = std::chrono::seconds(rank == 0 ? 20 : 10);
+        if (rank == 2) std::this_thread::sleep_for(std::chrono::seconds(6));  // past rank 1's first deadline (1 + 3 s)
+        if (rank == 1) {
+          GroupOptions early = o;
+          early.join_timeout = std::chrono::seconds(1);
+          auto first = GroupMember::Join(early, 2);
+          if (first.ok()) return 50;  // rank 2 is not there yet
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
+        auto m = GroupMember::Join(o, 2);
+        if (!m.ok()) {
+          std::fprintf(stderr, "rank %d: %s\n", rank, m.status().ToString().c_str());
+          return 51;
+        }
+        std::vector<float> v(4, 1.0f);
+        if (!(*m)->world().AllReduceSum(v).ok() || v[0] != 3.0f) return 52;
+        (*m)->SetStopping();
+        return 0;
+      },
+      std::chrono::seconds(40));
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
+}
+
 // A collective whose peer is stopped (SIGSTOP) returns DEADLINE_EXCEEDED at the timeout
 // instead of waiting forever; one whose peer died returns UNAVAILABLE at once. Later calls
 // fail at once: the communicator stays broken.

@@ -77,9 +77,18 @@ grpc::Status RendezvousService::Join(grpc::ServerContext* ctx, const v1::JoinReq
   joined_[req->rank()] = req->host();
   spdlog::info("group join rank={} host={} joined={}/{}", req->rank(), req->host(), joined_.size(), world);
   cv_.notify_all();
-  cv_.wait(lock, [&] { return join_failed_ || static_cast<int>(joined_.size()) == world || ctx->IsCancelled(); });
+  // Cancellation is noticed by polling (nothing notifies the cv when a client goes away).
+  // A follower that gave up before the group was complete gives its rank back, so the
+  // same rank restarted (a pod's container restart) can join again.
+  while (!join_failed_ && static_cast<int>(joined_.size()) != world) {
+    if (ctx->IsCancelled()) {
+      joined_.erase(req->rank());
+      spdlog::info("group join rank={} host={} gave up before the group was complete", req->rank(), req->host());
+      return grpc::Status(grpc::StatusCode::CANCELLED, "join cancelled");
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+  }
   if (join_failed_) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, join_error_);
-  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "join cancelled");
   *resp = settings_;
   resp->set_run_id(run_id_);
   return grpc::Status::OK;
