@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOpti
 }
 
 int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, DType kv_cache_dtype,
-                const std::string& health_address) {
+                const std::string& health_address, std::chrono::milliseconds stop_wait) {
   // SIGTERM reaches every pod of a group at once, but the leader is still draining its
   // streams and needs this rank until it says STOP: note the signal, keep serving steps,
   // and leave on our own only if STOP has not come within the grace period. Blocked before
@@ -37,14 +37,16 @@ int RunFollower(const GroupOptions& options, const std::string& model_path, int 
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::thread([signals, rank = options.rank] {
+  std::thread([signals, rank = options.rank, stop_wait] {
     int sig = 0;
     sigwait(&signals, &sig);
     spdlog::info("group follower rank={} signal={} waiting for the leader's STOP", rank, sig);
-    std::this_thread::sleep_for(std::chrono::seconds(30));
-    spdlog::warn("group follower rank={} no STOP from the leader within 30s; exiting", rank);
+    std::this_thread::sleep_for(stop_wait);
+    // No STOP: the group did not end cleanly, whatever the signal meant.
+    spdlog::warn("group follower rank={} no STOP from the leader within {} ms; exiting with status {}", rank,
+                 stop_wait.count(), kExitGroupFailed);
     std::fflush(nullptr);
-    std::_Exit(kExitGroupStopped);
+    std::_Exit(kExitGroupFailed);
   }).detach();
   std::unique_ptr<grpc::Server> health;
   // gRPC's built-in health service needs one synchronous service beside it to be polled;

@@ -1,4 +1,5 @@
 #pragma once
+#include <chrono>
 // What a worker process does as part of a group, for shoal-worker's main: the leader
 // builds its CausalLM as a GroupCausalLM (joining the group first), a follower loads its
 // shard and runs FollowerLoop until the leader stops it or the group breaks.
@@ -25,8 +26,10 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOpti
 // Follower: the whole life of rank options.rank > 0 on the model at `model_path`. When
 // `health_address` is set (host:port; port 0 = any), it answers grpc.health.v1 there:
 // SERVING once the rank is in the group (a pod's readiness probe). Returns the process
-// exit status.
+// exit status. After SIGTERM it keeps serving steps for up to `stop_wait` (the leader's
+// drain: give it the same --shutdown-grace plus a margin) for the leader's STOP.
 int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, DType kv_cache_dtype,
-                const std::string& health_address = "");
+                const std::string& health_address = "",
+                std::chrono::milliseconds stop_wait = std::chrono::seconds(30));
 
 }  // namespace shoal::worker

@@ -94,7 +94,7 @@ int Run(int argc, char** argv) {
                                    ? fmt::format("[{}]:{}", server_options.host, server_options.port)
                                    : fmt::format("{}:{}", server_options.host, server_options.port);
     return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, runtime_options.kv_cache_dtype,
-                                      health);
+                                      health, std::chrono::milliseconds(static_cast<int64_t>((grace_seconds + 10) * 1000)));
   }
 
   // SIGTERM/SIGINT are taken by sigwait below, never by a handler: block them before any
