@@ -1,8 +1,8 @@
 #pragma once
-#include <chrono>
 // What a worker process does as part of a group, for shoal-worker's main: the leader
 // builds its CausalLM as a GroupCausalLM (joining the group first), a follower loads its
 // shard and runs FollowerLoop until the leader stops it or the group breaks.
+#include <chrono>
 #include <memory>
 #include <string>
 
