@@ -115,7 +115,10 @@ TEST_F(OperatorK8sTest, ChildrenAppearWithTheRightSpec) {
 TEST_F(OperatorK8sTest, ReadyPodsMakeItAvailableAndFillTheColumns) {
   OperatorProcess op(ns_, "op-a", false);
   Create(Deployment().Tensor(2).Replicas(2));
-  ASSERT_TRUE(WaitFor([&] { return Available(); }, std::chrono::seconds(60))) << Dsd().dump(2);
+  // Available needs replicas - maxUnavailableGroups (here 1) ready groups; wait for both.
+  ASSERT_TRUE(WaitFor([&] { return Available() && Dsd()["status"].value("readyReplicas", 0) == 2; },
+                      std::chrono::seconds(60)))
+      << Dsd().dump(2);
   auto status = Dsd()["status"];
   EXPECT_EQ(status["readyReplicas"], 2);
   EXPECT_EQ(status["replicas"], 2);
