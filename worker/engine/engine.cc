@@ -179,8 +179,10 @@ class EngineImpl final : public Engine {
     return stats_;
   }
 
+  // Returns only once no call of the previous observer is running, so its owner may go
+  // away right after clearing it (WorkerServer's metrics do).
   void SetStepObserver(StepObserver observer) override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(observer_mu_);
     observer_ = std::move(observer);
   }
 
@@ -240,7 +242,8 @@ class EngineImpl final : public Engine {
   std::unordered_set<std::string> active_ids_;
   EngineStats stats_;
   int num_scheduler_waiting_ = 0;
-  StepObserver observer_;
+  std::mutex observer_mu_;  // held while the observer runs; never with mu_
+  StepObserver observer_;   // guarded by observer_mu_
   std::mutex join_mu_;
   std::thread thread_;
 };
@@ -445,7 +448,6 @@ void EngineImpl::Finish(RequestState* st, GenerationOutput out, FinishReason rea
 // Publishes the stats snapshot and retires finished ids under the lock, then runs the
 // callbacks without it (a callback may call Cancel()).
 void EngineImpl::PublishAndDeliver(bool stepped, int64_t step_tokens, double step_seconds) {
-  StepObserver observer;
   EngineStats snapshot;
   {
     std::lock_guard lock(mu_);
@@ -469,7 +471,6 @@ void EngineImpl::PublishAndDeliver(bool stepped, int64_t step_tokens, double ste
     }
     for (const std::string& id : retired_ids_) active_ids_.erase(id);
     retired_ids_.clear();
-    if (stepped) observer = observer_;
     snapshot = stats_;
   }
   for (auto& [cb, out] : outbox_) {
@@ -477,7 +478,10 @@ void EngineImpl::PublishAndDeliver(bool stepped, int64_t step_tokens, double ste
   }
   outbox_.clear();
   finished_.clear();
-  if (observer) observer(snapshot);
+  if (stepped) {
+    std::lock_guard lock(observer_mu_);
+    if (observer_) observer_(snapshot);
+  }
 }
 
 }  // namespace
