@@ -153,8 +153,16 @@ RolloutPlan PlanRollout(const DeploymentSpec& d, int replicas, const std::vector
   for (int i = std::min<int>(replicas, groups.size()) - 1; i >= std::max(0, d.rollout.partition); --i) {
     if (groups[i].outdated && !groups[i].recreate) outdated.push_back(i);  // highest first
   }
-  plan.in_progress = !outdated.empty();
-  const int surge = plan.in_progress ? std::min<int>(d.rollout.max_surge_groups, outdated.size()) : 0;
+  // Surge groups stay until every group is Ready on the new spec, not only recreated:
+  // the last rolled group is still loading its model when nothing is outdated any more.
+  const int surge_running = std::max<int>(0, static_cast<int>(groups.size()) - replicas);
+  bool all_ready = true;
+  for (int i = 0; i < std::min<int>(replicas, groups.size()); ++i) all_ready &= groups[i].phase == GroupPhase::kReady;
+  const bool finishing = outdated.empty() && d.rollout.max_surge_groups > 0 && surge_running > 0 && !all_ready;
+  plan.in_progress = !outdated.empty() || finishing;
+  const int surge = plan.in_progress ? std::min<int>(d.rollout.max_surge_groups,
+                                                     finishing ? surge_running : static_cast<int>(outdated.size()))
+                                     : 0;
   plan.group_count = replicas + surge;
   int unavailable = 0;
   for (int i = 0; i < std::min<int>(replicas, groups.size()); ++i) {

@@ -211,8 +211,13 @@ TEST(PlanRollout, SurgeAddsGroupsWhileRollingAndReadySurgeWidensTheBudget) {
   EXPECT_TRUE(plan.groups_to_roll.empty());  // the surge group is not Ready yet
   groups.push_back(Group(GroupPhase::kReady, false));
   EXPECT_EQ(PlanRollout(d, 2, groups).groups_to_roll, (std::vector<int>{1}));
-  // Done rolling: back to two groups.
+  // The last group is recreated but still loading: the surge group stays.
   for (auto& g : groups) g.outdated = false;
+  groups[1].phase = GroupPhase::kUpdating;
+  EXPECT_EQ(PlanRollout(d, 2, groups).group_count, 3);
+  EXPECT_TRUE(PlanRollout(d, 2, groups).in_progress);
+  // Done rolling once it is Ready: back to two groups.
+  groups[1].phase = GroupPhase::kReady;
   EXPECT_EQ(PlanRollout(d, 2, groups).group_count, 2);
 }
 

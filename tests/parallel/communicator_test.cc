@@ -169,7 +169,8 @@ void ExpectPeerFailure(bool peer_dies, absl::StatusCode want, double max_seconds
     (*m)->SetStopping();
     return 0;
   });
-  EXPECT_EQ(testing::WaitFirstKillRest(pids, std::chrono::seconds(30)).code, 0);
+  const testing::RankExit first = testing::WaitFirstKillRest(pids, std::chrono::seconds(30));
+  EXPECT_EQ(first.code, 0) << "signal " << first.signal << (first.killed_at_deadline ? " (hung, killed)" : "");
 }
 
 TEST(GlooCommunicator, StoppedPeerTimesOut) { ExpectPeerFailure(false, absl::StatusCode::kDeadlineExceeded, 4.0); }

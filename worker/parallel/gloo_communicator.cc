@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <csignal>
+#include <mutex>
+
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
@@ -48,6 +51,10 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(gloo:
     return absl::InvalidArgumentError(fmt::format("communicator '{}': rank {} of {} is out of range", options.prefix,
                                                   options.rank, size));
   }
+  // Gloo's TCP transport writes without MSG_NOSIGNAL: a write to a peer that just died
+  // would end this process with SIGPIPE instead of an error naming the lost rank.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { std::signal(SIGPIPE, SIG_IGN); });
   auto comm = std::unique_ptr<GlooCommunicator>(new GlooCommunicator());
   comm->prefix_ = options.prefix;
   comm->rank_ = options.rank;
