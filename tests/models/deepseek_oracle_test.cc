@@ -85,21 +85,10 @@ TEST_P(DeepseekOracle, LastPositionLogitsMatchTransformers) {
 }
 
 TEST_P(DeepseekOracle, EarlierPositionsMatchAsPrefixesBatchedTogether) {
-  ForwardBatch batch;
-  std::vector<std::vector<int32_t>> prefixes, tables;
   std::vector<int> positions;
-  for (const auto& [pos, v] : logits_) {
-    positions.push_back(pos);
-    prefixes.emplace_back(prompt_.begin(), prompt_.begin() + pos + 1);
-    std::vector<int32_t> table;
-    for (int b = 0; b < 6; ++b) table.push_back(static_cast<int32_t>(positions.size() - 1) + 4 * b);
-    tables.push_back(table);
-  }
-  for (size_t i = 0; i < prefixes.size(); ++i) batch.seqs.push_back({prefixes[i], 0, tables[i], true});
   std::vector<float> logits;
-  ASSERT_TRUE(lm_->Forward(batch, &logits).ok());
+  ASSERT_TRUE(testing::ForwardRecordedPrefixes(*lm_, prompt_, logits_, &positions, &logits));
   const int64_t vocab = lm_->config().vocab_size;
-  ASSERT_EQ(logits.size(), positions.size() * vocab);
   for (size_t i = 0; i < positions.size(); ++i) {
     EXPECT_LE(RelativeError(logits.data() + i * vocab, logits_.at(positions[i])), kLogitTolerance)
         << "position " << positions[i];

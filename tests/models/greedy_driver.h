@@ -59,6 +59,28 @@ inline bool ReadOracleExpectation(const std::string& name, OracleExpectation* ou
   return true;
 }
 
+// Every position with recorded logits as its own sequence, the prompt's prefix ending
+// there, all in one batch (sequence i on KV blocks i, i + 4, ... of a cache of at least
+// 4 * 6 blocks). On success *positions lists them in order and *logits holds one vocab
+// row for each.
+inline bool ForwardRecordedPrefixes(CausalLM& lm, const std::vector<int32_t>& prompt,
+                                    const std::map<int, std::vector<float>>& recorded, std::vector<int>* positions,
+                                    std::vector<float>* logits) {
+  ForwardBatch batch;
+  std::vector<std::vector<int32_t>> prefixes, tables;
+  positions->clear();
+  for (const auto& [pos, v] : recorded) {
+    positions->push_back(pos);
+    prefixes.emplace_back(prompt.begin(), prompt.begin() + pos + 1);
+    std::vector<int32_t> table;
+    for (int b = 0; b < 6; ++b) table.push_back(static_cast<int32_t>(positions->size() - 1) + 4 * b);
+    tables.push_back(table);
+  }
+  for (size_t i = 0; i < prefixes.size(); ++i) batch.seqs.push_back({prefixes[i], 0, tables[i], true});
+  return lm.Forward(batch, logits).ok() &&
+         logits->size() == positions->size() * static_cast<size_t>(lm.config().vocab_size);
+}
+
 inline int32_t ArgMax(const float* v, int64_t n) {
   return static_cast<int32_t>(std::max_element(v, v + n) - v);
 }
