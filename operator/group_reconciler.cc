@@ -51,7 +51,13 @@ bool PodReady(const json& pod) {
 }  // namespace
 
 GroupReconciler::GroupReconciler(kube::KubeClient* client, ReconcilerOptions options, OperatorMetrics* metrics)
-    : client_(client), options_(std::move(options)), metrics_(metrics), events_(client, kFieldManager) {}
+    : client_(client),
+      options_(std::move(options)),
+      metrics_(metrics),
+      events_(client, kFieldManager),
+      // A finished round brings its deployment back at once rather than at the next
+      // requeue, so the decision uses fresh numbers.
+      scraper_(std::make_unique<LoadScraper>([this](const std::string& key) { queue_.Add(key); })) {}
 
 GroupReconciler::~GroupReconciler() { Stop(); }
 
@@ -187,8 +193,44 @@ absl::Status GroupReconciler::WriteStatus(const json& dsd, const json& status) {
   return absl::OkStatus();
 }
 
-ScalingMetrics GroupReconciler::Scrape(const DeploymentSpec& d, const json& dsd,
-                                       const std::vector<GroupDecision>& groups, ScalingState* state, int64_t now) {
+LoadTargets GroupReconciler::LoadTargetsOf(const DeploymentSpec& d, const json& dsd,
+                                           const std::vector<GroupDecision>& groups, int64_t now) const {
+  LoadTargets targets;
+  if (!d.autoscaling.prometheus_url.empty()) {
+    targets.prometheus_url = d.autoscaling.prometheus_url;
+    targets.prometheus_query = fmt::format("sum(rate({}{{namespace=\"{}\",pod=~\"{}-.*\"}}[1m]))",
+                                           kRouterRequestsTotal, d.ns, RouterName(d.name));
+  } else {
+    std::string override_urls = kube::AnnotationOf(dsd, kAnnotationRouterMetrics);
+    if (!override_urls.empty()) {
+      for (auto part : absl::StrSplit(override_urls, ',')) {
+        if (!part.empty()) targets.router_urls.emplace_back(part);
+      }
+    } else {
+      for (const auto& pod : pods_->ListByLabel(d.ns, kLabelDeployment, d.name)) {
+        if (kube::LabelOf(*pod, kLabelRole) != kRoleRouter || !PodReady(*pod) || PodIp(*pod).empty()) continue;
+        targets.router_urls.push_back(fmt::format("http://{}:{}/metrics", PodIp(*pod), kRouterMetricsPort));
+      }
+    }
+  }
+  // Worker triggers: the leaders of counted groups.
+  if (d.autoscaling.target_queue_depth_per_replica > 0 || d.autoscaling.target_kv_cache_utilization > 0) {
+    const int existing = std::min<int>(groups.size(), d.replicas);
+    for (int i = 0; i < existing; ++i) {
+      const auto& g = groups[i];
+      if (g.phase != GroupPhase::kReady || now - g.record.ready_since < d.autoscaling.initial_cooldown_seconds) continue;
+      auto leader = pods_->Get(d.ns, GroupStatefulSetName(d.name, i) + "-0");
+      if (!leader || PodIp(*leader).empty()) continue;
+      targets.leader_urls.push_back(fmt::format("http://{}:{}/metrics", PodIp(*leader), kWorkerMetricsPort));
+    }
+  }
+  return targets;
+}
+
+namespace {
+
+// The group counts of a scaling decision; the load comes from the LoadScraper.
+ScalingMetrics CountGroups(const DeploymentSpec& d, const std::vector<GroupDecision>& groups, int64_t now) {
   ScalingMetrics m;
   const int existing = std::min<int>(groups.size(), d.replicas);
   for (int i = 0; i < existing; ++i) {
@@ -197,63 +239,10 @@ ScalingMetrics GroupReconciler::Scrape(const DeploymentSpec& d, const json& dsd,
                          now - g.record.ready_since >= d.autoscaling.initial_cooldown_seconds;
     (counted ? m.counted_groups : m.loading_groups)++;
   }
-  const double now_s = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  if (!d.autoscaling.prometheus_url.empty()) {
-    auto qps = QueryPrometheus(d.autoscaling.prometheus_url,
-                               fmt::format("sum(rate({}{{namespace=\"{}\",pod=~\"{}-.*\"}}[1m]))",
-                                           kRouterRequestsTotal, d.ns, RouterName(d.name)));
-    if (qps.ok()) {
-      m.total_qps = *qps;
-    } else {
-      spdlog::warn("autoscaler deployment={}/{} prometheus: {}", d.ns, d.name, std::string(qps.status().message()));
-    }
-  } else {
-    std::vector<std::string> endpoints;
-    std::string override_urls = kube::AnnotationOf(dsd, kAnnotationRouterMetrics);
-    if (!override_urls.empty()) {
-      for (auto part : absl::StrSplit(override_urls, ',')) {
-        if (!part.empty()) endpoints.emplace_back(part);
-      }
-    } else {
-      for (const auto& pod : pods_->ListByLabel(d.ns, kLabelDeployment, d.name)) {
-        if (kube::LabelOf(*pod, kLabelRole) != kRoleRouter || !PodReady(*pod) || PodIp(*pod).empty()) continue;
-        endpoints.push_back(fmt::format("http://{}:{}/metrics", PodIp(*pod), kRouterMetricsPort));
-      }
-    }
-    state->router_rate.Retain(endpoints);
-    for (const auto& url : endpoints) {
-      auto body = HttpGet(url);
-      if (!body.ok()) {
-        spdlog::warn("autoscaler deployment={}/{} scrape: {}", d.ns, d.name, std::string(body.status().message()));
-        continue;
-      }
-      auto total = SumMetric(*body, kRouterRequestsTotal);
-      auto rate = state->router_rate.Observe(url, total.value_or(0), now_s);
-      if (rate) m.total_qps = m.total_qps.value_or(0) + *rate;
-    }
-  }
-  // Worker triggers: the leaders of counted groups.
-  if (d.autoscaling.target_queue_depth_per_replica > 0 || d.autoscaling.target_kv_cache_utilization > 0) {
-    double waiting = 0, kv = 0;
-    int seen = 0;
-    for (int i = 0; i < existing; ++i) {
-      const auto& g = groups[i];
-      if (g.phase != GroupPhase::kReady || now - g.record.ready_since < d.autoscaling.initial_cooldown_seconds) continue;
-      auto leader = pods_->Get(d.ns, GroupStatefulSetName(d.name, i) + "-0");
-      if (!leader || PodIp(*leader).empty()) continue;
-      auto body = HttpGet(fmt::format("http://{}:{}/metrics", PodIp(*leader), kWorkerMetricsPort));
-      if (!body.ok()) continue;
-      waiting += SumMetric(*body, kWorkerWaitingSequences).value_or(0);
-      kv += SumMetric(*body, kWorkerKvCacheUsage).value_or(0);
-      seen++;
-    }
-    if (seen > 0) {
-      m.total_waiting = waiting;
-      m.mean_kv_usage = kv / seen;
-    }
-  }
   return m;
 }
+
+}  // namespace
 
 }  // namespace shoal::op
 
@@ -271,6 +260,7 @@ absl::Status GroupReconciler::Reconcile(const std::string& key, std::chrono::mil
   if (!dsd) {
     std::lock_guard<std::mutex> lock(mu_);
     scaling_.erase(key);  // children go with the garbage collector (owner references)
+    scraper_->Forget(key);
     return absl::OkStatus();
   }
   if ((*dsd)["metadata"].contains("deletionTimestamp")) return absl::OkStatus();
@@ -333,7 +323,15 @@ absl::Status GroupReconciler::Reconcile(const std::string& key, std::chrono::mil
     const auto steady_now = std::chrono::steady_clock::now();
     if (steady_now - state.last_scrape >= options_.autoscale_interval) {
       state.last_scrape = steady_now;
-      ScalingMetrics m = Scrape(d, *dsd, groups, &state, now_unix);
+      scraper_->Request(key, LoadTargetsOf(d, *dsd, groups, now_unix));
+    }
+    // Decide once per finished round, on the groups as they are now.
+    if (auto reading = scraper_->Latest(key); reading && reading->round != state.used_round) {
+      state.used_round = reading->round;
+      ScalingMetrics m = CountGroups(d, groups, now_unix);
+      m.total_qps = reading->total_qps;
+      m.total_waiting = reading->total_waiting;
+      m.mean_kv_usage = reading->mean_kv_usage;
       state.last_qps = m.total_qps;
       state.last_decision = DecideScale(d.autoscaling, replicas, m, now_unix, &state.history);
     }

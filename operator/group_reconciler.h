@@ -22,7 +22,7 @@
 #include "operator/kube/informer.h"
 #include "operator/kube/kube_client.h"
 #include "operator/kube/work_queue.h"
-#include "operator/metrics_scraper.h"
+#include "operator/load_scraper.h"
 #include "operator/operator_metrics.h"
 
 namespace shoal::op {
@@ -52,8 +52,8 @@ class GroupReconciler {
  private:
   struct ScalingState {
     std::deque<Recommendation> history;
-    CounterRate router_rate;
-    std::chrono::steady_clock::time_point last_scrape{};
+    std::chrono::steady_clock::time_point last_scrape{};  // last round asked for
+    uint64_t used_round = 0;  // the LoadScraper round the last decision used
     std::optional<double> last_qps;
     std::optional<ScalingDecision> last_decision;
   };
@@ -66,8 +66,9 @@ class GroupReconciler {
   void EnqueueOwner(const kube::ObjectPtr& obj);
   // Applies `desired` unless the cache shows the object as we last applied it.
   absl::Status ApplyIfChanged(kube::Informer* cache, const kube::ResourceType& type, const nlohmann::json& desired);
-  ScalingMetrics Scrape(const DeploymentSpec& d, const nlohmann::json& dsd, const std::vector<GroupDecision>& groups,
-                        ScalingState* state, int64_t now);
+  // Where this deployment's load is read: from the informer caches, no I/O.
+  LoadTargets LoadTargetsOf(const DeploymentSpec& d, const nlohmann::json& dsd,
+                            const std::vector<GroupDecision>& groups, int64_t now) const;
   absl::Status WriteStatus(const nlohmann::json& dsd, const nlohmann::json& status);
 
   kube::KubeClient* client_;
@@ -89,6 +90,8 @@ class GroupReconciler {
   std::map<std::string, AppliedRecord> applied_;   // "kind/ns/name"
   std::map<std::string, std::shared_ptr<ScalingState>> scaling_;  // deployment key
   std::map<std::string, bool> pod_groups_unavailable_;  // deployment key -> PodGroup CRD missing warned
+  // Last: destroyed first, so no finished round adds to a queue that is gone.
+  std::unique_ptr<LoadScraper> scraper_;
 };
 
 }  // namespace shoal::op
