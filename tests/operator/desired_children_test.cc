@@ -30,8 +30,6 @@ struct ChildRow {
   json expected;
 };
 
-json EnvOf(const json& sts) { return sts["spec"]["template"]["spec"]["containers"][0]["env"]; }
-
 std::vector<ChildRow> Rows() {
   return {
       {"GroupStatefulSetRunsPodsPerGroupInParallelOnDelete",

@@ -247,7 +247,9 @@ TEST_F(RouterProxyTest, BeyondLimitsAndQueueIsResourceExhaustedAtOnce) {
   for (int i = 0; i < 3; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     readers.push_back(stub_->Generate(contexts.back().get(), PromptRequest("long", 100000)));
-    if (i < 2) ASSERT_TRUE(readers[i]->Read(&response));
+    if (i < 2) {
+      ASSERT_TRUE(readers[i]->Read(&response));
+    }
   }
   ASSERT_TRUE(Eventually([&] { return router_->balancer().queued() == 1; }));
   const auto start = std::chrono::steady_clock::now();

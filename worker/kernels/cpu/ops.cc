@@ -71,6 +71,10 @@ RopeTable::RopeTable(int64_t rotary_dim, double theta, const RopeScaling& scalin
         }
         break;
       }
+      case RopeScaling::Type::kYarn:
+        // DeepSeek's YaRN blends frequencies and scales cos/sin by an mscale ratio, which
+        // this table has no place for: YarnRopeTable (yarn_rope.h) computes it.
+        break;
     }
     inv_freq_[i] = f;
     freq_factor_[i] = static_cast<float>(unscaled / f);
