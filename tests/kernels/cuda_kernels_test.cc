@@ -7,6 +7,7 @@
 // sums in its own order); f16/bf16 one rounding of the output (2^-10 / 2^-7) plus the
 // f32 error, since inputs are rounded to the type before both sides see them.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <cmath>
@@ -409,6 +410,28 @@ TEST(CudaDecoderKernels, FillUniformIsInRangeDeterministicAndCentred) {
     sum += v;
   }
   EXPECT_LT(std::fabs(sum / n), 2e-3);  // the mean of 2^20 draws: sd 0.29 / 1024
+}
+
+// Neither needs a GPU: cuBLAS is a library like any other until a handle is created.
+TEST(CudaGemm, CublasLoadsAtRunTime) {
+  std::string why_not;
+  EXPECT_TRUE(LoadCublas(&why_not)) << why_not;
+}
+
+// Linked, libcublasLt's static TLS would be carved out of every thread's stack and a
+// thread with a small fixed stack (as civetweb creates for the metrics endpoint) would not
+// start; dlopen'ed, it must.
+TEST(CudaGemm, SmallThreadStacksStartWithCublasLoaded) {
+  std::string why_not;
+  ASSERT_TRUE(LoadCublas(&why_not)) << why_not;
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, 64 * 1024), 0);
+  pthread_t thread;
+  const int rc = pthread_create(&thread, &attr, [](void*) -> void* { return nullptr; }, nullptr);
+  pthread_attr_destroy(&attr);
+  ASSERT_EQ(rc, 0) << std::strerror(rc);
+  pthread_join(thread, nullptr);
 }
 
 TEST(CudaDevice, CountIsPositiveOrSaysWhyNot) {
