@@ -86,6 +86,10 @@ class CausalLM {
 
   // Bytes of weights this rank keeps resident (mapped or owned), for sizing and tests.
   virtual size_t WeightBytes() const = 0;
+
+  // Device memory still free once the model is loaded, for a KV cache sized as a fraction
+  // of it (a GPU model); 0 for a model in host memory, whose cache is sized in bytes.
+  virtual size_t FreeDeviceBytes() const { return 0; }
 };
 
 // Builds the model named by model.config.arch over the shard, on options.device. `pool`

@@ -387,6 +387,7 @@ absl::Status CudaLlamaModel::EnsureCapacity(int64_t T, int64_t R) {
     // Freed first, so the new buffers may take their place.
     for (DeviceBuffer* b : {&x_, &xn_, &qkv_, &attn_, &attn_in_, &gate_up_, &mlp_}) *b = DeviceBuffer();
     const int64_t n = std::max<int64_t>(T, 2 * token_capacity_);
+    token_capacity_ = 0;  // until every buffer is back: a failed allocation leaves none usable
     RETURN_IF_ERROR(Allocate("activations x", n * c.hidden_size * 4, &x_));
     RETURN_IF_ERROR(Allocate("activations xn", n * c.hidden_size * e, &xn_));
     RETURN_IF_ERROR(Allocate("activations qkv", n * qkv_width_ * 4, &qkv_));
@@ -401,6 +402,7 @@ absl::Status CudaLlamaModel::EnsureCapacity(int64_t T, int64_t R) {
     logits_host_ = PinnedBuffer();
     greedy_host_ = PinnedBuffer();
     const int64_t n = std::max<int64_t>(R, 2 * row_capacity_);
+    row_capacity_ = 0;
     RETURN_IF_ERROR(Allocate("activations hn", n * c.hidden_size * e, &hn_));
     RETURN_IF_ERROR(Allocate("logits", n * c.vocab_size * 4, &logits_dev_));
     RETURN_IF_ERROR(Allocate("greedy tokens", n * 4, &greedy_dev_));
@@ -421,11 +423,11 @@ absl::Status CudaLlamaModel::StageStep(int64_t max_blocks) {
   const size_t logit_rows_at = tables_at + aligned(S * max_blocks * 4);
   const size_t positions_at = logit_rows_at + aligned(R * 4);
   const size_t total = positions_at + aligned(T * 8);
-  if (total > staging_.bytes()) {
+  if (total > staging_.bytes() || total > step_dev_.bytes()) {
     staging_ = PinnedBuffer();
     step_dev_ = DeviceBuffer();
-    staging_ = PinnedBuffer(2 * total);
     RETURN_IF_ERROR(Allocate("step index arrays", 2 * total, &step_dev_));
+    staging_ = PinnedBuffer(2 * total);
   }
   std::byte* h = staging_.as<std::byte>();
   std::memcpy(h + tokens_at, step_.tokens.data(), T * 4);
@@ -548,7 +550,9 @@ absl::Status CudaLlamaModel::ForwardGreedy(const ForwardBatch& batch, std::vecto
 absl::Status CheckCudaArgs(const ModelConfig& c, const std::string& source, ShardSpec* shard,
                            const CausalLMOptions& options) {
   std::string why_not;
-  if (cuda::CudaDeviceCount(&why_not) == 0) return absl::FailedPreconditionError(why_not);
+  if (cuda::CudaDeviceCount(&why_not) == 0 || !cuda::LoadCublas(&why_not)) {
+    return absl::FailedPreconditionError(why_not);
+  }
   if (c.arch != Arch::kLlama && c.arch != Arch::kQwen2) {
     return absl::UnimplementedError(
         fmt::format("{}: architecture '{}' has no CUDA implementation (llama and qwen2 do)", source, c.arch_name));

@@ -18,8 +18,6 @@ class CudaLlama : public CausalLM {
   // one int32 per row comes back to the host (what the benchmark times; the engine's
   // sampler needs the logits).
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
-  // Free device memory after the weights and activations, for sizing the KV cache.
-  virtual size_t FreeDeviceBytes() const = 0;
 };
 
 // The model in `model` (arch llama or qwen2) on GPU 0, weights converted to
