@@ -182,11 +182,15 @@ int Run(int argc, char** argv) {
     return 1;
   }
   const double weight_bytes = static_cast<double>(lm.WeightBytes());
+  // A step reads every weight once, except the (untied) embedding table: one row a token.
+  const double embed_bytes = static_cast<double>(config.vocab_size) * config.hidden_size * 2;
+  const double step_weight_bytes = weight_bytes - (config.tie_word_embeddings ? 0.0 : embed_bytes);
   const double kv_bytes_per_position = static_cast<double>(lm.KvBytesPerBlock(block_size)) / block_size;
   fmt::print("shape: qwen2 hidden {} layers {} heads {}/{} head_dim {} intermediate {} vocab {}, bf16 weights, bf16 KV\n",
              config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim,
              config.intermediate_size, config.vocab_size);
   fmt::print("weight_bytes: {:.0f}\n", weight_bytes);
+  fmt::print("weight_bytes_read_per_step: {:.0f}\n", step_weight_bytes);
   fmt::print("context: {}\n", context);
 
   // Batch 1.
@@ -199,7 +203,7 @@ int Run(int argc, char** argv) {
   const double s1 = Decode(lm, one, decode_steps);
   if (s1 < 0) return 1;
   const double tps1 = decode_steps / s1;
-  const double bytes1 = weight_bytes + mean_ctx * kv_bytes_per_position;  // per token
+  const double bytes1 = step_weight_bytes + mean_ctx * kv_bytes_per_position;  // per token
   fmt::print("decode_b1_tokens_per_s: {:.1f}\n", tps1);
   fmt::print("decode_b1_ms_per_token: {:.3f}\n", 1e3 / tps1);
   fmt::print("decode_b1_bytes_per_token: {:.0f}\n", bytes1);
@@ -218,7 +222,7 @@ int Run(int argc, char** argv) {
     const double sb = Decode(lm, many, batch_steps);
     if (sb < 0) return 1;
     const double tpsb = static_cast<double>(batch) * batch_steps / sb;
-    const double step_bytes = weight_bytes + batch * ctx * kv_bytes_per_position;
+    const double step_bytes = step_weight_bytes + batch * ctx * kv_bytes_per_position;
     fmt::print("decode_b{}_tokens_per_s: {:.1f}\n", batch, tpsb);
     fmt::print("decode_b{}_ms_per_step: {:.3f}\n", batch, 1e3 * sb / batch_steps);
     fmt::print("decode_b{}_bytes_per_step: {:.0f}\n", batch, step_bytes);

@@ -13,20 +13,30 @@
 //   Greedy tokens with bf16 weights are compared where the f32 logits' top-2 margin is at
 //     least kBf16Margin = 4e-2 of the row's scale: below that the rounding above may
 //     reorder the top two (one fixture step with a 1.2e-3 margin does on the CPU).
+//   kGgufTolerance 5e-2 for a quantized GGUF, GPU (weights dequantized to f32) against
+//     the CPU, whose quantized matmuls round the activations to 8-bit blocks first as
+//     llama.cpp does (up to 2e-2 on this file against the CPU over the same weights
+//     dequantized to f32); a wrong dequantization, rope pairing or tied head is off by
+//     O(1).
 //   kBatchTolerance 1e-4 (f32) / 2e-2 (bf16) for a row computed in a mixed batch against
 //     the same row computed alone: only the GEMMs' shapes differ (cuBLAS may pick another
 //     kernel); with bf16 a changed last bit of an f32 GEMM output can move one bf16
 //     rounding of an activation.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "tests/model/model_files.h"
 #include "tests/models/greedy_driver.h"
+#include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/kernels/cuda/device.h"
 #include "worker/model/loaded_model.h"
@@ -43,6 +53,7 @@ constexpr double kF32Tolerance = 1e-4;
 constexpr double kOracleTolerance = 1e-3;
 constexpr double kBf16Tolerance = 8e-2;
 constexpr double kBf16Margin = 4e-2;
+constexpr double kGgufTolerance = 5e-2;
 constexpr int kBlockSize = 4;
 constexpr int kBlocksPerSeq = 16;  // 64 positions: prompt 20 + 32 new
 
@@ -309,6 +320,131 @@ INSTANTIATE_TEST_SUITE_P(Transformers, CudaDecoder, ::testing::Values("llama-tin
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
+
+// Bytes of a `type` tensor of n elements with sensible values: random codes under small
+// scales for the quantized blocks, which is all the dequantization needs to be checked.
+std::string RandomGgufData(uint32_t type, uint64_t n, std::mt19937& rng, float scale, float offset) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::string out;
+  auto put = [&](const void* p, size_t size) { out.append(static_cast<const char*>(p), size); };
+  for (uint64_t i = 0; i < (type == testing::kGgmlF32 || type == testing::kGgmlF16 || type == testing::kGgmlBF16 ? n : n / 32);
+       ++i) {
+    switch (type) {
+      case testing::kGgmlF32: {
+        const float v = offset + scale * u(rng);
+        put(&v, 4);
+        break;
+      }
+      case testing::kGgmlF16: {
+        const uint16_t h = cpu::FloatToHalf(scale * u(rng));
+        put(&h, 2);
+        break;
+      }
+      case testing::kGgmlBF16: {
+        float v = scale * u(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        const uint16_t b = static_cast<uint16_t>(bits >> 16);  // truncation: any bf16 will do
+        put(&b, 2);
+        break;
+      }
+      case testing::kGgmlQ8_0: {
+        cpu::BlockQ8_0 b;
+        b.d = cpu::FloatToHalf(scale / 127.0f);
+        for (int8_t& q : b.q) q = static_cast<int8_t>(byte(rng) - 128);
+        put(&b, sizeof b);
+        break;
+      }
+      case testing::kGgmlQ4_0: {
+        cpu::BlockQ4_0 b;
+        b.d = cpu::FloatToHalf(scale / 8.0f);
+        for (uint8_t& q : b.q) q = static_cast<uint8_t>(byte(rng));
+        put(&b, sizeof b);
+        break;
+      }
+      case testing::kGgmlQ4_1: {
+        cpu::BlockQ4_1 b;
+        b.d = cpu::FloatToHalf(scale / 7.5f);
+        b.m = cpu::FloatToHalf(-scale);
+        for (uint8_t& q : b.q) q = static_cast<uint8_t>(byte(rng));
+        put(&b, sizeof b);
+        break;
+      }
+      default:
+        ADD_FAILURE() << "GGML type " << type;
+    }
+  }
+  return out;
+}
+
+// TinyGguf's tensors (model_files.cc), refilled with RandomGgufData.
+void FillTinyGguf(testing::GgufWriter& w, const testing::TinyDims& d) {
+  using namespace testing;
+  std::mt19937 rng(42);
+  const uint64_t h = d.hidden, q = d.heads * d.head_dim(), kv = d.kv_heads * d.head_dim(), ff = d.intermediate;
+  auto set = [&](const std::string& name, uint32_t type, std::vector<uint64_t> dims, float scale, float offset = 0) {
+    uint64_t n = 1;
+    for (uint64_t x : dims) n *= x;
+    w.RemoveTensor(name);
+    w.Tensor(name, type, dims, std::nullopt, RandomGgufData(type, n, rng, scale, offset));
+  };
+  const float in_h = 1.0f / std::sqrt(static_cast<float>(h)), in_ff = 1.0f / std::sqrt(static_cast<float>(ff));
+  set("token_embd.weight", kGgmlQ8_0, {h, static_cast<uint64_t>(d.vocab)}, 1.0f);
+  for (int64_t l = 0; l < d.layers; ++l) {
+    const std::string p = fmt::format("blk.{}.", l);
+    set(p + "attn_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+    set(p + "attn_q.weight", kGgmlQ4_1, {h, q}, 2 * in_h);
+    set(p + "attn_k.weight", kGgmlQ4_0, {h, kv}, 2 * in_h);
+    set(p + "attn_v.weight", kGgmlQ8_0, {h, kv}, 2 * in_h);
+    set(p + "attn_output.weight", kGgmlF16, {q, h}, 2 * in_h);
+    if (d.bias) {
+      set(p + "attn_q.bias", kGgmlF32, {q}, 0.2f);
+      set(p + "attn_k.bias", kGgmlF32, {kv}, 0.2f);
+      set(p + "attn_v.bias", kGgmlF32, {kv}, 0.2f);
+    }
+    set(p + "ffn_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+    set(p + "ffn_gate.weight", kGgmlBF16, {h, ff}, 2 * in_h);
+    set(p + "ffn_up.weight", kGgmlQ4_1, {h, ff}, 2 * in_h);
+    set(p + "ffn_down.weight", kGgmlQ4_0, {ff, h}, 2 * in_ff);
+  }
+  set("output_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+  if (!d.tied) set("output.weight", kGgmlQ8_0, {h, static_cast<uint64_t>(d.vocab)}, 2 * in_h);
+}
+
+// GGUF files: quantized blocks of every kind dequantized at upload, llama's interleaved
+// rope pairs, a tied Q8_0 head (llama) and q/k/v biases with an untied head (qwen2).
+TEST(CudaDecoderGguf, QuantizedGgufMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const std::string arch : {"llama", "qwen2"}) {
+    SCOPED_TRACE(arch);
+    testing::TinyDims d;
+    d.vocab = 96;
+    d.bias = arch == "qwen2";
+    d.tied = arch == "llama";
+    testing::GgufWriter w = testing::TinyGguf(d, arch);
+    FillTinyGguf(w, d);
+    testing::ScratchDir dir;
+    auto model = LoadModel(dir.Write("tiny.gguf", w.Build()));
+    ASSERT_TRUE(model.ok()) << model.status();
+    ThreadPool pool(2);
+    auto cpu = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+    auto gpu = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kF32, DType::kF32));
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    ASSERT_TRUE((*cpu)->AllocateKvCache(kBlocksPerSeq, kBlockSize).ok());
+    ASSERT_TRUE((*gpu)->AllocateKvCache(kBlocksPerSeq, kBlockSize).ok());
+    const std::vector<int32_t> prompt = {1, 5, 17, 90, 3, 44, 44, 8, 61, 2, 30};
+    const std::vector<int32_t> forced = {7, 70, 12, 5};
+    const auto want = ForcedLogits(**cpu, prompt, forced), got = ForcedLogits(**gpu, prompt, forced);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t s = 0; s < want.size(); ++s) {
+      const double err = RelativeError(got[s].data(), want[s]);
+      std::printf("gguf %s step %zu: relative error %.2e vs CPU\n", arch.c_str(), s, err);
+      EXPECT_LE(err, kGgufTolerance) << "step " << s;
+    }
+  }
+}
 
 // These run everywhere: without a GPU the factory must answer, not crash.
 TEST(CudaDecoderFactory, WithoutGpuFailsWithPreconditionNamingWhy) {
