@@ -14,7 +14,7 @@
 #
 #   tests/cuda/run_device_bundle.sh [BUNDLE]     # default .devbundle at the repo root
 #
-# Env: OUT (default /tmp/shoal-device-out), RUN_BUDGET_S (default 540: stages that would
+# Env: OUT (default /tmp/shoal-device-out), RUN_BUDGET_S (default 420: stages that would
 # run past it are cut short or skipped), CUDA_LIB_DIR (colon-separated dirs searched
 # first), PYTHON (the interpreter with torch, default python3).
 # Exit 0 when every stage that ran passed (tests skipped for want of a GPU count as
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bundle=$(cd "${1:-$here/.devbundle}" && pwd) || { echo "no bundle (run tests/cuda/make_device_bundle.sh)" >&2; exit 1; }
 out=${OUT:-/tmp/shoal-device-out}
 mkdir -p "$out"
-budget=${RUN_BUDGET_S:-540}
+budget=${RUN_BUDGET_S:-420}
 summary=$out/summary.txt
 : >"$summary"
 failed=0
@@ -151,7 +151,7 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sani
 if [[ -n $sanitizer && -x $sanitizer ]]; then
   run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_kernels_test" --gtest_brief=1
   run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_decoder_test" \
-    --gtest_brief=1 --gtest_filter='*llama_tiny*:*qwen2_tiny*:CudaDecoderFactory.*'
+    --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:CudaDecoderGguf.*'
   grep -h 'ERROR SUMMARY' "$out"/memcheck_*.log 2>/dev/null | tee -a "$summary"
 else
   note "SKIP memcheck: compute-sanitizer not found"

@@ -11,8 +11,10 @@
 //     already up to 3.9e-2 from f32 on these fixtures (64-wide layers average little
 //     rounding away), and the GPU also rounds every GEMM's input activations to bf16.
 //   Greedy tokens with bf16 weights are compared where the f32 logits' top-2 margin is at
-//     least kBf16Margin = 4e-2 of the row's scale: below that the rounding above may
-//     reorder the top two (one fixture step with a 1.2e-3 margin does on the CPU).
+//     least kBf16Margin = 8e-2 of the row's scale: a flip needs the top two to move apart
+//     by more than that, while each moves by at most the tolerance and in practice by far
+//     less (on the CPU only a step with a 1.2e-3 margin flips); smaller margins are left
+//     unchecked.
 //   kGgufTolerance 5e-2 for a quantized GGUF, GPU (weights dequantized to f32) against
 //     the CPU, whose quantized matmuls round the activations to 8-bit blocks first as
 //     llama.cpp does (up to 2e-2 on this file against the CPU over the same weights
@@ -52,7 +54,7 @@ using testing::SequenceRun;
 constexpr double kF32Tolerance = 1e-4;
 constexpr double kOracleTolerance = 1e-3;
 constexpr double kBf16Tolerance = 8e-2;
-constexpr double kBf16Margin = 4e-2;
+constexpr double kBf16Margin = 8e-2;
 constexpr double kGgufTolerance = 5e-2;
 constexpr int kBlockSize = 4;
 constexpr int kBlocksPerSeq = 16;  // 64 positions: prompt 20 + 32 new
