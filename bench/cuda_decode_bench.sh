@@ -24,14 +24,12 @@ trap 'rm -f "$shoal_out" "$hf_out"' EXIT
 echo "== shoal: $bin ${args[*]}"
 "$bin" "${args[@]}" | tee "$shoal_out"
 rc=${PIPESTATUS[0]}
-if ((rc != 0)); then
-  echo "cuda-decode-bench failed (exit $rc)" >&2
-  exit "$rc"
-fi
-if grep -q '^skipped:' "$shoal_out"; then exit 0; fi
+# A failed Shoal run still gets the peer's numbers: they are what the next run compares to.
+((rc != 0)) && echo "cuda-decode-bench failed (exit $rc)" >&2
+if ((rc == 0)) && grep -q '^skipped:' "$shoal_out"; then exit 0; fi
 echo "== transformers: $python $here/cuda_decode_hf.py ${args[*]}"
 "$python" "$here/cuda_decode_hf.py" "${args[@]}" | tee "$hf_out"
-if grep -q '^skipped:' "$hf_out"; then exit 0; fi
+if grep -q '^skipped:' "$hf_out"; then exit "$rc"; fi
 
 value() { awk -F': ' -v k="$2" '$1 == k { print $2 }' "$1"; }
 for key in $(awk -F': ' '/^(prefill|decode)_b[0-9]+_tokens_per_s:/ { print $1 }' "$shoal_out"); do
@@ -42,4 +40,4 @@ for key in $(awk -F': ' '/^(prefill|decode)_b[0-9]+_tokens_per_s:/ { print $1 }'
 done
 f=$(value "$shoal_out" decode_b1_fraction_of_roofline)
 [[ -n $f ]] && echo "ratio_decode_b1_vs_roofline: $f"
-exit 0
+exit "$rc"

@@ -113,10 +113,12 @@ run_stage() {
     note "SKIP $name: out of time (budget ${budget}s)"
     return 0
   fi
+  rm -f "$out/$name.rc"
   log "== $name (limit ${limit}s): $*"
   local t0=$SECONDS rc
   timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
   rc=$?
+  echo "$rc" >"$out/$name.rc"
   local secs=$((SECONDS - t0)) counts=""
   local xml=$out/$name.xml
   if [[ -f $xml ]]; then
@@ -138,8 +140,47 @@ run_stage() {
   return 0
 }
 
-run_stage cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test" --gtest_output="xml:$out/cuda_kernels_test.xml"
-run_stage cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test" --gtest_output="xml:$out/cuda_decoder_test.xml"
+# run_gtest NAME TIMEOUT_S BINARY: the whole binary once; when it dies (a signal: a failed
+# CUDA check aborts) or hangs, every test that did not finish runs again alone, so one
+# crash does not hide the rest.
+run_gtest() {
+  local name=$1 limit=$2 bin=$3
+  run_stage "$name" "$limit" "$bin" --gtest_output="xml:$out/$name.xml"
+  local rc
+  rc=$(tail -n 1 "$out/$name.rc" 2>/dev/null || echo 0)
+  ((rc >= 124)) || return 0
+  note "  $name died (rc=$rc): running the tests it did not finish one by one"
+  local suite="" line t
+  "$bin" --gtest_list_tests 2>/dev/null | while IFS= read -r line; do
+    line=${line%%#*}
+    line=${line%"${line##*[![:space:]]}"}
+    if [[ $line != " "* ]]; then
+      suite=$line
+      continue
+    fi
+    t=$suite${line##* }
+    grep -qF "[       OK ] $t " "$out/$name.log" && continue
+    grep -qF "[  SKIPPED ] $t " "$out/$name.log" && continue
+    local left=$((budget - SECONDS - 15))
+    if ((left < 20)); then
+      note "  SKIP $t: out of time"
+      continue
+    fi
+    timeout -k 5 $((left < 60 ? left : 60)) "$bin" --gtest_filter="$t" >"$out/$name.alone.log" 2>&1
+    local r=$?
+    cat "$out/$name.alone.log" >>"$out/$name.isolated.log"
+    if ((r == 0)); then
+      note "  PASS $t (alone)"
+    else
+      note "  FAIL $t (alone, rc=$r)"
+      grep -E 'Failure$|Expected|Which is|fatal|error' "$out/$name.alone.log" | head -n 6 | sed 's/^/      /' |
+        tee -a "$summary"
+    fi
+  done
+}
+
+run_gtest cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test"
+run_gtest cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test"
 # The numbers the decoder test prints (relative errors per fixture).
 grep -hE 'relative error|bf16:' "$out/cuda_decoder_test.log" 2>/dev/null | tee -a "$summary"
 grep -hE "^skipped:" "$out/cuda_kernels_test.log" "$out/cuda_decoder_test.log" 2>/dev/null | sort -u | head -n 2
