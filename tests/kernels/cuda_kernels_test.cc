@@ -203,6 +203,32 @@ TEST_P(CudaKernels, GemmMatchesAnF32ReferenceAndAccumulates) {
   ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-4);
 }
 
+// The decoder's other GEMM cases: y in the inputs' own type (gate_up), and a single row (a
+// decode step at batch 1, for which cuBLAS may pick a different kernel than for 9 rows).
+TEST_P(CudaKernels, GemmWritesTheInputTypeForOneRowAndMany) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t in = 320, out = 200;
+  for (const int64_t T : {int64_t{1}, int64_t{9}}) {
+    SCOPED_TRACE(T);
+    const Typed x = Round(Random(T * in, 13), t), w = Round(Random(out * in, 14, 0.05f), t);
+    std::vector<float> want(T * out);
+    for (int64_t r = 0; r < T; ++r) {
+      for (int64_t o = 0; o < out; ++o) {
+        double s = 0;
+        for (int64_t i = 0; i < in; ++i) s += static_cast<double>(x.values[r * in + i]) * w.values[o * in + i];
+        want[r * out + o] = static_cast<float>(s);
+      }
+    }
+    DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dw = Upload(w.bytes.data(), w.bytes.size());
+    DeviceBuffer dy(T * out * ElementBytes(t));
+    CublasGemm gemm(nullptr);
+    gemm.Run(t, dx.data(), dw.data(), T, in, out, t, dy.data(), /*accumulate=*/false);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dy), t), want, OutputTolerance(t, 1e-4));
+  }
+}
+
 // Three sequences in one launch: a decode row after 37 cached tokens, a 5-row prompt chunk
 // after 10, a fresh 7-row prompt; GQA (8 heads over 2 kv heads); head_dim 80, so lanes
 // past the head are masked; scattered block tables. Keys and values are rounded to the

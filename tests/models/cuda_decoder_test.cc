@@ -145,6 +145,7 @@ TEST_P(CudaDecoder, F32LogitsMatchCpuAndTransformersOnRecordedPrefixes) {
   ASSERT_TRUE(testing::ForwardRecordedPrefixes(*gpu, expected_.prompt, expected_.logits, &positions, &got));
   ASSERT_TRUE(
       testing::ForwardRecordedPrefixes(*cpu_, expected_.prompt, expected_.logits, &cpu_positions, &cpu_logits));
+  ASSERT_FALSE(positions.empty()) << "the fixture records no logits: nothing would be compared";
   const int64_t vocab = model_.config.vocab_size;
   for (size_t i = 0; i < positions.size(); ++i) {
     const std::vector<float> cpu_row(cpu_logits.begin() + i * vocab, cpu_logits.begin() + (i + 1) * vocab);
