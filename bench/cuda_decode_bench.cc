@@ -33,7 +33,10 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 }
 
 // Bytes read plus bytes written per second by a large device-to-device copy: what a
-// memory-bound kernel can hope for on this GPU.
+// memory-bound kernel can hope for on this GPU. Both directions count because both cross
+// the HBM bus: the rate is HBM traffic per second, and a decode step's traffic is almost
+// all reads (weights, K/V), so the roofline divides the bytes a step reads by this rate.
+// Counting the copy's bytes once would halve the roofline.
 double CopyBandwidth(size_t bytes, int reps) {
   cuda::DeviceBuffer a(bytes), b(bytes);
   SHOAL_CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
