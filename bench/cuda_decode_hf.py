@@ -23,6 +23,9 @@ def main():
     p.add_argument("--batch-steps", type=int, default=32)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--layers", type=int, default=28)
+    # Accepted so the wrapper can pass the C++ bench's flags to both; transformers prefills
+    # each batch in one forward.
+    p.add_argument("--prefill-chunk", type=int, default=8192)
     args = p.parse_args()
     try:
         import torch
