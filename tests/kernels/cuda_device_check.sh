@@ -47,7 +47,7 @@ log=$out/cuda_device_check.log
   done
   wait
   g++ -o "$work/cuda_kernels_test" "$work"/*.o -L"$cuda/lib64" -L"$cuda/lib" -Wl,-rpath,"$cuda/lib64:$cuda/lib" \
-    -lcublas -lcudart -lpthread
+    -lcudart -ldl -lpthread
   echo "== cuda_kernels_test"
   "$work/cuda_kernels_test" --gtest_output="xml:$out/cuda_kernels_test.xml"
   if command -v compute-sanitizer >/dev/null || [[ -x $cuda/bin/compute-sanitizer ]]; then

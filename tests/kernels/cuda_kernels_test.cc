@@ -1,4 +1,5 @@
-// Every CUDA kernel against the CPU backend on random inputs (label cuda). Where there is
+// Every CUDA kernel against the CPU backend (or a host reference) on random inputs (label
+// cuda). Where there is
 // no GPU (no driver, no device) each test reports "skipped: no GPU" instead of failing.
 //
 // Tolerances, relative to the largest reference value: f32 activations 1e-5 for the
@@ -6,6 +7,7 @@
 // sums in its own order); f16/bf16 one rounding of the output (2^-10 / 2^-7) plus the
 // f32 error, since inputs are rounded to the type before both sides see them.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +24,7 @@
 #include "worker/kernels/cuda/device.h"
 #include "worker/kernels/cuda/gemm.h"
 #include "worker/kernels/cuda/ops.h"
+#include "worker/kernels/cuda/sampling.h"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -200,6 +203,32 @@ TEST_P(CudaKernels, GemmMatchesAnF32ReferenceAndAccumulates) {
   ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-4);
 }
 
+// The decoder's other GEMM cases: y in the inputs' own type (gate_up), and a single row (a
+// decode step at batch 1, for which cuBLAS may pick a different kernel than for 9 rows).
+TEST_P(CudaKernels, GemmWritesTheInputTypeForOneRowAndMany) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t in = 320, out = 200;
+  for (const int64_t T : {int64_t{1}, int64_t{9}}) {
+    SCOPED_TRACE(T);
+    const Typed x = Round(Random(T * in, 13), t), w = Round(Random(out * in, 14, 0.05f), t);
+    std::vector<float> want(T * out);
+    for (int64_t r = 0; r < T; ++r) {
+      for (int64_t o = 0; o < out; ++o) {
+        double s = 0;
+        for (int64_t i = 0; i < in; ++i) s += static_cast<double>(x.values[r * in + i]) * w.values[o * in + i];
+        want[r * out + o] = static_cast<float>(s);
+      }
+    }
+    DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dw = Upload(w.bytes.data(), w.bytes.size());
+    DeviceBuffer dy(T * out * ElementBytes(t));
+    CublasGemm gemm(nullptr);
+    gemm.Run(t, dx.data(), dw.data(), T, in, out, t, dy.data(), /*accumulate=*/false);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dy), t), want, OutputTolerance(t, 1e-4));
+  }
+}
+
 // Three sequences in one launch: a decode row after 37 cached tokens, a 5-row prompt chunk
 // after 10, a fresh 7-row prompt; GQA (8 heads over 2 kv heads); head_dim 80, so lanes
 // past the head are masked; scattered block tables. Keys and values are rounded to the
@@ -277,8 +306,159 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   }
 }
 
+// The decoder's norm: f32 residual rows in, the GEMM input type out, optionally gathering
+// rows (the final norm over the want_logits rows).
+TEST_P(CudaKernels, RmsNormRowsMatchesCpuAndGathersRows) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t T = 6, n = 1000;
+  const std::vector<float> x = Random(T * n, 21), w = Random(n, 22);
+  const std::vector<int32_t> rows = {5, 0, 3};
+  DeviceBuffer dx = Upload(x.data(), x.size() * 4), dw = Upload(w.data(), w.size() * 4);
+  DeviceBuffer drows = Upload(rows.data(), rows.size() * 4);
+  for (bool gather : {false, true}) {
+    const int64_t R = gather ? 3 : T;
+    std::vector<float> want(R * n);
+    for (int64_t r = 0; r < R; ++r) cpu::RmsNorm(&x[(gather ? rows[r] : r) * n], w.data(), &want[r * n], 1, n, 1e-5f);
+    DeviceBuffer dout(R * n * ElementBytes(t));
+    RmsNormRows(nullptr, dx.as<float>(), gather ? drows.as<int32_t>() : nullptr, dw.as<float>(), t, dout.data(), R, n,
+                1e-5f);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    SCOPED_TRACE(gather ? "gathered rows" : "all rows");
+    ExpectClose(Decode(Download(dout), t), want, OutputTolerance(t, 1e-5));
+  }
+}
+
+TEST_P(CudaKernels, SiluMulRowsMatchesCpuOverPackedGateUp) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t T = 3, n = 1031;
+  const Typed gu = Round(Random(T * 2 * n, 23, 3.0f), t);
+  std::vector<float> want(T * n);
+  for (int64_t r = 0; r < T; ++r) cpu::SiluMul(&gu.values[r * 2 * n], &gu.values[r * 2 * n + n], &want[r * n], n);
+  DeviceBuffer dgu = Upload(gu.bytes.data(), gu.bytes.size()), dout(T * n * ElementBytes(t));
+  SiluMulRows(nullptr, t, dgu.data(), dout.data(), T, n);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dout), t), want, OutputTolerance(t, 1e-5));
+}
+
+// A table of the weight type, f32 rows out: exactly the CPU's dequantized rows.
+TEST_P(CudaKernels, EmbeddingLookupMatchesCpuExactly) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t vocab = 50, width = 72;
+  const Typed table = Round(Random(vocab * width, 24), t);
+  const std::vector<int32_t> ids = {7, 0, 49, 7, 13};
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const cpu::WeightMatrix m{t, table.bytes.data(), vocab, width, static_cast<size_t>(width * ElementBytes(t))};
+  std::vector<float> want(T * width);
+  cpu::EmbeddingLookup(m, ids.data(), T, want.data());
+  DeviceBuffer dtable = Upload(table.bytes.data(), table.bytes.size()), dids = Upload(ids.data(), ids.size() * 4);
+  DeviceBuffer dout(T * width * 4);
+  EmbeddingLookup(nullptr, t, dtable.data(), width, dids.as<int32_t>(), T, dout.as<float>());
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dout), DType::kF32), want, 0);
+}
+
+// f32 → t rounds to nearest even as the host does, t → f32 is exact.
+TEST_P(CudaKernels, CastRoundsToNearestEvenAndWidensExactly) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t n = 3001;
+  const std::vector<float> x = Random(n, 25, 10.0f);
+  const Typed rounded = Round(x, t);
+  DeviceBuffer dx = Upload(x.data(), n * 4), dt(n * ElementBytes(t)), dback(n * 4);
+  Cast(nullptr, DType::kF32, dx.data(), t, dt.data(), n);
+  Cast(nullptr, t, dt.data(), DType::kF32, dback.data(), n);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(Download(dt), rounded.bytes);
+  ExpectClose(Decode(Download(dback), DType::kF32), rounded.values, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Activations, CudaKernels, ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
                          [](const ::testing::TestParamInfo<DType>& info) { return std::string(DTypeName(info.param)); });
+
+TEST(CudaDecoderKernels, AddBiasAddsToEachRowWithinItsStride) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 4, n = 300, ld = 320;
+  const std::vector<float> y = Random(T * ld, 26), b = Random(n, 27);
+  std::vector<float> want = y;
+  for (int64_t r = 0; r < T; ++r) {
+    for (int64_t i = 0; i < n; ++i) want[r * ld + i] += b[i];
+  }
+  DeviceBuffer dy = Upload(y.data(), y.size() * 4), db = Upload(b.data(), b.size() * 4);
+  AddBias(nullptr, dy.as<float>(), T, ld, db.as<float>(), n);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dy), DType::kF32), want, 0);  // the padding past n untouched too
+}
+
+// Rows whose maximum repeats (the lowest index wins, as std::max_element), sits in the
+// last element, or is -inf everywhere; a vocabulary not a multiple of the block.
+TEST(CudaDecoderKernels, ArgmaxRowsMatchesMaxElementWithTies) {
+  SKIP_WITHOUT_GPU();
+  const int64_t rows = 5, n = 152064 + 7;
+  std::vector<float> logits = Random(rows * n, 28);
+  logits[0 * n + 100] = 50.0f;
+  logits[0 * n + 90000] = 50.0f;  // tie: 100 wins
+  logits[1 * n + n - 1] = 60.0f;
+  std::fill_n(&logits[2 * n], n, -INFINITY);
+  logits[3 * n + 5] = std::nanf("");  // never chosen
+  logits[3 * n + 6] = 40.0f;
+  std::vector<int32_t> want(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = &logits[r * n];
+    want[r] = static_cast<int32_t>(std::max_element(row, row + n, [](float a, float b) {
+                                     return std::isnan(a) || (!std::isnan(b) && a < b);
+                                   }) - row);
+  }
+  ASSERT_EQ(want[0], 100);
+  ASSERT_EQ(want[2], 0);
+  DeviceBuffer dl = Upload(logits.data(), logits.size() * 4), dout(rows * 4);
+  ArgmaxRows(nullptr, dl.as<float>(), rows, n, dout.as<int32_t>());
+  std::vector<int32_t> got(rows);
+  dout.CopyToHost(got.data(), rows * 4);
+  EXPECT_EQ(got, want);
+}
+
+TEST(CudaDecoderKernels, FillUniformIsInRangeDeterministicAndCentred) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 1 << 20;
+  DeviceBuffer a(n * 4), b(n * 4);
+  FillUniform(nullptr, DType::kF32, a.data(), n, 7, -0.5f, 0.5f);
+  FillUniform(nullptr, DType::kF32, b.data(), n, 7, -0.5f, 0.5f);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> va = Decode(Download(a), DType::kF32), vb = Decode(Download(b), DType::kF32);
+  EXPECT_EQ(va, vb);
+  double sum = 0;
+  for (float v : va) {
+    ASSERT_GE(v, -0.5f);
+    ASSERT_LT(v, 0.5f);
+    sum += v;
+  }
+  EXPECT_LT(std::fabs(sum / n), 2e-3);  // the mean of 2^20 draws: sd 0.29 / 1024
+}
+
+// Neither needs a GPU: cuBLAS is a library like any other until a handle is created.
+TEST(CudaGemm, CublasLoadsAtRunTime) {
+  std::string why_not;
+  EXPECT_TRUE(LoadCublas(&why_not)) << why_not;
+}
+
+// Linked, libcublasLt's static TLS would be carved out of every thread's stack and a
+// thread with a small fixed stack (as civetweb creates for the metrics endpoint) would not
+// start; dlopen'ed, it must.
+TEST(CudaGemm, SmallThreadStacksStartWithCublasLoaded) {
+  std::string why_not;
+  ASSERT_TRUE(LoadCublas(&why_not)) << why_not;
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, 64 * 1024), 0);
+  pthread_t thread;
+  const int rc = pthread_create(&thread, &attr, [](void*) -> void* { return nullptr; }, nullptr);
+  pthread_attr_destroy(&attr);
+  ASSERT_EQ(rc, 0) << std::strerror(rc);
+  pthread_join(thread, nullptr);
+}
 
 TEST(CudaDevice, CountIsPositiveOrSaysWhyNot) {
   std::string why_not;

@@ -188,5 +188,20 @@ TEST(CausalLMFactory, KvCacheDTypeOtherThanF16OrF32IsAnError) {
   EXPECT_NE(std::string(lm.status().message()).find("BF16"), std::string::npos) << lm.status();
 }
 
+// A CPU-only build has no CUDA model; a CUDA build on a machine without one finds no
+// GPU. Either way a precondition, never a crash; on a GPU machine the model is built.
+TEST(CausalLMFactory, CudaDeviceIsAPreconditionWithoutCudaOrGpu) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  CausalLMOptions options;
+  options.device = Device::kCuda;
+  auto lm = CreateCausalLM(*model, ShardSpec{}, nullptr, options);
+  if (lm.ok()) GTEST_SKIP() << "built with CUDA on a GPU machine";
+  EXPECT_EQ(lm.status().code(), absl::StatusCode::kFailedPrecondition) << lm.status();
+  const std::string message(lm.status().message());
+  EXPECT_TRUE(message.find("built without CUDA") != std::string::npos || message.rfind("no GPU: ", 0) == 0)
+      << message;
+}
+
 }  // namespace
 }  // namespace shoal::worker

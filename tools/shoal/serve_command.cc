@@ -26,6 +26,8 @@ struct ServeFlags {
   int http_port = 8080;
   int threads = 0;
   int kv_cache_mb = 0;
+  std::string device = "cpu";
+  double kv_cache_memory_fraction = 0;
   int max_num_seqs = 0;
   int max_model_len = 0;
   std::string log_level = "info";
@@ -59,6 +61,10 @@ ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
   if (!f.served_name.empty()) c.argv.insert(c.argv.end(), {"--served-name", f.served_name});
   if (f.threads > 0) c.argv.insert(c.argv.end(), {"--threads", std::to_string(f.threads)});
   if (f.kv_cache_mb > 0) c.argv.insert(c.argv.end(), {"--kv-cache-mb", std::to_string(f.kv_cache_mb)});
+  if (f.device != "cpu") c.argv.insert(c.argv.end(), {"--device", f.device});
+  if (f.kv_cache_memory_fraction > 0) {
+    c.argv.insert(c.argv.end(), {"--kv-cache-memory-fraction", fmt::format("{}", f.kv_cache_memory_fraction)});
+  }
   if (f.max_num_seqs > 0) c.argv.insert(c.argv.end(), {"--max-num-seqs", std::to_string(f.max_num_seqs)});
   if (f.max_model_len > 0) c.argv.insert(c.argv.end(), {"--max-model-len", std::to_string(f.max_model_len)});
   c.health_address = DialAddress("127.0.0.1", port);
@@ -198,6 +204,11 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the model; 0 = one per core");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache budget in MiB; 0 = the worker's default");
+  cmd->add_option("--device", f->device, "where the model runs: cpu, or cuda (llama/qwen2 on GPU 0; a 1x1 group)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--kv-cache-memory-fraction", f->kv_cache_memory_fraction,
+                  "with --device cuda: KV cache = this fraction of the GPU memory the weights leave free")
+      ->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--max-num-seqs", f->max_num_seqs, "running sequences at most; 0 = the worker's default");
   cmd->add_option("--max-model-len", f->max_model_len, "context length; 0 = the model's own");
   cmd->add_option("--log-level", f->log_level, "the children's log level")->capture_default_str();

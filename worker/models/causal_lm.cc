@@ -4,13 +4,34 @@
 
 #include "worker/models/deepseek.h"
 #include "worker/models/llama.h"
+#ifdef SHOAL_HAVE_CUDA
+#include "worker/models/cuda/cuda_llama.h"
+#endif
 
 namespace shoal::worker {
+namespace {
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CreateOnCuda(const LoadedModel& model, const ShardSpec& shard,
+                                                       const CausalLMOptions& options) {
+#ifdef SHOAL_HAVE_CUDA
+  auto lm = CreateCudaLlama(model, shard, options);
+  if (!lm.ok()) return lm.status();
+  return std::unique_ptr<CausalLM>(std::move(*lm));
+#else
+  return absl::FailedPreconditionError(
+      fmt::format("{}: device cuda: this build has no CUDA backend (built without CUDA; configure with "
+                  "-DCUDAToolkit_ROOT, see scripts/setup_cuda.sh)",
+                  model.path));
+#endif
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,
                                                          ThreadPool* pool,
                                                          const CausalLMOptions& options) {
+  if (options.device == Device::kCuda) return CreateOnCuda(model, shard, options);
   switch (model.config.arch) {
     case Arch::kLlama:
     case Arch::kQwen2:  // llama plus q/k/v biases, which the config announces

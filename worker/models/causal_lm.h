@@ -19,12 +19,26 @@ namespace shoal::worker {
 class Communicator;
 class ThreadPool;
 
+// Where a model's weights, activations and KV cache live.
+enum class Device { kCpu, kCuda };
+
 // Choices about how a model instance computes, fixed when it is created.
 struct CausalLMOptions {
   // Element type of the paged KV cache: kF16 (the serving default, as llama.cpp's: half the
   // memory per token, and with it attention computes as llama.cpp's does on the CPU) or
   // kF32 (exact f32 attention, e.g. for comparing against f32 reference implementations).
+  // On CUDA also kBF16.
   DType kv_cache_dtype = DType::kF16;
+  // kCuda: the whole model on GPU 0 (worker/models/cuda; llama and qwen2), in a build with
+  // the CUDA backend. Otherwise CreateCausalLM fails with FAILED_PRECONDITION ("built
+  // without CUDA", or "no GPU: ..." where the driver finds none).
+  Device device = Device::kCpu;
+  // kCuda only: the element type weights are kept in on the GPU, whatever the file stores
+  // (GGUF quantized blocks and f16 are dequantized on the host at load). kBF16 (speed: half
+  // the bytes a decode step reads) or kF32 (exact checks against the CPU model); the
+  // activations entering each GEMM have the same type, the residual stream and attention
+  // are f32.
+  DType device_weight_dtype = DType::kBF16;
   // The tensor ranks of this pipeline stage (worker/parallel), for the all-reduces after
   // the row-parallel layers and the vocabulary-parallel embedding and LM head. Required
   // when the shard's tp_size > 1; must outlive the model.
@@ -72,9 +86,14 @@ class CausalLM {
 
   // Bytes of weights this rank keeps resident (mapped or owned), for sizing and tests.
   virtual size_t WeightBytes() const = 0;
+
+  // Device memory still free once the model is loaded, for a KV cache sized as a fraction
+  // of it (a GPU model); 0 for a model in host memory, whose cache is sized in bytes.
+  virtual size_t FreeDeviceBytes() const { return 0; }
 };
 
-// Builds the model named by model.config.arch over the shard. `pool` must outlive it.
+// Builds the model named by model.config.arch over the shard, on options.device. `pool`
+// must outlive it (a CUDA model does not use it and may be given null).
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,
                                                          ThreadPool* pool,

@@ -31,6 +31,8 @@ int Run(int argc, char** argv) {
   WorkerServerOptions server_options;
   int kv_cache_mb = static_cast<int>(runtime_options.engine.kv_cache_bytes >> 20);
   std::string kv_cache_dtype = "f16";
+  std::string device = "cpu";
+  std::string device_weight_dtype = "bf16";
   bool no_prefix_caching = false;
   double grace_seconds = 20.0;
   std::string log_level = "info";
@@ -49,8 +51,18 @@ int Run(int argc, char** argv) {
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB")->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-cache-dtype", kv_cache_dtype,
-                 "KV cache element type: f16 (half the memory; attention computes as llama.cpp's CPU path) or f32")
-      ->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
+                 "KV cache element type: f16 (half the memory; attention computes as llama.cpp's CPU path), f32, "
+                 "or bf16 (cuda only)")
+      ->capture_default_str()->check(CLI::IsMember({"f16", "f32", "bf16"}));
+  app.add_option("--device", device, "where the model runs: cpu, or cuda (llama/qwen2 on GPU 0, one process)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device-weight-dtype", device_weight_dtype,
+                 "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds")
+      ->capture_default_str()->check(CLI::IsMember({"bf16", "f32"}));
+  app.add_option("--kv-cache-memory-fraction", runtime_options.kv_cache_memory_fraction,
+                 "with --device cuda: the KV cache takes this fraction of the GPU memory left free by the weights "
+                 "(instead of --kv-cache-mb); 0 = use --kv-cache-mb")
+      ->capture_default_str()->check(CLI::Range(0.0, 0.99));
   app.add_option("--max-num-seqs", runtime_options.engine.max_num_seqs, "running sequences at most")
       ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-num-batched-tokens", runtime_options.engine.max_num_batched_tokens,
@@ -76,11 +88,20 @@ int Run(int argc, char** argv) {
   ApplyGroupFlags(group_flags, &group_options);
 
   runtime_options.engine.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
-  runtime_options.kv_cache_dtype = kv_cache_dtype == "f32" ? shoal::worker::DType::kF32 : shoal::worker::DType::kF16;
+  runtime_options.kv_cache_dtype = kv_cache_dtype == "f32"    ? shoal::worker::DType::kF32
+                                   : kv_cache_dtype == "bf16" ? shoal::worker::DType::kBF16
+                                                              : shoal::worker::DType::kF16;
+  runtime_options.device = device == "cuda" ? shoal::worker::Device::kCuda : shoal::worker::Device::kCpu;
+  runtime_options.device_weight_dtype =
+      device_weight_dtype == "f32" ? shoal::worker::DType::kF32 : shoal::worker::DType::kBF16;
   runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
   shoal::InitLogging(log_level);
   if (absl::Status st = shoal::worker::ApplyGroupEnv(&group_options); !st.ok()) {
     spdlog::error("startup failed: {}", st.ToString());
+    return 1;
+  }
+  if (runtime_options.device == shoal::worker::Device::kCuda && group_options.grouped()) {
+    spdlog::error("startup failed: --device cuda runs the whole model in one process; no --tensor/--pipeline groups yet");
     return 1;
   }
   if (group_options.rank > 0) {

@@ -12,6 +12,25 @@
 
 namespace shoal::worker {
 
+absl::StatusOr<size_t> KvCacheBytes(const ModelRuntimeOptions& options, const CausalLM& lm) {
+  if (options.kv_cache_memory_fraction <= 0) return options.engine.kv_cache_bytes;
+  if (options.kv_cache_memory_fraction >= 1) {
+    return absl::InvalidArgumentError(
+        fmt::format("kv_cache_memory_fraction {} must be below 1: the activations need device memory too",
+                    options.kv_cache_memory_fraction));
+  }
+  const size_t free_bytes = lm.FreeDeviceBytes();
+  if (free_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "kv_cache_memory_fraction sizes a GPU model's KV cache (device cuda); a CPU model's is sized in bytes "
+        "(kv_cache_mb)");
+  }
+  const size_t bytes = static_cast<size_t>(options.kv_cache_memory_fraction * static_cast<double>(free_bytes));
+  spdlog::info("kv_cache_memory_fraction={} device_free_bytes={} kv_cache_bytes={}", options.kv_cache_memory_fraction,
+               free_bytes, bytes);
+  return bytes;
+}
+
 absl::StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::Load(
     const ModelRuntimeOptions& options, const std::function<void(std::string_view)>& progress) {
   auto say = [&](std::string_view line) {
@@ -42,11 +61,15 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::Load(
   runtime->pool_ = std::make_unique<ThreadPool>(threads);
   ShardSpec shard;
   shard.end_layer = runtime->model_.config.num_layers;
-  const CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype};
+  const CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype,
+                                   .device = options.device,
+                                   .device_weight_dtype = options.device_weight_dtype};
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> lm,
                    options.model_factory ? options.model_factory(runtime->model_, runtime->pool_.get(), lm_options)
                                          : CreateCausalLM(runtime->model_, shard, runtime->pool_.get(), lm_options));
-  ASSIGN_OR_RETURN(runtime->engine_, Engine::Create(options.engine, std::move(lm), runtime->tokenizer_));
+  EngineOptions engine = options.engine;
+  ASSIGN_OR_RETURN(engine.kv_cache_bytes, KvCacheBytes(options, *lm));
+  ASSIGN_OR_RETURN(runtime->engine_, Engine::Create(engine, std::move(lm), runtime->tokenizer_));
 
   runtime->block_size_ = options.engine.block_size;
   runtime->served_name_ = options.served_name.empty() ? ServedNameFromPath(path) : options.served_name;

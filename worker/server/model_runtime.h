@@ -30,13 +30,24 @@ struct ModelRuntimeOptions {
   std::string model;        // path; "" = the default model
   std::string served_name;  // "" = ServedNameFromPath
   int num_threads = 0;      // 0 = one per core
-  DType kv_cache_dtype = DType::kF16;  // kF16 or kF32, see CausalLMOptions
+  DType kv_cache_dtype = DType::kF16;  // kF16 or kF32 (kBF16 too on CUDA), see CausalLMOptions
+  Device device = Device::kCpu;        // kCuda: the model on GPU 0, see CausalLMOptions
+  DType device_weight_dtype = DType::kBF16;
+  // > 0 (GPU models only): the KV cache gets this fraction of the device memory still free
+  // after the weights are loaded, instead of engine.kv_cache_bytes. The rest is left for
+  // the activations and cuBLAS workspaces.
+  double kv_cache_memory_fraction = 0;
   EngineOptions engine;
   // Builds the CausalLM instead of CreateCausalLM over the whole model; a multi-rank group's
   // leader passes one that joins the group (worker/parallel). Empty = one process.
   std::function<absl::StatusOr<std::unique_ptr<CausalLM>>(const LoadedModel&, ThreadPool*, const CausalLMOptions&)>
       model_factory;
 };
+
+// The KV cache budget: engine.kv_cache_bytes, or with kv_cache_memory_fraction > 0 that
+// fraction of the device memory `lm` leaves free (INVALID_ARGUMENT for a CPU model, or a
+// fraction of 1 or more).
+absl::StatusOr<size_t> KvCacheBytes(const ModelRuntimeOptions& options, const CausalLM& lm);
 
 class ModelRuntime {
  public:

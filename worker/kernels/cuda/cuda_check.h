@@ -16,6 +16,24 @@ namespace shoal::worker::cuda {
   std::abort();
 }
 
+// cuBLAS is loaded at run time (gemm.h), so its own cublasGetStatusString may not be
+// there to call when a check fails.
+inline const char* CublasStatusName(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+  }
+}
+
 }  // namespace shoal::worker::cuda
 
 #define SHOAL_CUDA_CHECK(expr)                                                                    \
@@ -31,8 +49,8 @@ namespace shoal::worker::cuda {
   do {                                                                                                 \
     const cublasStatus_t shoal_cublas_err_ = (expr);                                                   \
     if (shoal_cublas_err_ != CUBLAS_STATUS_SUCCESS) {                                                  \
-      ::shoal::worker::cuda::DieOnCudaError(#expr, cublasGetStatusString(shoal_cublas_err_), __FILE__, \
-                                            __LINE__);                                                 \
+      ::shoal::worker::cuda::DieOnCudaError(#expr, ::shoal::worker::cuda::CublasStatusName(shoal_cublas_err_), \
+                                            __FILE__, __LINE__);                                       \
     }                                                                                                  \
   } while (0)
 

@@ -32,6 +32,21 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes > 0) SHOAL_CUDA_CHECK(cudaMalloc(&data_, bytes));
 }
 
+bool DeviceBuffer::TryAllocate(size_t bytes, DeviceBuffer* out) {
+  DeviceBuffer b;
+  if (bytes > 0) {
+    const cudaError_t err = cudaMalloc(&b.data_, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky, but clear it so the next check does not see it
+      return false;
+    }
+    SHOAL_CUDA_CHECK(err);
+  }
+  b.bytes_ = bytes;
+  *out = std::move(b);
+  return true;
+}
+
 DeviceBuffer::~DeviceBuffer() {
   if (data_ != nullptr) cudaFree(data_);
 }
@@ -54,6 +69,30 @@ void DeviceBuffer::CopyFromHost(const void* host, size_t bytes) {
 
 void DeviceBuffer::CopyToHost(void* host, size_t bytes) const {
   SHOAL_CUDA_CHECK(cudaMemcpy(host, data_, bytes, cudaMemcpyDeviceToHost));
+}
+
+PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) SHOAL_CUDA_CHECK(cudaMallocHost(&data_, bytes));
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (data_ != nullptr) cudaFreeHost(data_);
+}
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) cudaFreeHost(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void DeviceMemory(size_t* free_bytes, size_t* total_bytes) {
+  SHOAL_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
 }
 
 }  // namespace shoal::worker::cuda

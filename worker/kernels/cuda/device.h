@@ -1,5 +1,5 @@
 #pragma once
-// Finding a GPU, and device memory with an owner.
+// Finding a GPU, and device and pinned host memory with an owner.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -21,6 +21,9 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t bytes);
+  // Like the constructor, but false (and *out untouched) instead of ending the process when
+  // the device has no room: a model or KV cache too big for the GPU is an error to report.
+  static bool TryAllocate(size_t bytes, DeviceBuffer* out);
   ~DeviceBuffer();
   DeviceBuffer(DeviceBuffer&& other) noexcept;
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
@@ -40,5 +43,33 @@ class DeviceBuffer {
   void* data_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// Page-locked host memory (cudaMallocHost), freed with the buffer: staging for
+// cudaMemcpyAsync, which copies pageable memory synchronously through a bounce buffer.
+// Move-only.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Free and total bytes of the current device (cudaMemGetInfo), for sizing the KV cache.
+void DeviceMemory(size_t* free_bytes, size_t* total_bytes);
 
 }  // namespace shoal::worker::cuda

@@ -1,9 +1,65 @@
 #include "worker/kernels/cuda/gemm.h"
 
+#include <dlfcn.h>
+
+#include <string>
+#include <type_traits>
+
 #include "worker/kernels/cuda/cuda_check.h"
 
 namespace shoal::worker::cuda {
 namespace {
+
+// The cuBLAS entry points used, resolved from the loaded library (cublas_v2.h maps
+// cublasCreate and friends to their _v2 symbols).
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  // The C entry point (C++ sees an overload set): compute type as cublasComputeType_t.
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                            const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                            cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+};
+
+struct LoadedCublas {
+  CublasApi api;
+  std::string error;  // empty when loaded
+};
+
+const LoadedCublas& Cublas() {
+  static const LoadedCublas* loaded = [] {
+    auto* l = new LoadedCublas();  // never freed: cuBLAS stays loaded for the process
+    void* h = nullptr;
+    std::string tried;
+    for (const char* name : {"libcublas.so.13", "libcublas.so"}) {
+      h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (h != nullptr) break;
+      const char* e = dlerror();
+      tried += std::string(tried.empty() ? "" : "; ") + (e != nullptr ? e : name);
+    }
+    if (h == nullptr) {
+      l->error = "no cuBLAS: " + tried;
+      return l;
+    }
+    auto resolve = [&](auto* fn, const char* symbol) {
+      *fn = reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(dlsym(h, symbol));
+      if (*fn == nullptr && l->error.empty()) l->error = std::string("no cuBLAS: libcublas lacks ") + symbol;
+    };
+    resolve(&l->api.create, "cublasCreate_v2");
+    resolve(&l->api.destroy, "cublasDestroy_v2");
+    resolve(&l->api.set_stream, "cublasSetStream_v2");
+    resolve(&l->api.gemm_ex, "cublasGemmEx");
+    return l;
+  }();
+  return *loaded;
+}
+
+const CublasApi& Api() {
+  const LoadedCublas& l = Cublas();
+  if (!l.error.empty()) DieOnCudaError("cuBLAS", l.error.c_str(), __FILE__, __LINE__);
+  return l.api;
+}
 
 cudaDataType_t CudaType(DType t) {
   switch (t) {
@@ -16,13 +72,20 @@ cudaDataType_t CudaType(DType t) {
 
 }  // namespace
 
+bool LoadCublas(std::string* why_not) {
+  const LoadedCublas& l = Cublas();
+  if (l.error.empty()) return true;
+  *why_not = l.error;
+  return false;
+}
+
 CublasGemm::CublasGemm(cudaStream_t stream) {
-  SHOAL_CUBLAS_CHECK(cublasCreate(&handle_));
-  SHOAL_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+  SHOAL_CUBLAS_CHECK(Api().create(&handle_));
+  SHOAL_CUBLAS_CHECK(Api().set_stream(handle_, stream));
 }
 
 CublasGemm::~CublasGemm() {
-  if (handle_ != nullptr) cublasDestroy(handle_);
+  if (handle_ != nullptr) Api().destroy(handle_);
 }
 
 // cuBLAS is column-major: the row-major y[T, out] is the column-major yᵀ[out, T], which
@@ -34,10 +97,11 @@ void CublasGemm::Run(DType ab, const void* x, const void* w, int64_t num_tokens,
     DieOnCudaError("GEMM output type (f32 or the inputs' type)", DTypeName(y_type).data(), __FILE__, __LINE__);
   }
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  SHOAL_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
-                                  static_cast<int>(num_tokens), static_cast<int>(in), &alpha, w, CudaType(ab),
-                                  static_cast<int>(in), x, CudaType(ab), static_cast<int>(in), &beta, y,
-                                  CudaType(y_type), static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  SHOAL_CUBLAS_CHECK(Api().gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
+                                   static_cast<int>(num_tokens), static_cast<int>(in), &alpha, w, CudaType(ab),
+                                   static_cast<int>(in), x, CudaType(ab), static_cast<int>(in), &beta, y,
+                                   CudaType(y_type), static_cast<int>(out), CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace shoal::worker::cuda

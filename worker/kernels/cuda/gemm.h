@@ -1,18 +1,29 @@
 #pragma once
 // Dense GEMMs through cuBLAS: y[T, out] = x[T, in] · W[out, in]ᵀ (+ y), the layout of the
 // CPU Matmul, with f32 accumulation whatever the element types.
+//
+// cuBLAS is loaded with dlopen on first use rather than linked: libcublasLt carries ~94 KB
+// of static TLS, which a linked library adds to every thread's stack, and threads created
+// with a small fixed stack then fail to start (civetweb's, behind the Prometheus exposer
+// of every worker, did). A dlopen'ed library's TLS is allocated per thread on demand.
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "worker/model/dtype.h"
 
 namespace shoal::worker::cuda {
 
+// Loads libcublas.so.13 (the executable's RUNPATH or LD_LIBRARY_PATH) once; false with
+// *why_not ("no cuBLAS: ...") when it or one of its entry points is missing. CublasGemm
+// ends the process in that case, so callers that can report errors ask first.
+bool LoadCublas(std::string* why_not);
+
 class CublasGemm {
  public:
-  explicit CublasGemm(cudaStream_t stream);
+  explicit CublasGemm(cudaStream_t stream);  // LoadCublas must have succeeded
   ~CublasGemm();
   CublasGemm(const CublasGemm&) = delete;
   CublasGemm& operator=(const CublasGemm&) = delete;

@@ -3,6 +3,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
 #include "worker/kernels/cuda/cuda_check.h"
 
 namespace shoal::worker::cuda {
@@ -88,6 +92,82 @@ __global__ void SiluMulKernel(const T* gate, const T* up, T* out, int64_t n) {
   Store(out, i, g / (1.0f + __expf(-g)) * Load(up, i));
 }
 
+// The sum of `v` over the block (kNormThreads threads), returned to every thread.
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float warp_sums[kNormThreads / 32];
+  __shared__ float total;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < blockDim.x / 32 ? warp_sums[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+// One block per output row.
+template <typename T>
+__global__ void RmsNormRowsKernel(const float* x, const int32_t* rows, const float* weight, T* out, int64_t n,
+                                  float eps) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + (rows != nullptr ? static_cast<int64_t>(rows[r]) : r) * n;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += xr[i] * xr[i];
+  const float scale = rsqrtf(BlockSum(sum) / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) Store(out + r * n, i, xr[i] * scale * weight[i]);
+}
+
+template <typename T>
+__global__ void SiluMulRowsKernel(const T* gate_up, T* out, int64_t num_tokens, int64_t n) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= num_tokens * n) return;
+  const int64_t t = idx / n, i = idx % n;
+  const float g = Load(gate_up, t * 2 * n + i);
+  Store(out, idx, g / (1.0f + __expf(-g)) * Load(gate_up, t * 2 * n + n + i));
+}
+
+template <typename T>
+__global__ void EmbeddingKernel(const T* table, int64_t width, const int32_t* ids, int64_t num_tokens, float* out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= num_tokens * width) return;
+  const int64_t t = idx / width, i = idx % width;
+  out[idx] = Load(table, static_cast<int64_t>(ids[t]) * width + i);
+}
+
+__global__ void AddBiasKernel(float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= num_tokens * n) return;
+  y[(idx / n) * ld + idx % n] += bias[idx % n];
+}
+
+template <typename From, typename To>
+__global__ void CastKernel(const From* src, To* dst, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) Store(dst, i, Load(src, i));
+}
+
+// splitmix64 of (seed, i): independent of the launch shape, so the same seed gives the
+// same weights on any GPU.
+__device__ __forceinline__ uint64_t Mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void FillUniformKernel(T* dst, int64_t n, uint64_t seed, float lo, float hi) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float u = static_cast<float>(Mix(seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(i)) >> 40) *
+                    (1.0f / 16777216.0f);  // 24 bits: [0, 1)
+    Store(dst, i, lo + (hi - lo) * u);
+  }
+}
+
 unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Calls fn(T{}) with the CUDA element type of `act`.
@@ -136,6 +216,71 @@ void SiluMul(cudaStream_t stream, DType act, const void* gate, const void* up, v
     using T = decltype(zero);
     SiluMulKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
                                                          static_cast<T*>(out), n);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const float* weight, DType out_type,
+                 void* out, int64_t num_rows, int64_t n, float eps) {
+  if (num_rows == 0) return;
+  WithActivationType(out_type, [&](auto zero) {
+    using T = decltype(zero);
+    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(x, rows, weight,
+                                                                                       static_cast<T*>(out), n, eps);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out, int64_t num_tokens, int64_t n) {
+  const int64_t work = num_tokens * n;
+  if (work == 0) return;
+  WithActivationType(act, [&](auto zero) {
+    using T = decltype(zero);
+    SiluMulRowsKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out),
+                                                                num_tokens, n);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, int64_t width, const int32_t* ids,
+                     int64_t num_tokens, float* out) {
+  const int64_t work = num_tokens * width;
+  if (work == 0) return;
+  WithActivationType(table_type, [&](auto zero) {
+    using T = decltype(zero);
+    EmbeddingKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(table), width, ids, num_tokens,
+                                                              out);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void AddBias(cudaStream_t stream, float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n) {
+  const int64_t work = num_tokens * n;
+  if (work == 0) return;
+  AddBiasKernel<<<Blocks(work, 256), 256, 0, stream>>>(y, num_tokens, ld, bias, n);
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void Cast(cudaStream_t stream, DType from, const void* src, DType to, void* dst, int64_t n) {
+  if (n == 0) return;
+  WithActivationType(from, [&](auto from_zero) {
+    WithActivationType(to, [&](auto to_zero) {
+      using From = decltype(from_zero);
+      using To = decltype(to_zero);
+      CastKernel<From, To><<<Blocks(n, 256), 256, 0, stream>>>(static_cast<const From*>(src), static_cast<To*>(dst),
+                                                               n);
+    });
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void FillUniform(cudaStream_t stream, DType t, void* dst, int64_t n, uint64_t seed, float lo, float hi) {
+  if (n == 0) return;
+  WithActivationType(t, [&](auto zero) {
+    using T = decltype(zero);
+    // A grid-stride loop: billions of elements need no more than a few waves of blocks.
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
+    FillUniformKernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(dst), n, seed, lo, hi);
   });
   SHOAL_CUDA_CHECK_LAUNCH();
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Elementwise and per-row kernels of a decoder block on the GPU: RMSNorm (fused with the
-// residual add), RoPE and SiLU·up. Activations are f32, f16 or bf16 in device memory;
+// residual add, or from an f32 residual stream into the GEMMs' input type), RoPE, SiLU·up,
+// embedding lookup, bias add and casts. Activations are f32, f16 or bf16 in device memory;
 // every reduction and every product is computed in f32. All pointers are device
 // pointers; each call is enqueued on `stream` and returns at once. The CPU kernels of
 // worker/kernels/cpu are the reference (tests/kernels/cuda_kernels_test.cc).
@@ -31,5 +32,31 @@ void ApplyRope(cudaStream_t stream, DType act, void* x, int64_t num_tokens, int6
 
 // out = silu(gate) * up over n elements; out may alias gate or up.
 void SiluMul(cudaStream_t stream, DType act, const void* gate, const void* up, void* out, int64_t n);
+
+// The decoder's norms: an f32 residual stream normalized into the next GEMM's input type.
+// out[r] = x[rows[r]] / rms(x[rows[r]]) * weight for r < num_rows (rows null: row r), x
+// f32 [*, n], weight f32 [n], out [num_rows, n] of `out_type`. With `rows`, the final
+// norm gathers just the rows whose logits are wanted.
+void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const float* weight, DType out_type,
+                 void* out, int64_t num_rows, int64_t n, float eps);
+
+// gate_up: [T, 2n] rows of `act`, each the gate's n features then the up projection's
+// (one GEMM computes both); out[t] = silu(gate_up[t, :n]) * gate_up[t, n:], [T, n].
+void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out, int64_t num_tokens, int64_t n);
+
+// out[t] = table row ids[t], [num_tokens, width] f32; the table [*, width] of f32, f16 or
+// bf16. Ids are validated by the caller.
+void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, int64_t width, const int32_t* ids,
+                     int64_t num_tokens, float* out);
+
+// y[t * ld + i] += bias[i] for T rows of n (f32).
+void AddBias(cudaStream_t stream, float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n);
+
+// dst = src converted (round to nearest even) over n elements of f32, f16 or bf16.
+void Cast(cudaStream_t stream, DType from, const void* src, DType to, void* dst, int64_t n);
+
+// n values uniform in [lo, hi) from a counter hash of (seed, index), rounded to `t`:
+// weights for benchmarks of a model's shape, made in device memory without a file.
+void FillUniform(cudaStream_t stream, DType t, void* dst, int64_t n, uint64_t seed, float lo, float hi);
 
 }  // namespace shoal::worker::cuda

@@ -1,0 +1,244 @@
+// Decode speed of the CUDA model at DeepSeek-R1-Distill-Qwen-7B's shape (qwen2: hidden
+// 3584, 28 layers, 28 heads over 4 kv heads of 128, intermediate 18944, vocab 152064,
+// q/k/v biases, untied head), with random bf16 weights drawn in device memory, against the
+// GPU's measured copy bandwidth (the roofline of a decode step, which reads every weight
+// and the context's KV once). bench/cuda_decode_hf.py runs the same workload through
+// Hugging Face transformers; bench/cuda_decode_bench.sh runs both and prints ratios.
+//
+//   decode_b1_tokens_per_s   one sequence, --decode-steps greedy tokens after --context
+//   decode_bN_tokens_per_s   --batch sequences, each after --context, in lock-step
+//
+//   build-cuda/bench/cuda-decode-bench [--context 1024] [--decode-steps 64] [--batch 64]
+//
+// Without a GPU it prints "skipped: no GPU: ..." and exits 0.
+#include <CLI/CLI.hpp>
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/device.h"
+#include "worker/models/cuda/cuda_llama.h"
+
+namespace shoal::worker {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Bytes read plus bytes written per second by a large device-to-device copy: what a
+// memory-bound kernel can hope for on this GPU. Both directions count because both cross
+// the HBM bus: the rate is HBM traffic per second, and a decode step's traffic is almost
+// all reads (weights, K/V), so the roofline divides the bytes a step reads by this rate.
+// Counting the copy's bytes once would halve the roofline.
+double CopyBandwidth(size_t bytes, int reps) {
+  cuda::DeviceBuffer a(bytes), b(bytes);
+  SHOAL_CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
+  SHOAL_CUDA_CHECK(cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));  // warm-up
+  cudaEvent_t start, stop;
+  SHOAL_CUDA_CHECK(cudaEventCreate(&start));
+  SHOAL_CUDA_CHECK(cudaEventCreate(&stop));
+  SHOAL_CUDA_CHECK(cudaEventRecord(start));
+  for (int i = 0; i < reps; ++i) {
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a.data() : b.data(), i % 2 ? b.data() : a.data(), bytes,
+                                     cudaMemcpyDeviceToDevice));
+  }
+  SHOAL_CUDA_CHECK(cudaEventRecord(stop));
+  SHOAL_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  SHOAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
+}
+
+ModelConfig R1DistillQwen7B() {
+  ModelConfig c;
+  c.arch = Arch::kQwen2;
+  c.arch_name = "qwen2";
+  c.vocab_size = 152064;
+  c.hidden_size = 3584;
+  c.intermediate_size = 18944;
+  c.num_layers = 28;
+  c.num_heads = 28;
+  c.num_kv_heads = 4;
+  c.head_dim = 128;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000.0;
+  c.max_position_embeddings = 131072;
+  c.attention_bias = true;
+  c.tie_word_embeddings = false;
+  return c;
+}
+
+struct Sequence {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> table;
+  int64_t computed = 0;
+};
+
+// Feeds every sequence's first `context` tokens, at most `chunk` tokens per step in all
+// (prompt chunks of several sequences share a step); the greedy token after the last is
+// appended, for Decode to feed.
+bool Prefill(CudaLlama& lm, std::vector<Sequence>& seqs, int64_t context, int64_t chunk) {
+  std::vector<int32_t> next;
+  for (;;) {
+    ForwardBatch batch;
+    std::vector<Sequence*> wanting;
+    int64_t budget = chunk;
+    for (Sequence& s : seqs) {
+      const int64_t left = context - s.computed;
+      if (left == 0 || budget == 0) continue;
+      const int64_t n = std::min(left, budget);
+      batch.seqs.push_back({std::span<const int32_t>(s.tokens).subspan(s.computed, n), s.computed, s.table,
+                            n == left});
+      if (n == left) wanting.push_back(&s);
+      s.computed += n;
+      budget -= n;
+    }
+    if (batch.seqs.empty()) return true;
+    const absl::Status st = lm.ForwardGreedy(batch, &next);
+    if (!st.ok()) {
+      fmt::print(stderr, "prefill: {}\n", st.ToString());
+      return false;
+    }
+    for (size_t i = 0; i < wanting.size(); ++i) wanting[i]->tokens.push_back(next[i]);
+  }
+}
+
+// `steps` lock-step decode steps over all sequences; returns the seconds they took.
+double Decode(CudaLlama& lm, std::vector<Sequence>& seqs, int steps) {
+  std::vector<int32_t> next;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int step = 0; step < steps; ++step) {
+    ForwardBatch batch;
+    for (Sequence& s : seqs) {
+      batch.seqs.push_back({std::span<const int32_t>(s.tokens).subspan(s.computed, 1), s.computed, s.table, true});
+      s.computed += 1;
+    }
+    const absl::Status st = lm.ForwardGreedy(batch, &next);
+    if (!st.ok()) {
+      fmt::print(stderr, "decode: {}\n", st.ToString());
+      return -1;
+    }
+    for (size_t i = 0; i < seqs.size(); ++i) seqs[i].tokens.push_back(next[i]);
+  }
+  return Seconds(t0, std::chrono::steady_clock::now());
+}
+
+std::vector<Sequence> MakeSequences(int count, int context, int blocks_per_seq, uint32_t seed, int64_t vocab) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+  std::vector<Sequence> seqs(count);
+  for (int i = 0; i < count; ++i) {
+    for (int t = 0; t < context; ++t) seqs[i].tokens.push_back(token(rng));
+    for (int b = 0; b < blocks_per_seq; ++b) seqs[i].table.push_back(i * blocks_per_seq + b);
+  }
+  return seqs;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"cuda-decode-bench: CUDA decode tokens/s at R1-Distill-Qwen-7B's shape vs the HBM roofline"};
+  int context = 1024, decode_steps = 64, batch = 64, batch_steps = 32, warmup = 4, layers = 28;
+  int64_t prefill_chunk = 8192;
+  app.add_option("--context", context, "tokens in each sequence's context before decoding");
+  app.add_option("--decode-steps", decode_steps, "timed decode steps at batch 1");
+  app.add_option("--batch", batch, "sequences of the batched measurement (0: skip it)");
+  app.add_option("--batch-steps", batch_steps, "timed decode steps of the batched measurement");
+  app.add_option("--warmup", warmup, "untimed decode steps before each measurement");
+  app.add_option("--prefill-chunk", prefill_chunk, "most tokens per prefill step");
+  app.add_option("--layers", layers, "decoder layers (28 for the real shape; fewer for a quick run)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::string why_not;
+  if (cuda::CudaDeviceCount(&why_not) == 0) {
+    fmt::print("skipped: {}\n", why_not);
+    return 0;
+  }
+  fmt::print("device: {}\n", cuda::DeviceDescription(0));
+  const double bandwidth = CopyBandwidth(size_t{2} << 30, 20);
+  fmt::print("device_copy_bandwidth_gbs: {:.1f}\n", bandwidth / 1e9);
+
+  ModelConfig config = R1DistillQwen7B();
+  config.num_layers = layers;
+  CausalLMOptions options;
+  options.device = Device::kCuda;
+  options.device_weight_dtype = DType::kBF16;
+  options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
+  auto lm_or = CreateRandomCudaLlama(config, options, 1234);
+  if (!lm_or.ok()) {
+    fmt::print(stderr, "{}\n", lm_or.status().ToString());
+    return 1;
+  }
+  CudaLlama& lm = **lm_or;
+  const int block_size = 16;
+  const int max_seqs = std::max(batch, 1);
+  const int blocks_per_seq = (context + warmup + std::max(decode_steps, batch_steps) + block_size) / block_size;
+  if (!lm.AllocateKvCache(static_cast<int64_t>(max_seqs) * blocks_per_seq, block_size).ok()) {
+    fmt::print(stderr, "KV cache of {} sequences x {} blocks does not fit\n", max_seqs, blocks_per_seq);
+    return 1;
+  }
+  const double weight_bytes = static_cast<double>(lm.WeightBytes());
+  // A step reads every weight once, except the (untied) embedding table: one row a token.
+  const double embed_bytes = static_cast<double>(config.vocab_size) * config.hidden_size * 2;
+  const double step_weight_bytes = weight_bytes - (config.tie_word_embeddings ? 0.0 : embed_bytes);
+  const double kv_bytes_per_position = static_cast<double>(lm.KvBytesPerBlock(block_size)) / block_size;
+  fmt::print("shape: qwen2 hidden {} layers {} heads {}/{} head_dim {} intermediate {} vocab {}, bf16 weights, bf16 KV\n",
+             config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim,
+             config.intermediate_size, config.vocab_size);
+  fmt::print("weight_bytes: {:.0f}\n", weight_bytes);
+  fmt::print("weight_bytes_read_per_step: {:.0f}\n", step_weight_bytes);
+  fmt::print("context: {}\n", context);
+
+  // Batch 1. The model's first forward pays one-time costs (kernel modules load lazily,
+  // cuBLAS sets itself up on its first calls): an untimed prefill of the same shape, on the
+  // blocks the timed one then overwrites, keeps them out of prefill_b1_tokens_per_s.
+  std::vector<Sequence> cold = MakeSequences(1, context, blocks_per_seq, 3, config.vocab_size);
+  if (!Prefill(lm, cold, context, prefill_chunk)) return 1;
+  std::vector<Sequence> one = MakeSequences(1, context, blocks_per_seq, 1, config.vocab_size);
+  auto t0 = std::chrono::steady_clock::now();
+  if (!Prefill(lm, one, context, prefill_chunk)) return 1;
+  fmt::print("prefill_b1_tokens_per_s: {:.0f}\n", context / Seconds(t0, std::chrono::steady_clock::now()));
+  if (Decode(lm, one, warmup) < 0) return 1;
+  const double mean_ctx = one[0].computed + decode_steps / 2.0;
+  const double s1 = Decode(lm, one, decode_steps);
+  if (s1 < 0) return 1;
+  const double tps1 = decode_steps / s1;
+  const double bytes1 = step_weight_bytes + mean_ctx * kv_bytes_per_position;  // per token
+  fmt::print("decode_b1_tokens_per_s: {:.1f}\n", tps1);
+  fmt::print("decode_b1_ms_per_token: {:.3f}\n", 1e3 / tps1);
+  fmt::print("decode_b1_bytes_per_token: {:.0f}\n", bytes1);
+  fmt::print("decode_b1_achieved_gbs: {:.1f}\n", bytes1 * tps1 / 1e9);
+  fmt::print("decode_b1_roofline_tokens_per_s: {:.1f}\n", bandwidth / bytes1);
+  fmt::print("decode_b1_fraction_of_roofline: {:.3f}\n", tps1 * bytes1 / bandwidth);
+
+  if (batch > 0) {
+    std::vector<Sequence> many = MakeSequences(batch, context, blocks_per_seq, 2, config.vocab_size);
+    t0 = std::chrono::steady_clock::now();
+    if (!Prefill(lm, many, context, prefill_chunk)) return 1;
+    fmt::print("prefill_b{}_tokens_per_s: {:.0f}\n", batch,
+               static_cast<double>(batch) * context / Seconds(t0, std::chrono::steady_clock::now()));
+    if (Decode(lm, many, warmup) < 0) return 1;
+    const double ctx = many[0].computed + batch_steps / 2.0;
+    const double sb = Decode(lm, many, batch_steps);
+    if (sb < 0) return 1;
+    const double tpsb = static_cast<double>(batch) * batch_steps / sb;
+    const double step_bytes = step_weight_bytes + batch * ctx * kv_bytes_per_position;
+    fmt::print("decode_b{}_tokens_per_s: {:.1f}\n", batch, tpsb);
+    fmt::print("decode_b{}_ms_per_step: {:.3f}\n", batch, 1e3 * sb / batch_steps);
+    fmt::print("decode_b{}_bytes_per_step: {:.0f}\n", batch, step_bytes);
+    fmt::print("decode_b{}_fraction_of_roofline: {:.3f}\n", batch, step_bytes * batch_steps / sb / bandwidth);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace shoal::worker
+
+int main(int argc, char** argv) { return shoal::worker::Run(argc, argv); }

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Runs every GPU check from the bundle that tests/cuda/make_device_bundle.sh made, on a GPU
+# machine that has a CUDA 13 driver and libraries (toolkit or NVIDIA's Python wheels) but
+# none of Shoal's build dependencies:
+#
+#   1. finds libcudart.so.13, libcublas.so.13 and libcublasLt.so.13 (CUDA_LIB_DIR first,
+#      then /usr/local/cuda*, python3's nvidia/* wheels, ldconfig, a bounded find) and
+#      prints what it found; LD_LIBRARY_PATH = the bundle's libs + those;
+#   2. prints nvidia-smi;
+#   3. runs cuda_kernels_test and cuda_decoder_test (GoogleTest XML into $OUT), the
+#      decode benchmark against transformers, then compute-sanitizer memcheck over the
+#      kernel test and part of the decoder test, when compute-sanitizer is there;
+#   4. writes $OUT/summary.txt and prints it last.
+#
+#   tests/cuda/run_device_bundle.sh [BUNDLE]     # default .devbundle at the repo root
+#
+# Env: OUT (default /tmp/shoal-device-out), RUN_BUDGET_S (default 420: stages that would
+# run past it are cut short or skipped), CUDA_LIB_DIR (colon-separated dirs searched
+# first), PYTHON (the interpreter with torch, default python3).
+# Exit 0 when every stage that ran passed (tests skipped for want of a GPU count as
+# passed), 1 otherwise.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bundle=$(cd "${1:-$here/.devbundle}" && pwd) || { echo "no bundle (run tests/cuda/make_device_bundle.sh)" >&2; exit 1; }
+out=${OUT:-/tmp/shoal-device-out}
+mkdir -p "$out"
+budget=${RUN_BUDGET_S:-420}
+summary=$out/summary.txt
+: >"$summary"
+failed=0
+log() { echo "[device $((SECONDS))s] $*"; }
+note() { echo "$*" | tee -a "$summary"; }
+
+# --- 1. CUDA libraries ------------------------------------------------------------------
+candidates=()
+IFS=: read -r -a extra <<<"${CUDA_LIB_DIR:-}"
+candidates+=("${extra[@]}")
+for d in /usr/local/cuda /usr/local/cuda-13* /usr/local/cuda*; do
+  candidates+=("$d/lib64" "$d/lib" "$d/targets/x86_64-linux/lib")
+done
+python=${PYTHON:-python3}
+export PYTHON=$python
+if command -v "$python" >/dev/null; then
+  # nvidia is a namespace package: every site-packages that has NVIDIA wheels.
+  while read -r site; do
+    [[ -n $site ]] || continue
+    candidates+=("$site/nvidia/cu13/lib")
+    for d in "$site"/nvidia/*/lib; do candidates+=("$d"); done
+  done < <("$python" -c 'import nvidia, os
+for p in nvidia.__path__: print(os.path.dirname(p))' 2>/dev/null)
+fi
+while read -r path; do candidates+=("$(dirname "$path")"); done < <(ldconfig -p 2>/dev/null | awk '/libcublasLt\.so\.13/ { print $NF }')
+
+find_lib() {  # prints the first candidate dir holding $1
+  local d
+  for d in "${candidates[@]}"; do
+    [[ -n $d && -e $d/$1 ]] && { echo "$d"; return 0; }
+  done
+  # Last resort: a bounded search of the usual roots.
+  local hit
+  hit=$(timeout 60 find /usr /opt /root /home -xdev -name "$1" -print -quit 2>/dev/null)
+  [[ -n $hit ]] && { dirname "$hit"; return 0; }
+  return 1
+}
+cuda_dirs=()
+for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
+  if d=$(find_lib "$lib"); then
+    log "found $lib in $d"
+    [[ " ${cuda_dirs[*]} " == *" $d "* ]] || cuda_dirs+=("$d")
+  else
+    note "FAIL cuda-libraries: $lib not found (set CUDA_LIB_DIR)"
+    failed=1
+  fi
+done
+lib_path=$bundle/lib
+for d in "${cuda_dirs[@]}"; do lib_path+=":$d"; done
+export LD_LIBRARY_PATH=$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SHOAL_SOURCE_DIR=$bundle/src
+# A GPU machine's libstdc++ older than the build machine's: take the bundle's.
+if ! "$bundle/bin/cuda_kernels_test" --gtest_list_tests >/dev/null 2>"$out/loader.err"; then
+  if grep -q 'GLIBCXX\|CXXABI\|GCC_' "$out/loader.err"; then
+    log "system libstdc++ too old; using the bundle's"
+    export LD_LIBRARY_PATH=$bundle/lib:$bundle/lib-fallback:${LD_LIBRARY_PATH#"$bundle/lib:"}
+  else
+    log "cuda_kernels_test does not start:"
+    cat "$out/loader.err"
+  fi
+fi
+log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+ldd "$bundle/bin/cuda_decoder_test" >"$out/ldd.txt" 2>&1
+if grep 'not found' "$out/ldd.txt"; then
+  note "FAIL loader: libraries not found (see ldd.txt)"
+  failed=1
+fi
+
+# --- 2. the GPU ---------------------------------------------------------------------------
+if command -v nvidia-smi >/dev/null; then
+  timeout 30 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
+  timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv 2>&1 | tee -a "$out/nvidia-smi.txt"
+else
+  log "nvidia-smi: not installed"
+fi
+[[ -f $bundle/COMMIT ]] && log "bundle built from $(head -n 1 "$bundle/COMMIT")"
+
+# --- 3. stages ----------------------------------------------------------------------------
+# run_stage NAME TIMEOUT_S CMD...: output to $OUT/NAME.log, cut at the time left.
+run_stage() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((budget - SECONDS - 15))
+  ((limit > left)) && limit=$left
+  if ((limit < 20)); then
+    note "SKIP $name: out of time (budget ${budget}s)"
+    return 0
+  fi
+  rm -f "$out/$name.rc"
+  log "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS rc
+  timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "$rc" >"$out/$name.rc"
+  local secs=$((SECONDS - t0)) counts=""
+  local xml=$out/$name.xml
+  if [[ -f $xml ]]; then
+    local tests fails skipped
+    tests=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*')
+    fails=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*')
+    skipped=$(grep -c 'result="skipped"' "$xml")
+    counts=" tests=$tests failures=$fails skipped=$skipped"
+  fi
+  if ((rc == 0)); then
+    note "PASS $name (${secs}s)$counts"
+  else
+    failed=1
+    ((rc == 124 || rc == 137)) && counts+=" TIMED OUT"
+    note "FAIL $name rc=$rc (${secs}s)$counts"
+    grep -E '^\[  FAILED  \]|Failure$|error|Expected|Which is|fatal|ERROR SUMMARY|Invalid|out of bounds' "$out/$name.log" |
+      head -n 40 | sed 's/^/    /' | tee -a "$summary"
+  fi
+  return 0
+}
+
+# run_gtest NAME TIMEOUT_S BINARY: the whole binary once; when it dies (a signal: a failed
+# CUDA check aborts) or hangs, every test that did not finish runs again alone, so one
+# crash does not hide the rest.
+run_gtest() {
+  local name=$1 limit=$2 bin=$3
+  run_stage "$name" "$limit" "$bin" --gtest_output="xml:$out/$name.xml"
+  local rc
+  rc=$(tail -n 1 "$out/$name.rc" 2>/dev/null || echo 0)
+  ((rc >= 124)) || return 0
+  note "  $name died (rc=$rc): running the tests it did not finish one by one"
+  local suite="" line t
+  "$bin" --gtest_list_tests 2>/dev/null | while IFS= read -r line; do
+    line=${line%%#*}
+    line=${line%"${line##*[![:space:]]}"}
+    if [[ $line != " "* ]]; then
+      suite=$line
+      continue
+    fi
+    t=$suite${line##* }
+    grep -qF "[       OK ] $t " "$out/$name.log" && continue
+    grep -qF "[  SKIPPED ] $t " "$out/$name.log" && continue
+    local left=$((budget - SECONDS - 15))
+    if ((left < 20)); then
+      note "  SKIP $t: out of time"
+      continue
+    fi
+    timeout -k 5 $((left < 60 ? left : 60)) "$bin" --gtest_filter="$t" >"$out/$name.alone.log" 2>&1
+    local r=$?
+    cat "$out/$name.alone.log" >>"$out/$name.isolated.log"
+    if ((r == 0)); then
+      note "  PASS $t (alone)"
+    else
+      note "  FAIL $t (alone, rc=$r)"
+      grep -E 'Failure$|Expected|Which is|fatal|error' "$out/$name.alone.log" | head -n 6 | sed 's/^/      /' |
+        tee -a "$summary"
+    fi
+  done
+}
+
+run_gtest cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test"
+run_gtest cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test"
+# The numbers the decoder test prints (relative errors per fixture).
+grep -hE 'relative error|bf16:' "$out/cuda_decoder_test.log" 2>/dev/null | tee -a "$summary"
+grep -hE "^skipped:" "$out/cuda_kernels_test.log" "$out/cuda_decoder_test.log" 2>/dev/null | sort -u | head -n 2
+
+run_stage decode_bench 240 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench"
+grep -hE '^(device|skipped|hf_versions|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench.log" 2>/dev/null | tee -a "$summary"
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)
+if [[ -n $sanitizer && -x $sanitizer ]]; then
+  run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_kernels_test" --gtest_brief=1
+  run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_decoder_test" \
+    --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:CudaDecoderGguf.*'
+  grep -h 'ERROR SUMMARY' "$out"/memcheck_*.log 2>/dev/null | tee -a "$summary"
+else
+  note "SKIP memcheck: compute-sanitizer not found"
+fi
+
+# --- 4. summary ---------------------------------------------------------------------------
+echo
+echo "===== summary ($out/summary.txt, ${SECONDS}s) ====="
+cat "$summary"
+exit "$failed"

@@ -1,0 +1,479 @@
+// The CUDA llama/qwen2 model (worker/models/cuda) against the CPU model and the
+// transformers fixtures of tests/oracle (label cuda). Without a GPU every test that needs
+// one reports "skipped: no GPU: ...".
+//
+// Tolerances, max |a - b| over max |b| of a logits row (RelativeError):
+//   kF32Tolerance 1e-4 against the CPU model, f32 weights and f32 KV cache on both: the
+//     same f32 arithmetic summed in other orders (cuBLAS, warp reductions), ~1e-6 per
+//     op through 3 layers; 1e-3 against transformers, as the CPU's oracle test.
+//   kBf16Tolerance 8e-2 for bf16 weights with an f16 KV cache (the serving default): the
+//     CPU model over the same weights rounded to bf16 (f32 activations, f16 cache) is
+//     already up to 3.9e-2 from f32 on these fixtures (64-wide layers average little
+//     rounding away), and the GPU also rounds every GEMM's input activations to bf16.
+//   Greedy tokens with bf16 weights are compared where the f32 logits' top-2 margin is at
+//     least kBf16Margin = 8e-2 of the row's scale: a flip needs the top two to move apart
+//     by more than that, while each moves by at most the tolerance and in practice by far
+//     less (on the CPU only a step with a 1.2e-3 margin flips); smaller margins are left
+//     unchecked.
+//   kGgufTolerance 5e-2 for a quantized GGUF, GPU (weights dequantized to f32) against
+//     the CPU, whose quantized matmuls round the activations to 8-bit blocks first as
+//     llama.cpp does (up to 2e-2 on this file against the CPU over the same weights
+//     dequantized to f32); a wrong dequantization, rope pairing or tied head is off by
+//     O(1).
+//   kBatchTolerance 1e-4 (f32) / 2e-2 (bf16) for a row computed in a mixed batch against
+//     the same row computed alone: only the GEMMs' shapes differ (cuBLAS may pick another
+//     kernel); with bf16 a changed last bit of an f32 GEMM output can move one bf16
+//     rounding of an activation.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tests/model/model_files.h"
+#include "tests/models/greedy_driver.h"
+#include "worker/kernels/cpu/quant.h"
+#include "worker/kernels/cpu/thread_pool.h"
+#include "worker/kernels/cuda/device.h"
+#include "worker/model/loaded_model.h"
+#include "worker/models/causal_lm.h"
+
+namespace shoal::worker {
+namespace {
+
+using testing::RelativeError;
+using testing::RunGreedy;
+using testing::SequenceRun;
+
+constexpr double kF32Tolerance = 1e-4;
+constexpr double kOracleTolerance = 1e-3;
+constexpr double kBf16Tolerance = 8e-2;
+constexpr double kBf16Margin = 8e-2;
+constexpr double kGgufTolerance = 5e-2;
+constexpr int kBlockSize = 4;
+constexpr int kBlocksPerSeq = 16;  // 64 positions: prompt 20 + 32 new
+
+#define SKIP_WITHOUT_GPU()                                                            \
+  do {                                                                                \
+    std::string why_not;                                                              \
+    if (cuda::CudaDeviceCount(&why_not) == 0) GTEST_SKIP() << "skipped: " << why_not; \
+  } while (0)
+
+CausalLMOptions OnCuda(DType weights, DType kv) {
+  CausalLMOptions o;
+  o.device = Device::kCuda;
+  o.device_weight_dtype = weights;
+  o.kv_cache_dtype = kv;
+  return o;
+}
+
+// Logits after the prompt and after each of `forced` fed back one at a time (teacher
+// forcing: both models see the same tokens whatever they would choose).
+std::vector<std::vector<float>> ForcedLogits(CausalLM& lm, const std::vector<int32_t>& prompt,
+                                             const std::vector<int32_t>& forced) {
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), forced.begin(), forced.end());
+  std::vector<int32_t> table;
+  for (int b = kBlocksPerSeq - 1; b >= 0; --b) table.push_back(b);  // reversed: block order is not position order
+  std::vector<std::vector<float>> out;
+  std::vector<float> logits;
+  int64_t pos = 0;
+  for (size_t step = 0; step <= forced.size(); ++step) {
+    const int64_t n = step == 0 ? static_cast<int64_t>(prompt.size()) : 1;
+    ForwardBatch batch;
+    batch.seqs.push_back({std::span<const int32_t>(all).subspan(pos, n), pos, table, true});
+    const absl::Status st = lm.Forward(batch, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) return out;
+    out.push_back(logits);
+    pos += n;
+  }
+  out.pop_back();  // the logits after the last forced token have nothing to compare with
+  return out;
+}
+
+// (top1 - top2) / max |logit|
+double Margin(const std::vector<float>& row) {
+  std::vector<float> v = row;
+  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+  double scale = 0;
+  for (float x : row) scale = std::max(scale, static_cast<double>(std::fabs(x)));
+  return (v[0] - v[1]) / scale;
+}
+
+class CudaDecoder : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_GPU();
+    std::string error;
+    ASSERT_TRUE(testing::ReadOracleExpectation(GetParam(), &expected_, &error)) << error;
+    auto model = LoadModel(expected_.dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    auto cpu = CreateCausalLM(model_, ShardSpec{}, &pool_, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    cpu_ = std::move(*cpu);
+    ASSERT_TRUE(cpu_->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  }
+
+  std::unique_ptr<CausalLM> Gpu(DType weights, DType kv) {
+    auto lm = CreateCausalLM(model_, ShardSpec{}, nullptr, OnCuda(weights, kv));
+    EXPECT_TRUE(lm.ok()) << lm.status();
+    if (!lm.ok()) return nullptr;
+    const absl::Status st = (*lm)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize);
+    EXPECT_TRUE(st.ok()) << st;
+    return std::move(*lm);
+  }
+
+  testing::OracleExpectation expected_;
+  ThreadPool pool_{2};
+  LoadedModel model_;
+  std::unique_ptr<CausalLM> cpu_;
+};
+
+TEST_P(CudaDecoder, F32LogitsMatchCpuAndTransformersOnRecordedPrefixes) {
+  auto gpu = Gpu(DType::kF32, DType::kF32);
+  ASSERT_NE(gpu, nullptr);
+  std::vector<int> positions, cpu_positions;
+  std::vector<float> got, cpu_logits;
+  ASSERT_TRUE(testing::ForwardRecordedPrefixes(*gpu, expected_.prompt, expected_.logits, &positions, &got));
+  ASSERT_TRUE(
+      testing::ForwardRecordedPrefixes(*cpu_, expected_.prompt, expected_.logits, &cpu_positions, &cpu_logits));
+  ASSERT_FALSE(positions.empty()) << "the fixture records no logits: nothing would be compared";
+  const int64_t vocab = model_.config.vocab_size;
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const std::vector<float> cpu_row(cpu_logits.begin() + i * vocab, cpu_logits.begin() + (i + 1) * vocab);
+    const double vs_cpu = RelativeError(got.data() + i * vocab, cpu_row);
+    const double vs_hf = RelativeError(got.data() + i * vocab, expected_.logits.at(positions[i]));
+    std::printf("%s position %d: relative error %.2e vs CPU, %.2e vs transformers\n", GetParam().c_str(),
+                positions[i], vs_cpu, vs_hf);
+    EXPECT_LE(vs_cpu, kF32Tolerance) << "position " << positions[i];
+    EXPECT_LE(vs_hf, kOracleTolerance) << "position " << positions[i];
+  }
+}
+
+TEST_P(CudaDecoder, F32GreedyTokensMatchCpuAndTransformers) {
+  auto gpu = Gpu(DType::kF32, DType::kF32);
+  ASSERT_NE(gpu, nullptr);
+  for (std::vector<int> chunks : {std::vector<int>{}, {7, 2, 5}}) {
+    std::vector<SequenceRun> runs(1), cpu_runs(1);
+    runs[0].prompt = cpu_runs[0].prompt = expected_.prompt;
+    runs[0].chunk_sizes = cpu_runs[0].chunk_sizes = chunks;
+    runs[0].num_new = cpu_runs[0].num_new = static_cast<int>(expected_.greedy.size());
+    RunGreedy(*gpu, runs, kBlockSize, kBlocksPerSeq);
+    RunGreedy(*cpu_, cpu_runs, kBlockSize, kBlocksPerSeq);
+    EXPECT_EQ(runs[0].generated, cpu_runs[0].generated) << (chunks.empty() ? "whole prompt" : "chunked prompt");
+    EXPECT_EQ(runs[0].generated, expected_.greedy) << (chunks.empty() ? "whole prompt" : "chunked prompt");
+  }
+}
+
+// Teacher-forced along transformers' greedy continuation: every step's logits within the
+// bf16 tolerance, and the argmax equal wherever the f32 margin leaves room for it; then
+// free-running greedy equal to transformers' over the leading steps with such margins.
+TEST_P(CudaDecoder, Bf16WeightsStayCloseAndKeepClearGreedyTokens) {
+  auto f32 = Gpu(DType::kF32, DType::kF32);
+  auto bf16 = Gpu(DType::kBF16, DType::kF16);
+  ASSERT_TRUE(f32 != nullptr && bf16 != nullptr);
+  const auto want = ForcedLogits(*f32, expected_.prompt, expected_.greedy);
+  const auto got = ForcedLogits(*bf16, expected_.prompt, expected_.greedy);
+  ASSERT_EQ(want.size(), expected_.greedy.size());
+  ASSERT_EQ(got.size(), want.size());
+  const int64_t vocab = model_.config.vocab_size;
+  int checked = 0, leading_clear = -1;
+  double worst = 0;
+  for (size_t s = 0; s < want.size(); ++s) {
+    const double err = RelativeError(got[s].data(), want[s]);
+    worst = std::max(worst, err);
+    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
+    ASSERT_EQ(testing::ArgMax(want[s].data(), vocab), expected_.greedy[s]) << "f32 step " << s;
+    if (Margin(want[s]) >= kBf16Margin) {
+      ++checked;
+      EXPECT_EQ(testing::ArgMax(got[s].data(), vocab), expected_.greedy[s]) << "step " << s;
+    } else if (leading_clear < 0) {
+      leading_clear = static_cast<int>(s);
+    }
+  }
+  if (leading_clear < 0) leading_clear = static_cast<int>(want.size());
+  std::printf("%s bf16: worst relative error %.3e, argmax checked at %d of %zu steps, first %d free-running\n",
+              GetParam().c_str(), worst, checked, want.size(), leading_clear);
+  ASSERT_GE(leading_clear, 1) << "the first step's margin is below kBf16Margin: nothing to compare";
+
+  std::vector<SequenceRun> runs(1);
+  runs[0].prompt = expected_.prompt;
+  runs[0].num_new = leading_clear;
+  RunGreedy(*bf16, runs, kBlockSize, kBlocksPerSeq);
+  EXPECT_EQ(runs[0].generated,
+            std::vector<int32_t>(expected_.greedy.begin(), expected_.greedy.begin() + leading_clear));
+}
+
+// One step mixing a 6-token prompt chunk after 4 cached tokens, a whole 9-token prompt
+// and two decode rows at different lengths (4 sequences, own block tables), against each
+// sequence's rows run alone on a fresh cache.
+void ExpectBatchMatchesSolo(CausalLM& solo_lm, CausalLM& batch_lm, double tolerance) {
+  struct Seq {
+    std::vector<int32_t> tokens;  // all positions
+    int64_t cached;               // positions already in the cache before the mixed step
+  };
+  const std::vector<Seq> seqs = {
+      {{5, 9, 250, 31, 17, 2, 64, 64, 100, 3}, 4},
+      {{8, 1, 99, 42, 42, 7, 13, 200, 11}, 0},
+      {{77, 3, 19, 5, 5, 140, 2, 9, 66, 31, 250, 4, 1}, 12},
+      {{12, 34}, 1},
+  };
+  const int64_t vocab = solo_lm.config().vocab_size;
+  auto table_of = [](size_t i) {
+    std::vector<int32_t> t;
+    for (int b = 0; b < kBlocksPerSeq; ++b) t.push_back(static_cast<int32_t>((i + 1) * kBlocksPerSeq - 1 - b));
+    return t;
+  };
+  // Fill both caches with each sequence's first `cached` positions, one sequence per step.
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<float> logits;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    tables.push_back(table_of(i));
+    if (seqs[i].cached == 0) continue;
+    ForwardBatch prefill;
+    prefill.seqs.push_back({std::span<const int32_t>(seqs[i].tokens).first(seqs[i].cached), 0, tables[i], false});
+    ASSERT_TRUE(solo_lm.Forward(prefill, &logits).ok());
+    ASSERT_TRUE(batch_lm.Forward(prefill, &logits).ok());
+  }
+  // The rest of each sequence alone on solo_lm, all of them together on batch_lm.
+  std::vector<std::vector<float>> solo;
+  ForwardBatch mixed;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto rest = std::span<const int32_t>(seqs[i].tokens).subspan(seqs[i].cached);
+    ForwardBatch alone;
+    alone.seqs.push_back({rest, seqs[i].cached, tables[i], true});
+    ASSERT_TRUE(solo_lm.Forward(alone, &logits).ok());
+    solo.push_back(logits);
+    mixed.seqs.push_back({rest, seqs[i].cached, tables[i], true});
+  }
+  ASSERT_TRUE(batch_lm.Forward(mixed, &logits).ok());
+  ASSERT_EQ(logits.size(), seqs.size() * vocab);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    EXPECT_LE(RelativeError(logits.data() + i * vocab, solo[i]), tolerance) << "sequence " << i;
+  }
+}
+
+TEST_P(CudaDecoder, MixedBatchGivesEachSequenceItsSoloLogits) {
+  for (DType weights : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string(DTypeName(weights)));
+    auto solo = Gpu(weights, DType::kF32);
+    auto batch = Gpu(weights, DType::kF32);
+    ASSERT_TRUE(solo != nullptr && batch != nullptr);
+    ExpectBatchMatchesSolo(*solo, *batch, weights == DType::kF32 ? 1e-4 : 2e-2);
+  }
+}
+
+TEST_P(CudaDecoder, SequencesSharingStepsGiveTransformersTokens) {
+  auto gpu = Gpu(DType::kF32, DType::kF32);
+  ASSERT_NE(gpu, nullptr);
+  std::vector<int32_t> other = {5, 9, 250, 31, 17, 2, 64, 64, 100, 3, 8};
+  std::vector<SequenceRun> runs(3);
+  runs[0].prompt = other;
+  runs[0].num_new = 20;
+  runs[1].prompt = expected_.prompt;
+  runs[1].chunk_sizes = {6};
+  runs[1].num_new = static_cast<int>(expected_.greedy.size());
+  runs[2].prompt = {other.begin(), other.begin() + 4};
+  runs[2].chunk_sizes = {1};
+  runs[2].num_new = 5;
+  RunGreedy(*gpu, runs, kBlockSize, kBlocksPerSeq);
+  std::vector<SequenceRun> cpu_runs(1);
+  cpu_runs[0].prompt = other;
+  cpu_runs[0].num_new = 20;
+  RunGreedy(*cpu_, cpu_runs, kBlockSize, kBlocksPerSeq);
+  EXPECT_EQ(runs[0].generated, cpu_runs[0].generated);
+  EXPECT_EQ(runs[1].generated, expected_.greedy);
+}
+
+TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
+  auto gpu = Gpu(DType::kBF16, DType::kBF16);
+  ASSERT_NE(gpu, nullptr);
+  const ModelConfig& c = model_.config;
+  EXPECT_EQ(gpu->KvBytesPerBlock(16), static_cast<size_t>(c.num_layers) * 2 * 16 * c.num_kv_heads * c.head_dim * 2);
+  EXPECT_GT(gpu->WeightBytes(), 0u);
+  std::vector<float> logits;
+  const std::vector<int32_t> short_table = {0};  // 4 positions, the prompt has 20
+  ForwardBatch too_long;
+  too_long.seqs.push_back({expected_.prompt, 0, short_table, true});
+  const absl::Status st = gpu->Forward(too_long, &logits);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  const std::vector<int32_t> bad_token = {1, static_cast<int32_t>(c.vocab_size)};
+  ForwardBatch outside;
+  outside.seqs.push_back({bad_token, 0, short_table, true});
+  EXPECT_EQ(gpu->Forward(outside, &logits).code(), absl::StatusCode::kInvalidArgument);
+  // Still usable after the rejected batches.
+  ForwardBatch ok;
+  const std::vector<int32_t> table = {3, 0, 7, 1, 9};
+  ok.seqs.push_back({expected_.prompt, 0, table, true});
+  ASSERT_TRUE(gpu->Forward(ok, &logits).ok());
+  EXPECT_EQ(logits.size(), static_cast<size_t>(c.vocab_size));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, CudaDecoder, ::testing::Values("llama-tiny", "llama3-rope-tiny", "qwen2-tiny"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+// Bytes of a `type` tensor of n elements with sensible values: random codes under small
+// scales for the quantized blocks, which is all the dequantization needs to be checked.
+std::string RandomGgufData(uint32_t type, uint64_t n, std::mt19937& rng, float scale, float offset) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::string out;
+  auto put = [&](const void* p, size_t size) { out.append(static_cast<const char*>(p), size); };
+  for (uint64_t i = 0; i < (type == testing::kGgmlF32 || type == testing::kGgmlF16 || type == testing::kGgmlBF16 ? n : n / 32);
+       ++i) {
+    switch (type) {
+      case testing::kGgmlF32: {
+        const float v = offset + scale * u(rng);
+        put(&v, 4);
+        break;
+      }
+      case testing::kGgmlF16: {
+        const uint16_t h = cpu::FloatToHalf(scale * u(rng));
+        put(&h, 2);
+        break;
+      }
+      case testing::kGgmlBF16: {
+        float v = scale * u(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        const uint16_t b = static_cast<uint16_t>(bits >> 16);  // truncation: any bf16 will do
+        put(&b, 2);
+        break;
+      }
+      case testing::kGgmlQ8_0: {
+        cpu::BlockQ8_0 b;
+        b.d = cpu::FloatToHalf(scale / 127.0f);
+        for (int8_t& q : b.q) q = static_cast<int8_t>(byte(rng) - 128);
+        put(&b, sizeof b);
+        break;
+      }
+      case testing::kGgmlQ4_0: {
+        cpu::BlockQ4_0 b;
+        b.d = cpu::FloatToHalf(scale / 8.0f);
+        for (uint8_t& q : b.q) q = static_cast<uint8_t>(byte(rng));
+        put(&b, sizeof b);
+        break;
+      }
+      case testing::kGgmlQ4_1: {
+        cpu::BlockQ4_1 b;
+        b.d = cpu::FloatToHalf(scale / 7.5f);
+        b.m = cpu::FloatToHalf(-scale);
+        for (uint8_t& q : b.q) q = static_cast<uint8_t>(byte(rng));
+        put(&b, sizeof b);
+        break;
+      }
+      default:
+        ADD_FAILURE() << "GGML type " << type;
+    }
+  }
+  return out;
+}
+
+// TinyGguf's tensors (model_files.cc), refilled with RandomGgufData.
+void FillTinyGguf(testing::GgufWriter& w, const testing::TinyDims& d) {
+  using namespace testing;
+  std::mt19937 rng(42);
+  const uint64_t h = d.hidden, q = d.heads * d.head_dim(), kv = d.kv_heads * d.head_dim(), ff = d.intermediate;
+  auto set = [&](const std::string& name, uint32_t type, std::vector<uint64_t> dims, float scale, float offset = 0) {
+    uint64_t n = 1;
+    for (uint64_t x : dims) n *= x;
+    w.RemoveTensor(name);
+    w.Tensor(name, type, dims, std::nullopt, RandomGgufData(type, n, rng, scale, offset));
+  };
+  const float in_h = 1.0f / std::sqrt(static_cast<float>(h)), in_ff = 1.0f / std::sqrt(static_cast<float>(ff));
+  set("token_embd.weight", kGgmlQ8_0, {h, static_cast<uint64_t>(d.vocab)}, 1.0f);
+  for (int64_t l = 0; l < d.layers; ++l) {
+    const std::string p = fmt::format("blk.{}.", l);
+    set(p + "attn_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+    set(p + "attn_q.weight", kGgmlQ4_1, {h, q}, 2 * in_h);
+    set(p + "attn_k.weight", kGgmlQ4_0, {h, kv}, 2 * in_h);
+    set(p + "attn_v.weight", kGgmlQ8_0, {h, kv}, 2 * in_h);
+    set(p + "attn_output.weight", kGgmlF16, {q, h}, 2 * in_h);
+    if (d.bias) {
+      set(p + "attn_q.bias", kGgmlF32, {q}, 0.2f);
+      set(p + "attn_k.bias", kGgmlF32, {kv}, 0.2f);
+      set(p + "attn_v.bias", kGgmlF32, {kv}, 0.2f);
+    }
+    set(p + "ffn_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+    set(p + "ffn_gate.weight", kGgmlBF16, {h, ff}, 2 * in_h);
+    set(p + "ffn_up.weight", kGgmlQ4_1, {h, ff}, 2 * in_h);
+    set(p + "ffn_down.weight", kGgmlQ4_0, {ff, h}, 2 * in_ff);
+  }
+  set("output_norm.weight", kGgmlF32, {h}, 0.1f, 1.0f);
+  if (!d.tied) set("output.weight", kGgmlQ8_0, {h, static_cast<uint64_t>(d.vocab)}, 2 * in_h);
+}
+
+// GGUF files: quantized blocks of every kind dequantized at upload, llama's interleaved
+// rope pairs, a tied Q8_0 head (llama) and q/k/v biases with an untied head (qwen2).
+TEST(CudaDecoderGguf, QuantizedGgufMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const std::string arch : {"llama", "qwen2"}) {
+    SCOPED_TRACE(arch);
+    testing::TinyDims d;
+    d.vocab = 96;
+    d.bias = arch == "qwen2";
+    d.tied = arch == "llama";
+    testing::GgufWriter w = testing::TinyGguf(d, arch);
+    FillTinyGguf(w, d);
+    testing::ScratchDir dir;
+    auto model = LoadModel(dir.Write("tiny.gguf", w.Build()));
+    ASSERT_TRUE(model.ok()) << model.status();
+    ThreadPool pool(2);
+    auto cpu = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+    auto gpu = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kF32, DType::kF32));
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    ASSERT_TRUE((*cpu)->AllocateKvCache(kBlocksPerSeq, kBlockSize).ok());
+    ASSERT_TRUE((*gpu)->AllocateKvCache(kBlocksPerSeq, kBlockSize).ok());
+    const std::vector<int32_t> prompt = {1, 5, 17, 90, 3, 44, 44, 8, 61, 2, 30};
+    const std::vector<int32_t> forced = {7, 70, 12, 5};
+    const auto want = ForcedLogits(**cpu, prompt, forced), got = ForcedLogits(**gpu, prompt, forced);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t s = 0; s < want.size(); ++s) {
+      const double err = RelativeError(got[s].data(), want[s]);
+      std::printf("gguf %s step %zu: relative error %.2e vs CPU\n", arch.c_str(), s, err);
+      EXPECT_LE(err, kGgufTolerance) << "step " << s;
+    }
+  }
+}
+
+// These run everywhere: without a GPU the factory must answer, not crash.
+TEST(CudaDecoderFactory, WithoutGpuFailsWithPreconditionNamingWhy) {
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/qwen2-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::string why_not;
+  if (cuda::CudaDeviceCount(&why_not) > 0) GTEST_SKIP() << "a GPU is present";
+  auto lm = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kBF16, DType::kF16));
+  ASSERT_FALSE(lm.ok());
+  EXPECT_EQ(lm.status().code(), absl::StatusCode::kFailedPrecondition) << lm.status();
+  EXPECT_EQ(std::string(lm.status().message()).rfind("no GPU: ", 0), 0u) << lm.status();
+}
+
+TEST(CudaDecoderFactory, RejectsShardsAndDtypesItCannotRun) {
+  SKIP_WITHOUT_GPU();
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ShardSpec half;
+  half.end_layer = 1;
+  EXPECT_EQ(CreateCausalLM(*model, half, nullptr, OnCuda(DType::kBF16, DType::kF16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kQ8_0, DType::kF16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kBF16, DType::kQ8_0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace shoal::worker
