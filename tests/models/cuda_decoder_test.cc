@@ -50,6 +50,8 @@ namespace {
 using testing::RelativeError;
 using testing::RunGreedy;
 using testing::SequenceRun;
+using testing::SharedStepRuns;
+using testing::UnrelatedPrompt;
 
 constexpr double kF32Tolerance = 1e-4;
 constexpr double kOracleTolerance = 1e-3;
@@ -274,19 +276,10 @@ TEST_P(CudaDecoder, MixedBatchGivesEachSequenceItsSoloLogits) {
 TEST_P(CudaDecoder, SequencesSharingStepsGiveTransformersTokens) {
   auto gpu = Gpu(DType::kF32, DType::kF32);
   ASSERT_NE(gpu, nullptr);
-  std::vector<int32_t> other = {5, 9, 250, 31, 17, 2, 64, 64, 100, 3, 8};
-  std::vector<SequenceRun> runs(3);
-  runs[0].prompt = other;
-  runs[0].num_new = 20;
-  runs[1].prompt = expected_.prompt;
-  runs[1].chunk_sizes = {6};
-  runs[1].num_new = static_cast<int>(expected_.greedy.size());
-  runs[2].prompt = {other.begin(), other.begin() + 4};
-  runs[2].chunk_sizes = {1};
-  runs[2].num_new = 5;
+  std::vector<SequenceRun> runs = SharedStepRuns(expected_.prompt, static_cast<int>(expected_.greedy.size()));
   RunGreedy(*gpu, runs, kBlockSize, kBlocksPerSeq);
   std::vector<SequenceRun> cpu_runs(1);
-  cpu_runs[0].prompt = other;
+  cpu_runs[0].prompt = UnrelatedPrompt();
   cpu_runs[0].num_new = 20;
   RunGreedy(*cpu_, cpu_runs, kBlockSize, kBlocksPerSeq);
   EXPECT_EQ(runs[0].generated, cpu_runs[0].generated);

@@ -112,6 +112,28 @@ struct SequenceRun {
 // Runs all sequences together, one step at a time, until each has its tokens. Each
 // sequence owns blocks [i * blocks_per_seq, (i + 1) * blocks_per_seq), listed in reverse
 // so that block order and position order differ.
+// Three sequences that share steps with a fixture's prompt: an unrelated 11-token prompt
+// (index 0, 20 new tokens, the one a solo run is compared with), the fixture's prompt in
+// chunks of 6 (index 1, `fixture_new` tokens) and a 4-token prefix of the unrelated one
+// fed a token at a time (index 2). Batching must not change what any of them generates.
+inline const std::vector<int32_t>& UnrelatedPrompt() {
+  static const std::vector<int32_t> prompt = {5, 9, 250, 31, 17, 2, 64, 64, 100, 3, 8};
+  return prompt;
+}
+inline std::vector<SequenceRun> SharedStepRuns(const std::vector<int32_t>& fixture_prompt, int fixture_new) {
+  const std::vector<int32_t>& other = UnrelatedPrompt();
+  std::vector<SequenceRun> runs(3);
+  runs[0].prompt = other;
+  runs[0].num_new = 20;
+  runs[1].prompt = fixture_prompt;
+  runs[1].chunk_sizes = {6};
+  runs[1].num_new = fixture_new;
+  runs[2].prompt = {other.begin(), other.begin() + 4};
+  runs[2].chunk_sizes = {1};
+  runs[2].num_new = 5;
+  return runs;
+}
+
 inline void RunGreedy(CausalLM& lm, std::vector<SequenceRun>& runs, int block_size,
                       int blocks_per_seq) {
   const int64_t vocab = lm.config().vocab_size;

@@ -16,6 +16,8 @@ namespace {
 using testing::RelativeError;
 using testing::RunGreedy;
 using testing::SequenceRun;
+using testing::SharedStepRuns;
+using testing::UnrelatedPrompt;
 
 constexpr double kLogitTolerance = 1e-3;
 constexpr int kBlockSize = 4;
@@ -99,21 +101,12 @@ TEST_P(OracleFixture, ChunkedPromptGivesSameTokens) {
 // prefilling in chunks while the other decodes, different lengths); its tokens must not
 // change, and neither may the others' compared to running alone.
 TEST_P(OracleFixture, SequencesSharingStepsGiveTheirSoloTokens) {
-  std::vector<int32_t> other = {5, 9, 250, 31, 17, 2, 64, 64, 100, 3, 8};
   std::vector<SequenceRun> solo(1);
-  solo[0].prompt = other;
+  solo[0].prompt = UnrelatedPrompt();
   solo[0].num_new = 20;
   RunGreedy(*lm_, solo, kBlockSize, kBlocksPerSeq);
 
-  std::vector<SequenceRun> runs(3);
-  runs[0].prompt = other;
-  runs[0].num_new = 20;
-  runs[1].prompt = expected_.prompt;
-  runs[1].chunk_sizes = {6};
-  runs[1].num_new = static_cast<int>(expected_.greedy.size());
-  runs[2].prompt = {other.begin(), other.begin() + 4};
-  runs[2].chunk_sizes = {1};
-  runs[2].num_new = 5;
+  std::vector<SequenceRun> runs = SharedStepRuns(expected_.prompt, static_cast<int>(expected_.greedy.size()));
   RunGreedy(*lm_, runs, kBlockSize, kBlocksPerSeq);
   EXPECT_EQ(runs[0].generated, solo[0].generated);
   EXPECT_EQ(runs[1].generated, expected_.greedy);
