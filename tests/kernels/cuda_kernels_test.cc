@@ -175,20 +175,27 @@ TEST_P(CudaKernels, SiluMulMatchesCpu) {
   ExpectClose(Decode(Download(dg), t), want, OutputTolerance(t, 1e-5));
 }
 
+// y[T, out] = x[T, in] · w[out, in]ᵀ in double, the exact answer a GEMM is held to.
+std::vector<float> ReferenceGemm(const std::vector<float>& x, const std::vector<float>& w, int64_t T, int64_t in,
+                                 int64_t out) {
+  std::vector<float> y(T * out);
+  for (int64_t r = 0; r < T; ++r) {
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < in; ++i) s += static_cast<double>(x[r * in + i]) * w[o * in + i];
+      y[r * out + o] = static_cast<float>(s);
+    }
+  }
+  return y;
+}
+
 TEST_P(CudaKernels, GemmMatchesAnF32ReferenceAndAccumulates) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   const int64_t T = 9, in = 320, out = 200;
   const Typed x = Round(Random(T * in, 7), t), w = Round(Random(out * in, 8, 0.05f), t);
   const std::vector<float> y0 = Random(T * out, 9);
-  std::vector<float> want(T * out);
-  for (int64_t r = 0; r < T; ++r) {
-    for (int64_t o = 0; o < out; ++o) {
-      double s = 0;
-      for (int64_t i = 0; i < in; ++i) s += static_cast<double>(x.values[r * in + i]) * w.values[o * in + i];
-      want[r * out + o] = static_cast<float>(s);
-    }
-  }
+  std::vector<float> want = ReferenceGemm(x.values, w.values, T, in, out);
   DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dw = Upload(w.bytes.data(), w.bytes.size());
   DeviceBuffer dy = Upload(y0.data(), y0.size() * 4);
   CublasGemm gemm(nullptr);
@@ -212,14 +219,7 @@ TEST_P(CudaKernels, GemmWritesTheInputTypeForOneRowAndMany) {
   for (const int64_t T : {int64_t{1}, int64_t{9}}) {
     SCOPED_TRACE(T);
     const Typed x = Round(Random(T * in, 13), t), w = Round(Random(out * in, 14, 0.05f), t);
-    std::vector<float> want(T * out);
-    for (int64_t r = 0; r < T; ++r) {
-      for (int64_t o = 0; o < out; ++o) {
-        double s = 0;
-        for (int64_t i = 0; i < in; ++i) s += static_cast<double>(x.values[r * in + i]) * w.values[o * in + i];
-        want[r * out + o] = static_cast<float>(s);
-      }
-    }
+    const std::vector<float> want = ReferenceGemm(x.values, w.values, T, in, out);
     DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dw = Upload(w.bytes.data(), w.bytes.size());
     DeviceBuffer dy(T * out * ElementBytes(t));
     CublasGemm gemm(nullptr);
