@@ -85,15 +85,20 @@ TEST_F(RealModel, GreedyContinuationIsFiniteAndStableAcrossStepSplits) {
   EXPECT_GT(std::set<int32_t>(reference.begin(), reference.end()).size(), 3u);
 
   std::vector<SequenceRun> again(1);
-  again[0] = SequenceRun{kPrompt, {}, 24};
+  again[0].prompt = kPrompt;
+  again[0].num_new = 24;
   RunGreedy(*lm_, again, 16, 4);
   EXPECT_EQ(again[0].generated, reference) << "same input, different tokens";
 
   // The prompt fed a token at a time (every matmul takes the single-token path) and in
   // uneven chunks, alongside another sequence.
   std::vector<SequenceRun> split(2);
-  split[0] = SequenceRun{kPrompt, {1}, 24};
-  split[1] = SequenceRun{{1, 4093, 198, 19556}, {3}, 10};
+  split[0].prompt = kPrompt;
+  split[0].chunk_sizes = {1};
+  split[0].num_new = 24;
+  split[1].prompt = {1, 4093, 198, 19556};
+  split[1].chunk_sizes = {3};
+  split[1].num_new = 10;
   RunGreedy(*lm_, split, 16, 4);
   EXPECT_EQ(split[0].generated, reference);
   double max_diff = 0;
