@@ -63,7 +63,9 @@ void LoadScraper::Loop() {
     const std::string key = ready_.front();
     ready_.pop_front();
     auto it = keys_.find(key);
-    if (it == keys_.end() || !it->second.next) continue;  // forgotten while queued
+    // Forgotten while queued, or a stale entry (Forget, then Request again) for a key whose
+    // round is already running: that round queues the key again when it ends.
+    if (it == keys_.end() || !it->second.next || it->second.running) continue;
     KeyState& state = it->second;
     LoadTargets targets = *std::move(state.next);
     state.next.reset();

@@ -232,5 +232,33 @@ TEST(LoadScraper, OneSlowDeploymentDoesNotHoldAnother) {
   slow.Release();
 }
 
+TEST(LoadScraper, AKeyForgottenAndAskedForAgainNeverRunsTwoRoundsAtOnce) {
+  MetricsEndpoint x, y, a;
+  x.SetBody(RouterMetrics(1));
+  y.SetBody(RouterMetrics(1));
+  a.SetBody(RouterMetrics(1));
+  x.Hold();
+  y.Hold();
+  a.Hold();
+  Readings readings;
+  LoadScraper scraper([&](const std::string&) { readings.Add(); }, /*threads=*/2);
+  scraper.Request("ns/x", {.router_urls = {x.url()}});
+  scraper.Request("ns/y", {.router_urls = {y.url()}});
+  ASSERT_TRUE(x.AwaitRequests(1));
+  ASSERT_TRUE(y.AwaitRequests(1));  // both threads busy
+  scraper.Request("ns/a", {.router_urls = {a.url()}});
+  scraper.Forget("ns/a");
+  scraper.Request("ns/a", {.router_urls = {a.url()}});  // queued twice now, once stale
+  x.Release();
+  ASSERT_TRUE(a.AwaitRequests(1));  // one thread runs ns/a's round, held at the endpoint
+  scraper.Request("ns/a", {.router_urls = {a.url()}});  // the next round, queued behind it
+  y.Release();                                           // the other thread meets the stale entry
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(a.requests(), 1) << "a second round of ns/a started while the first was running";
+  a.Release();
+  ASSERT_TRUE(readings.Await(4));  // x, y and two rounds of ns/a, one after the other
+  EXPECT_EQ(a.requests(), 2);
+}
+
 }  // namespace
 }  // namespace shoal::op
