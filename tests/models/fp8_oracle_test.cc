@@ -289,6 +289,31 @@ TEST(Fp8Linear, ScalesOfTheWrongShapeOrTypeAreAnError) {
 }
 
 // The config's quantization_config announces the scheme; only DeepSeek's is read.
+// A safetensors tensor may start at any byte (after an FP8 tensor of odd size): f32
+// vectors and block scales read from such an offset keep their values, and no float is
+// loaded from a misaligned address (which the sanitizer build reports).
+TEST(Fp8Linear, F32TensorsAtOddOffsetsReadTheirValues) {
+  const std::vector<float> values = {0.5f, -1.25f, 3.0f, 1e-3f, 7.5f};
+  std::vector<std::byte> buffer(1 + values.size() * sizeof(float) + 8);
+  std::memcpy(buffer.data() + 1, values.data(), values.size() * sizeof(float));
+  InMemoryStore store;
+  store.Put("v", DType::kF32, {static_cast<int64_t>(values.size())}, buffer.data() + 1, values.size() * sizeof(float));
+  auto v = VectorParam::Load(store, "v", 3, /*offset=*/2);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data()) % alignof(float), 0u);
+  EXPECT_EQ(std::vector<float>(v->data(), v->data() + 3), std::vector<float>(values.begin() + 2, values.end()));
+
+  cpu::WeightMatrix w;
+  w.rows = 256;
+  w.cols = 256;
+  w.block_scales = reinterpret_cast<const float*>(buffer.data() + 1);  // a 2 x 2 grid, misaligned
+  w.scale_stride = 2;
+  EXPECT_EQ(cpu::Fp8BlockScale(w, 0, 0), values[0]);
+  EXPECT_EQ(cpu::Fp8BlockScale(w, 0, 200), values[1]);
+  EXPECT_EQ(cpu::Fp8BlockScale(w, 130, 5), values[2]);
+  EXPECT_EQ(cpu::Fp8BlockScale(w, 255, 255), values[3]);
+}
+
 TEST(Fp8Config, OtherQuantizationSchemesAreRefusedNamingTheField) {
   std::ifstream f(testing::SourceDir() + "/tests/oracle/fixtures/fp8_llama_tiny/config.json");
   ASSERT_TRUE(f);

@@ -1,5 +1,8 @@
 #include "worker/models/linear.h"
 
+#include <cstdint>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -99,8 +102,15 @@ absl::StatusOr<VectorParam> VectorParam::Load(const WeightStore& store, const st
   }
   VectorParam p;
   p.size_ = size;
-  if (t->dtype == DType::kF32) {
-    p.data_ = reinterpret_cast<const float*>(t->data) + offset;
+  const std::byte* first = reinterpret_cast<const std::byte*>(t->data) + RowBytes(t->dtype, offset);
+  if (t->dtype == DType::kF32 && reinterpret_cast<uintptr_t>(first) % alignof(float) == 0) {
+    p.data_ = reinterpret_cast<const float*>(first);  // read in place from the mapped file
+  } else if (t->dtype == DType::kF32) {
+    // A safetensors tensor may start at any byte (after one of odd size); floats are not
+    // loaded from there, a copy is.
+    p.owned_.resize(size);
+    std::memcpy(p.owned_.data(), first, size * sizeof(float));
+    p.data_ = p.owned_.data();
   } else {
     p.owned_.resize(size);
     cpu::DequantizeRow(t->dtype, t->data + offset * 2, p.owned_.data(), size);

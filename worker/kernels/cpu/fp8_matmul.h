@@ -4,7 +4,9 @@
 // `<name>.weight_scale_inv`). The matmul reads the 1-byte codes in place and dequantizes
 // each weight exactly (the f32 product HF's `fp8.float() * scale` computes) just before the
 // FMA with the f32 activations, so the weights stay at one byte each in memory.
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "worker/kernels/cpu/matmul.h"
 
@@ -18,10 +20,15 @@ inline constexpr int64_t kFp8BlockSize = 128;
 // infinities, and S.1111.111 (0x7f, 0xff) is NaN.
 float E4M3ToFloat(uint8_t code);
 
-// The scale of weight element (r, c) of `w`; 1 when w has no block scales.
+// The scale of weight element (r, c) of `w`; 1 when w has no block scales. The scales are
+// read in place from the mapped file, where a safetensors tensor may start at any byte
+// (after a tensor of odd size), so they are copied out rather than loaded as floats.
 inline float Fp8BlockScale(const WeightMatrix& w, int64_t r, int64_t c) {
   if (w.block_scales == nullptr) return 1.0f;
-  return w.block_scales[(r / kFp8BlockSize) * w.scale_stride + c / kFp8BlockSize];
+  const int64_t index = (r / kFp8BlockSize) * w.scale_stride + c / kFp8BlockSize;
+  float scale;
+  std::memcpy(&scale, reinterpret_cast<const std::byte*>(w.block_scales) + index * sizeof(float), sizeof(float));
+  return scale;
 }
 
 // Matmul's F8_E4M3 case: for output rows [r0, r1) and tokens [t0, t1) of `tg`,
