@@ -342,8 +342,9 @@ TEST_P(CudaKernels, SiluMulRowsMatchesCpuOverPackedGateUp) {
   ExpectClose(Decode(Download(dout), t), want, OutputTolerance(t, 1e-5));
 }
 
-// A table of the weight type, f32 rows out: exactly the CPU's dequantized rows.
-TEST_P(CudaKernels, EmbeddingLookupMatchesCpuExactly) {
+// A table of the weight type, f32 rows out: exactly the CPU's dequantized rows. Then the
+// table as a tensor rank's slice of the vocabulary: ids outside it give zero rows.
+TEST_P(CudaKernels, EmbeddingLookupMatchesCpuExactlyAndZeroesIdsOutsideItsSlice) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   const int64_t vocab = 50, width = 72;
@@ -355,8 +356,19 @@ TEST_P(CudaKernels, EmbeddingLookupMatchesCpuExactly) {
   cpu::EmbeddingLookup(m, ids.data(), T, want.data());
   DeviceBuffer dtable = Upload(table.bytes.data(), table.bytes.size()), dids = Upload(ids.data(), ids.size() * 4);
   DeviceBuffer dout(T * width * 4);
-  EmbeddingLookup(nullptr, t, dtable.data(), width, dids.as<int32_t>(), T, dout.as<float>());
+  EmbeddingLookup(nullptr, t, dtable.data(), width, dids.as<int32_t>(), T, dout.as<float>(), 0, vocab);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dout), DType::kF32), want, 0);
+
+  // Rows [5, 20) of the table as a slice starting at id 5: 7, 7 and 13 are in it.
+  const int64_t first = 5, count = 15;
+  const std::byte* slice = dtable.as<std::byte>() + first * width * ElementBytes(t);
+  EmbeddingLookup(nullptr, t, slice, width, dids.as<int32_t>(), T, dout.as<float>(), first, count);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  for (int64_t r = 0; r < T; ++r) {
+    if (ids[r] < first || ids[r] >= first + count) std::fill_n(&want[r * width], width, 0.0f);
+  }
+  SCOPED_TRACE("vocabulary slice [5, 20)");
   ExpectClose(Decode(Download(dout), DType::kF32), want, 0);
 }
 
@@ -390,6 +402,18 @@ TEST(CudaDecoderKernels, AddBiasAddsToEachRowWithinItsStride) {
   AddBias(nullptr, dy.as<float>(), T, ld, db.as<float>(), n);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dy), DType::kF32), want, 0);  // the padding past n untouched too
+}
+
+TEST(CudaDecoderKernels, AddIntoAddsElementwise) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 4099;
+  const std::vector<float> x = Random(n, 29), y = Random(n, 30);
+  std::vector<float> want(n);
+  for (int64_t i = 0; i < n; ++i) want[i] = y[i] + x[i];
+  DeviceBuffer dx = Upload(x.data(), n * 4), dy = Upload(y.data(), n * 4);
+  AddInto(nullptr, dx.as<float>(), dy.as<float>(), n);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dy), DType::kF32), want, 0);
 }
 
 // Rows whose maximum repeats (the lowest index wins, as std::max_element), sits in the

@@ -34,7 +34,10 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <gloo/rendezvous/hash_store.h>
 
 #include "tests/model/model_files.h"
 #include "tests/models/greedy_driver.h"
@@ -43,6 +46,7 @@
 #include "worker/kernels/cuda/device.h"
 #include "worker/model/loaded_model.h"
 #include "worker/models/causal_lm.h"
+#include "worker/parallel/gloo_communicator.h"
 
 namespace shoal::worker {
 namespace {
@@ -75,28 +79,36 @@ CausalLMOptions OnCuda(DType weights, DType kv) {
   return o;
 }
 
-// Logits after the prompt and after each of `forced` fed back one at a time (teacher
-// forcing: both models see the same tokens whatever they would choose).
-std::vector<std::vector<float>> ForcedLogits(CausalLM& lm, const std::vector<int32_t>& prompt,
-                                             const std::vector<int32_t>& forced) {
+// The steps of a prompt and then each of `forced` fed back one at a time (teacher
+// forcing: every model sees the same tokens whatever it would choose), each handed to
+// `step`, which returns false to stop.
+void ForEachForcedStep(const std::vector<int32_t>& prompt, const std::vector<int32_t>& forced,
+                       const std::function<bool(const ForwardBatch&)>& step) {
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), forced.begin(), forced.end());
   std::vector<int32_t> table;
   for (int b = kBlocksPerSeq - 1; b >= 0; --b) table.push_back(b);  // reversed: block order is not position order
-  std::vector<std::vector<float>> out;
-  std::vector<float> logits;
   int64_t pos = 0;
-  for (size_t step = 0; step <= forced.size(); ++step) {
-    const int64_t n = step == 0 ? static_cast<int64_t>(prompt.size()) : 1;
+  for (size_t s = 0; s < forced.size(); ++s) {  // the logits after the last forced token have nothing to compare with
+    const int64_t n = s == 0 ? static_cast<int64_t>(prompt.size()) : 1;
     ForwardBatch batch;
     batch.seqs.push_back({std::span<const int32_t>(all).subspan(pos, n), pos, table, true});
-    const absl::Status st = lm.Forward(batch, &logits);
-    EXPECT_TRUE(st.ok()) << st;
-    if (!st.ok()) return out;
-    out.push_back(logits);
+    if (!step(batch)) return;
     pos += n;
   }
-  out.pop_back();  // the logits after the last forced token have nothing to compare with
+}
+
+// Logits of each forced step.
+std::vector<std::vector<float>> ForcedLogits(CausalLM& lm, const std::vector<int32_t>& prompt,
+                                             const std::vector<int32_t>& forced) {
+  std::vector<std::vector<float>> out;
+  ForEachForcedStep(prompt, forced, [&](const ForwardBatch& batch) {
+    std::vector<float> logits;
+    const absl::Status st = lm.Forward(batch, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    out.push_back(std::move(logits));
+    return st.ok();
+  });
   return out;
 }
 
@@ -124,8 +136,11 @@ class CudaDecoder : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(cpu_->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
   }
 
-  std::unique_ptr<CausalLM> Gpu(DType weights, DType kv) {
-    auto lm = CreateCausalLM(model_, ShardSpec{}, nullptr, OnCuda(weights, kv));
+  std::unique_ptr<CausalLM> Gpu(DType weights, DType kv, const ShardSpec& shard = {},
+                                Communicator* tensor_group = nullptr) {
+    CausalLMOptions o = OnCuda(weights, kv);
+    o.tensor_group = tensor_group;
+    auto lm = CreateCausalLM(model_, shard, nullptr, o);
     EXPECT_TRUE(lm.ok()) << lm.status();
     if (!lm.ok()) return nullptr;
     const absl::Status st = (*lm)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize);
@@ -212,6 +227,90 @@ TEST_P(CudaDecoder, Bf16WeightsStayCloseAndKeepClearGreedyTokens) {
   RunGreedy(*bf16, runs, kBlockSize, kBlocksPerSeq);
   EXPECT_EQ(runs[0].generated,
             std::vector<int32_t>(expected_.greedy.begin(), expected_.greedy.begin() + leading_clear));
+}
+
+// Expects each row of `got` within kF32Tolerance of the same row of `want`.
+void ExpectRowsClose(const std::vector<std::vector<float>>& got, const std::vector<std::vector<float>>& want,
+                     const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t s = 0; s < want.size(); ++s) {
+    ASSERT_EQ(got[s].size(), want[s].size()) << what << " step " << s;
+    EXPECT_LE(RelativeError(got[s].data(), want[s]), kF32Tolerance) << what << " step " << s;
+  }
+}
+
+// The layers as two pipeline stages in one process, the first's hidden states handed to
+// the second: the whole model's logits. A stage alone refuses Forward.
+TEST_P(CudaDecoder, PipelineStagesChainToTheWholeModelsLogits) {
+  const int64_t layers = model_.config.num_layers;
+  ShardSpec front, back;
+  front.end_layer = layers / 2;
+  back.first_layer = layers / 2;
+  auto a = Gpu(DType::kF32, DType::kF32, front);
+  auto b = Gpu(DType::kF32, DType::kF32, back);
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  std::vector<float> unused;
+  ForwardBatch empty;
+  EXPECT_EQ(a->Forward(empty, &unused).code(), absl::StatusCode::kFailedPrecondition);
+
+  std::vector<std::vector<float>> got;
+  ForEachForcedStep(expected_.prompt, expected_.greedy, [&](const ForwardBatch& batch) {
+    std::vector<float> hidden, logits;
+    absl::Status st = a->ForwardStage(batch, {}, &hidden);
+    EXPECT_TRUE(st.ok()) << st;
+    if (st.ok()) EXPECT_EQ(hidden.size(), batch.seqs[0].tokens.size() * model_.config.hidden_size);
+    if (st.ok()) st = b->ForwardStage(batch, hidden, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    got.push_back(std::move(logits));
+    return st.ok();
+  });
+  ExpectRowsClose(got, ForcedLogits(*cpu_, expected_.prompt, expected_.greedy), "two stages against the CPU");
+  // Each stage holds its layers only (a later stage of a tied model a copy of the head).
+  auto whole = Gpu(DType::kF32, DType::kF32);
+  ASSERT_NE(whole, nullptr);
+  EXPECT_LT(a->WeightBytes(), whole->WeightBytes());
+  EXPECT_LT(b->WeightBytes(), whole->WeightBytes());
+  EXPECT_GE(a->WeightBytes() + b->WeightBytes(), whole->WeightBytes());
+  EXPECT_EQ(a->KvBytesPerBlock(4) + b->KvBytesPerBlock(4), whole->KvBytesPerBlock(4));
+}
+
+// Tensor ranks as threads of this process, each with its own CUDA model on the same GPU,
+// all-reducing through Gloo (the model's pinned host copies): every rank gets the whole
+// model's logits. Four ranks replicate the fixtures' two kv heads.
+TEST_P(CudaDecoder, TensorRanksOverGlooGiveTheWholeModelsLogits) {
+  const auto want = ForcedLogits(*cpu_, expected_.prompt, expected_.greedy);
+  for (int tp : {2, 4}) {
+    SCOPED_TRACE(fmt::format("{} tensor ranks", tp));
+    gloo::rendezvous::HashStore store;
+    std::vector<std::vector<std::vector<float>>> got(tp);
+    std::vector<size_t> weight_bytes(tp);
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < tp; ++r) {
+      ranks.emplace_back([&, r] {
+        GlooOptions g;
+        g.prefix = fmt::format("tp{}", tp);
+        g.rank = r;
+        for (int i = 0; i < tp; ++i) g.group_ranks.push_back(i);
+        auto comm = GlooCommunicator::Create(store, g);
+        ASSERT_TRUE(comm.ok()) << comm.status();
+        ShardSpec shard;
+        shard.tp_rank = r;
+        shard.tp_size = tp;
+        auto lm = Gpu(DType::kF32, DType::kF32, shard, comm->get());
+        ASSERT_NE(lm, nullptr);
+        weight_bytes[r] = lm->WeightBytes();
+        got[r] = ForcedLogits(*lm, expected_.prompt, expected_.greedy);
+      });
+    }
+    for (std::thread& t : ranks) t.join();
+    auto whole = Gpu(DType::kF32, DType::kF32);
+    ASSERT_NE(whole, nullptr);
+    for (int r = 0; r < tp; ++r) {
+      ExpectRowsClose(got[r], want, fmt::format("tensor rank {} of {}", r, tp));
+      // Norms are whole on every rank, k/v split over at most the kv heads; the rest 1/tp.
+      EXPECT_LT(weight_bytes[r], whole->WeightBytes() / tp * 1.5) << "rank " << r;
+    }
+  }
 }
 
 // One step mixing a 6-token prompt chunk after 4 cached tokens, a whole 9-token prompt
@@ -458,9 +557,24 @@ TEST(CudaDecoderFactory, RejectsShardsAndDtypesItCannotRun) {
   SKIP_WITHOUT_GPU();
   auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/llama-tiny");
   ASSERT_TRUE(model.ok()) << model.status();
-  ShardSpec half;
-  half.end_layer = 1;
-  EXPECT_EQ(CreateCausalLM(*model, half, nullptr, OnCuda(DType::kBF16, DType::kF16)).status().code(),
+  ShardSpec past_the_end;
+  past_the_end.first_layer = 2;
+  past_the_end.end_layer = 7;
+  EXPECT_EQ(CreateCausalLM(*model, past_the_end, nullptr, OnCuda(DType::kBF16, DType::kF16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ShardSpec rank_without_group;
+  rank_without_group.tp_rank = 1;
+  rank_without_group.tp_size = 2;
+  EXPECT_EQ(CreateCausalLM(*model, rank_without_group, nullptr, OnCuda(DType::kBF16, DType::kF16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ShardSpec three;  // 4 heads over 3 ranks: refused before it looks for a tensor group
+  three.tp_size = 3;
+  const absl::Status st = CreateCausalLM(*model, three, nullptr, OnCuda(DType::kBF16, DType::kF16)).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(std::string(st.message()).find("does not divide the 4 attention heads"), std::string::npos) << st;
+  CausalLMOptions no_such_gpu = OnCuda(DType::kBF16, DType::kF16);
+  no_such_gpu.cuda_device = 4096;
+  EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, no_such_gpu).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kQ8_0, DType::kF16)).status().code(),
             absl::StatusCode::kInvalidArgument);

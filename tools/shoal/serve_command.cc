@@ -204,7 +204,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the model; 0 = one per core");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache budget in MiB; 0 = the worker's default");
-  cmd->add_option("--device", f->device, "where the model runs: cpu, or cuda (llama/qwen2 on GPU 0; a 1x1 group)")
+  cmd->add_option("--device", f->device, "where the model runs: cpu, or cuda (llama/qwen2; a group's ranks spread over the visible GPUs)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--kv-cache-memory-fraction", f->kv_cache_memory_fraction,
                   "with --device cuda: KV cache = this fraction of the GPU memory the weights leave free")

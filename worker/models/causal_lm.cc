@@ -5,6 +5,7 @@
 #include "worker/models/deepseek.h"
 #include "worker/models/llama.h"
 #ifdef SHOAL_HAVE_CUDA
+#include "worker/kernels/cuda/device.h"
 #include "worker/models/cuda/cuda_llama.h"
 #endif
 
@@ -26,6 +27,15 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateOnCuda(const LoadedModel& model,
 }
 
 }  // namespace
+
+int VisibleCudaDevices() {
+#ifdef SHOAL_HAVE_CUDA
+  std::string why_not;
+  return cuda::CudaDeviceCount(&why_not);
+#else
+  return 0;
+#endif
+}
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,

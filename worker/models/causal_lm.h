@@ -29,7 +29,7 @@ struct CausalLMOptions {
   // kF32 (exact f32 attention, e.g. for comparing against f32 reference implementations).
   // On CUDA also kBF16.
   DType kv_cache_dtype = DType::kF16;
-  // kCuda: the whole model on GPU 0 (worker/models/cuda; llama and qwen2), in a build with
+  // kCuda: the model's shard on one GPU (worker/models/cuda; llama and qwen2), in a build with
   // the CUDA backend. Otherwise CreateCausalLM fails with FAILED_PRECONDITION ("built
   // without CUDA", or "no GPU: ..." where the driver finds none).
   Device device = Device::kCpu;
@@ -39,6 +39,9 @@ struct CausalLMOptions {
   // activations entering each GEMM have the same type, the residual stream and attention
   // are f32.
   DType device_weight_dtype = DType::kBF16;
+  // kCuda only: which of the visible GPUs the model lives on (a rank of a group on a
+  // machine with several takes its own; see worker/parallel/group_flags.h).
+  int cuda_device = 0;
   // The tensor ranks of this pipeline stage (worker/parallel), for the all-reduces after
   // the row-parallel layers and the vocabulary-parallel embedding and LM head. Required
   // when the shard's tp_size > 1; must outlive the model.
@@ -91,6 +94,10 @@ class CausalLM {
   // of it (a GPU model); 0 for a model in host memory, whose cache is sized in bytes.
   virtual size_t FreeDeviceBytes() const { return 0; }
 };
+
+// GPUs a kCuda model could use here: 0 in a build without CUDA or where the driver finds
+// none (a group rank picks its GPU as its rank modulo this).
+int VisibleCudaDevices();
 
 // Builds the model named by model.config.arch over the shard, on options.device. `pool`
 // must outlive it (a CUDA model does not use it and may be given null).

@@ -103,10 +103,18 @@ absl::Status ProjectLogits(ThreadPool* pool, Communicator* tp, int tp_size, cons
     return absl::OkStatus();
   }
   local->resize(rows * local_vocab);
-  gathered->resize(rows * vocab);
   const cpu::MatmulTarget target = head.Target(local->data(), local_vocab);
   cpu::Matmul(pool, xn, rows, hidden, {&target, 1});
-  RETURN_IF_ERROR(tp->AllGather(*local, *gathered));
+  return GatherVocabSlices(*tp, *local, rows, gathered, logits);
+}
+
+absl::Status GatherVocabSlices(Communicator& tp, std::span<const float> local, int64_t rows,
+                               std::vector<float>* gathered, std::vector<float>* logits) {
+  const int tp_size = tp.size();
+  const int64_t local_vocab = rows == 0 ? 0 : static_cast<int64_t>(local.size()) / rows, vocab = local_vocab * tp_size;
+  logits->resize(rows * vocab);
+  gathered->resize(rows * vocab);
+  RETURN_IF_ERROR(tp.AllGather(local, *gathered));
   // gathered: [rank][row][local_vocab] -> logits: [row][rank * local_vocab + j]
   for (int r = 0; r < tp_size; ++r) {
     for (int64_t row = 0; row < rows; ++row) {

@@ -47,6 +47,12 @@ absl::Status WholeModelOnly(const ShardSpec& shard, int64_t num_layers);
 absl::Status CheckHiddenIn(const ShardSpec& shard, std::span<const float> hidden_in, int64_t num_tokens,
                            int64_t hidden);
 
+// Whole logit rows from the tensor ranks' vocabulary slices: `local` [rows, local_vocab]
+// of every rank (host memory) is all-gathered into *gathered and interleaved into
+// *logits [rows, tp.size() * local_vocab], rank r's slice at columns r * local_vocab.
+absl::Status GatherVocabSlices(Communicator& tp, std::span<const float> local, int64_t rows,
+                               std::vector<float>* gathered, std::vector<float>* logits);
+
 // logits [rows, vocab] = xn [rows, hidden] · headᵀ. With tensor ranks each holds a slice of
 // the vocabulary: its local logits are all-gathered and interleaved back into whole rows.
 // `local` and `gathered` are scratch kept by the caller.

@@ -164,4 +164,30 @@ absl::StatusOr<RowParallelLinear> RowParallelLinear::Load(const WeightStore& sto
   return l;
 }
 
+absl::StatusOr<AttentionHeads> AttentionHeads::Of(const ModelConfig& c, const ShardSpec& shard,
+                                                  const std::string& source) {
+  const int tp = shard.tp_size;
+  const bool kv_replicated = c.num_kv_heads < tp;
+  if (c.num_heads % tp != 0 || (kv_replicated ? tp % c.num_kv_heads : c.num_kv_heads % tp) != 0) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor parallel size {} does not divide the {} attention heads, or neither divides the other with the {} kv heads",
+        source, tp, c.num_heads, c.num_kv_heads));
+  }
+  if (c.vocab_size % tp != 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: tensor parallel size {} does not divide the vocabulary of {}", source, tp, c.vocab_size));
+  }
+  if (c.num_heads % c.num_kv_heads != 0 || c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: {} heads are not a multiple of {} kv heads, or head_dim {} is odd",
+                                                  source, c.num_heads, c.num_kv_heads, c.head_dim));
+  }
+  AttentionHeads h;
+  h.q = ShardOf{shard.tp_rank, tp};
+  h.kv = kv_replicated ? ShardOf{shard.tp_rank / (tp / static_cast<int>(c.num_kv_heads)), static_cast<int>(c.num_kv_heads)}
+                       : h.q;
+  h.num_heads = c.num_heads / tp;
+  h.num_kv_heads = kv_replicated ? 1 : c.num_kv_heads / tp;
+  return h;
+}
+
 }  // namespace shoal::worker

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/kernels/cpu/matmul.h"
+#include "worker/model/model_config.h"
 #include "worker/model/weight_store.h"
 
 namespace shoal::worker {
@@ -26,6 +27,23 @@ namespace shoal::worker {
 struct ShardOf {
   int rank = 0;
   int count = 1;
+};
+
+// How a (GQA) attention block of llama or qwen2 splits over a stage's tensor ranks: the
+// query heads (q, o) evenly; the kv heads (k, v) evenly too, or, with fewer kv heads than
+// ranks, each kv head whole on tp/kv_heads consecutive ranks, exactly those whose query
+// heads read it. The CPU and CUDA models share it, so their shards are the same.
+struct AttentionHeads {
+  int64_t num_heads = 0;     // query heads of this rank
+  int64_t num_kv_heads = 0;  // kv heads of this rank
+  ShardOf q;                 // the q/o projections' shard
+  ShardOf kv;                // the k/v projections' shard
+
+  // INVALID_ARGUMENT (naming `source`) when the heads, kv heads or the vocabulary (split
+  // by the embedding and LM head) do not divide over shard.tp_size, or heads are not a
+  // multiple of kv heads, or head_dim is odd.
+  static absl::StatusOr<AttentionHeads> Of(const ModelConfig& config, const ShardSpec& shard,
+                                           const std::string& source);
 };
 
 // A 1-D f32 parameter (norm weight, bias): used in place when the file stores f32,

@@ -116,29 +116,10 @@ class LlamaModel final : public CausalLM {
 
 absl::Status LlamaModel::Load(const WeightStore& store) {
   const ModelConfig& c = config_;
-  const ShardOf tp{shard_.tp_rank, shard_.tp_size};
-  // GQA with fewer kv heads than ranks: each kv head is replicated on tp/kv_heads ranks,
-  // and those ranks' query heads are exactly the ones that read it.
-  const bool kv_replicated = c.num_kv_heads < shard_.tp_size;
-  if (c.num_heads % shard_.tp_size != 0 ||
-      (kv_replicated ? shard_.tp_size % c.num_kv_heads : c.num_kv_heads % shard_.tp_size) != 0) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor parallel size {} does not divide the {} attention heads, or neither divides the other with the {} kv heads",
-        store.Source(), shard_.tp_size, c.num_heads, c.num_kv_heads));
-  }
-  if (c.vocab_size % shard_.tp_size != 0) {
-    return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the vocabulary of {}",
-                                                  store.Source(), shard_.tp_size, c.vocab_size));
-  }
-  const ShardOf kv_tp = kv_replicated ? ShardOf{shard_.tp_rank / (shard_.tp_size / static_cast<int>(c.num_kv_heads)),
-                                                static_cast<int>(c.num_kv_heads)}
-                                      : tp;
-  if (c.num_heads % c.num_kv_heads != 0 || c.head_dim % 2 != 0) {
-    return absl::InvalidArgumentError(fmt::format("{}: {} heads are not a multiple of {} kv heads, or head_dim {} is odd",
-                                                  store.Source(), c.num_heads, c.num_kv_heads, c.head_dim));
-  }
-  num_heads_ = c.num_heads / shard_.tp_size;
-  num_kv_heads_ = kv_replicated ? 1 : c.num_kv_heads / shard_.tp_size;
+  ASSIGN_OR_RETURN(const AttentionHeads heads, AttentionHeads::Of(c, shard_, store.Source()));
+  const ShardOf tp = heads.q, kv_tp = heads.kv;
+  num_heads_ = heads.num_heads;
+  num_kv_heads_ = heads.num_kv_heads;
   const int64_t hidden = c.hidden_size, hd = c.head_dim;
 
   if (shard_.is_first_stage()) {

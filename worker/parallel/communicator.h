@@ -44,6 +44,11 @@ class Communicator {
   virtual absl::Status Recv(std::span<std::byte> data, int src, uint64_t tag) = 0;
   virtual absl::Status Barrier() = 0;
 
+  // Whether the spans of every call are device memory of the rank's GPU (NCCL) rather
+  // than host memory (Gloo). A GPU model hands a host communicator pinned host copies, so
+  // GPU ranks that share one GPU (which NCCL refuses) still run, over Gloo.
+  virtual bool device_memory() const { return false; }
+
   // Bound on each following call; Recv/Broadcast of a follower waiting for the leader's
   // next step use a longer one than a collective inside a step.
   virtual void SetTimeout(std::chrono::milliseconds timeout) = 0;

@@ -13,11 +13,25 @@
 
 namespace shoal::worker {
 
+namespace {
+
+// A rank's GPU when none was given: ranks of one machine (shoal serve's local group, or
+// pods that each see only their own GPU as device 0) spread over the visible devices.
+// Ranks sharing a GPU still work: their tensor all-reduces go over Gloo in host memory.
+void PickCudaDevice(int rank, CausalLMOptions* o) {
+  if (o->device != Device::kCuda || o->cuda_device >= 0) return;
+  const int devices = VisibleCudaDevices();
+  o->cuda_device = devices > 0 ? rank % devices : 0;  // with none, the factory says why
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOptions& options, const LoadedModel& model,
                                                                  ThreadPool* pool, CausalLMOptions lm_options,
                                                                  GroupCausalLM::FailureCallback on_failure) {
   ASSIGN_OR_RETURN(std::unique_ptr<GroupMember> member, GroupMember::Join(options, model.config.num_layers));
   lm_options.tensor_group = &member->tensor_group();
+  PickCudaDevice(member->rank(), &lm_options);
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> local, CreateCausalLM(model, member->shard(), pool, lm_options));
   spdlog::info("group leader shard weight_bytes={} kv_bytes_per_token={}", local->WeightBytes(),
                local->KvBytesPerBlock(1));
@@ -26,7 +40,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOpti
   return std::unique_ptr<CausalLM>(std::move(group));
 }
 
-int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, DType kv_cache_dtype,
+int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, CausalLMOptions lm_options,
                 const std::string& health_address, std::chrono::milliseconds stop_wait) {
   // SIGTERM reaches every pod of a group at once, but the leader is still draining its
   // streams and needs this rank until it says STOP: note the signal, keep serving steps,
@@ -78,8 +92,9 @@ int RunFollower(const GroupOptions& options, const std::string& model_path, int 
     return kExitStartupFailed;
   }
   ThreadPool pool(num_threads);
-  auto local = CreateCausalLM(*model, (*member)->shard(), &pool,
-                              CausalLMOptions{.kv_cache_dtype = kv_cache_dtype, .tensor_group = &(*member)->tensor_group()});
+  lm_options.tensor_group = &(*member)->tensor_group();
+  PickCudaDevice(options.rank, &lm_options);
+  auto local = CreateCausalLM(*model, (*member)->shard(), &pool, lm_options);
   if (!local.ok()) {
     spdlog::error("group rank={} model build failed: {}", options.rank, local.status().ToString());
     return kExitStartupFailed;

@@ -28,7 +28,9 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOpti
 // SERVING once the rank is in the group (a pod's readiness probe). Returns the process
 // exit status. After SIGTERM it keeps serving steps for up to `stop_wait` (the leader's
 // drain: give it the same --shutdown-grace plus a margin) for the leader's STOP.
-int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, DType kv_cache_dtype,
+// `lm_options` as the leader's (device, dtypes); the tensor group is filled in, and on
+// CUDA with cuda_device < 0 the GPU is the rank modulo the visible ones.
+int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, CausalLMOptions lm_options,
                 const std::string& health_address = "",
                 std::chrono::milliseconds stop_wait = std::chrono::seconds(30));
 

@@ -46,6 +46,7 @@ class NcclCommunicator final : public Communicator {
   absl::Status WaitSends() override;
   absl::Status Recv(std::span<std::byte> data, int src, uint64_t tag) override;
   absl::Status Barrier() override;
+  bool device_memory() const override { return true; }
   void SetTimeout(std::chrono::milliseconds timeout) override { timeout_ = timeout; }
   std::chrono::milliseconds timeout() const override { return timeout_; }
 

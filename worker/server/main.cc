@@ -54,8 +54,13 @@ int Run(int argc, char** argv) {
                  "KV cache element type: f16 (half the memory; attention computes as llama.cpp's CPU path), f32, "
                  "or bf16 (cuda only)")
       ->capture_default_str()->check(CLI::IsMember({"f16", "f32", "bf16"}));
-  app.add_option("--device", device, "where the model runs: cpu, or cuda (llama/qwen2 on GPU 0, one process)")
+  app.add_option("--device", device,
+                 "where the model runs: cpu, or cuda (llama/qwen2; with --tensor/--pipeline each rank's shard on "
+                 "its own GPU)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--cuda-device", runtime_options.cuda_device,
+                 "with --device cuda: the GPU index; -1 = the group rank modulo the visible GPUs (0 alone)")
+      ->capture_default_str()->check(CLI::Range(-1, 1023));
   app.add_option("--device-weight-dtype", device_weight_dtype,
                  "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds")
       ->capture_default_str()->check(CLI::IsMember({"bf16", "f32"}));
@@ -100,10 +105,6 @@ int Run(int argc, char** argv) {
     spdlog::error("startup failed: {}", st.ToString());
     return 1;
   }
-  if (runtime_options.device == shoal::worker::Device::kCuda && group_options.grouped()) {
-    spdlog::error("startup failed: --device cuda runs the whole model in one process; no --tensor/--pipeline groups yet");
-    return 1;
-  }
   if (group_options.rank > 0) {
     auto path = shoal::worker::ResolveModelPath(runtime_options.model);
     if (!path.ok()) {
@@ -114,7 +115,11 @@ int Run(int argc, char** argv) {
     const std::string health = server_options.host.find(':') != std::string::npos
                                    ? fmt::format("[{}]:{}", server_options.host, server_options.port)
                                    : fmt::format("{}:{}", server_options.host, server_options.port);
-    return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, runtime_options.kv_cache_dtype,
+    const shoal::worker::CausalLMOptions lm_options{.kv_cache_dtype = runtime_options.kv_cache_dtype,
+                                                    .device = runtime_options.device,
+                                                    .device_weight_dtype = runtime_options.device_weight_dtype,
+                                                    .cuda_device = runtime_options.cuda_device};
+    return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, lm_options,
                                       health, std::chrono::milliseconds(static_cast<int64_t>((grace_seconds + 10) * 1000)));
   }
 

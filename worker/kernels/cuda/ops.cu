@@ -131,11 +131,18 @@ __global__ void SiluMulRowsKernel(const T* gate_up, T* out, int64_t num_tokens, 
 }
 
 template <typename T>
-__global__ void EmbeddingKernel(const T* table, int64_t width, const int32_t* ids, int64_t num_tokens, float* out) {
+__global__ void EmbeddingKernel(const T* table, int64_t width, const int32_t* ids, int64_t num_tokens, float* out,
+                                int64_t first_id, int64_t num_ids) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * width) return;
   const int64_t t = idx / width, i = idx % width;
-  out[idx] = Load(table, static_cast<int64_t>(ids[t]) * width + i);
+  const int64_t row = static_cast<int64_t>(ids[t]) - first_id;
+  out[idx] = row >= 0 && row < num_ids ? Load(table, row * width + i) : 0.0f;
+}
+
+__global__ void AddIntoKernel(const float* src, float* dst, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] += src[i];
 }
 
 __global__ void AddBiasKernel(float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n) {
@@ -243,14 +250,20 @@ void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out,
 }
 
 void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, int64_t width, const int32_t* ids,
-                     int64_t num_tokens, float* out) {
+                     int64_t num_tokens, float* out, int64_t first_id, int64_t num_ids) {
   const int64_t work = num_tokens * width;
   if (work == 0) return;
   WithActivationType(table_type, [&](auto zero) {
     using T = decltype(zero);
     EmbeddingKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(table), width, ids, num_tokens,
-                                                              out);
+                                                              out, first_id, num_ids);
   });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void AddInto(cudaStream_t stream, const float* src, float* dst, int64_t n) {
+  if (n == 0) return;
+  AddIntoKernel<<<Blocks(n, 256), 256, 0, stream>>>(src, dst, n);
   SHOAL_CUDA_CHECK_LAUNCH();
 }
 

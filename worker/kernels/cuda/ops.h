@@ -44,10 +44,15 @@ void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const
 // (one GEMM computes both); out[t] = silu(gate_up[t, :n]) * gate_up[t, n:], [T, n].
 void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out, int64_t num_tokens, int64_t n);
 
-// out[t] = table row ids[t], [num_tokens, width] f32; the table [*, width] of f32, f16 or
-// bf16. Ids are validated by the caller.
+// out[t] = table row ids[t] - first_id, [num_tokens, width] f32; the table [num_ids, width]
+// of f32, f16 or bf16 holds ids [first_id, first_id + num_ids). A row whose id is outside
+// is zero: a tensor rank holds a slice of the vocabulary, and the ranks' rows add up to
+// the embedding. Ids are validated by the caller.
 void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, int64_t width, const int32_t* ids,
-                     int64_t num_tokens, float* out);
+                     int64_t num_tokens, float* out, int64_t first_id, int64_t num_ids);
+
+// dst[i] += src[i] over n f32 (a tensor rank's all-reduced partial sums into the residual).
+void AddInto(cudaStream_t stream, const float* src, float* dst, int64_t n);
 
 // y[t * ld + i] += bias[i] for T rows of n (f32).
 void AddBias(cudaStream_t stream, float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n);
