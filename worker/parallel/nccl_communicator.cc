@@ -83,6 +83,27 @@ NcclCommunicator::~NcclCommunicator() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
+absl::Status NcclCommunicator::Enqueued(ncclResult_t r, const char* op) {
+  if (r != ncclInProgress) return Check(r, op);
+  // Non-blocking mode: the call returned before its work was on the stream. Until the
+  // communicator's state leaves ncclInProgress, a stream query could see an idle stream
+  // and report the operation done.
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  ncclResult_t state = ncclInProgress;
+  while (state == ncclInProgress) {
+    ncclCommGetAsyncError(comm_, &state);
+    if (state == ncclInProgress && std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      broken_ = absl::DeadlineExceededError(fmt::format("NCCL {} (rank {} of {}) was not enqueued within {} ms", op,
+                                                        rank_, size(), timeout_.count()));
+      return broken_;
+    }
+    if (state == ncclInProgress) std::this_thread::yield();
+  }
+  return Check(state, op);
+}
+
 absl::Status NcclCommunicator::Check(ncclResult_t r, const char* op) {
   if (r == ncclSuccess || r == ncclInProgress) return absl::OkStatus();
   broken_ = absl::UnavailableError(fmt::format("NCCL {} (rank {} of {}): {}", op, rank_, size(), ncclGetErrorString(r)));
@@ -118,7 +139,7 @@ absl::Status NcclCommunicator::Sync(const char* op) {
 
 absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
   if (!broken_.ok()) return broken_;
-  if (absl::Status st = Check(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, ncclSum, comm_, stream_),
+  if (absl::Status st = Enqueued(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, ncclSum, comm_, stream_),
                               "all-reduce");
       !st.ok()) {
     return st;
@@ -129,7 +150,7 @@ absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
 absl::Status NcclCommunicator::AllGather(std::span<const float> in, std::span<float> out) {
   if (!broken_.ok()) return broken_;
   if (out.size() != in.size() * size()) return absl::InvalidArgumentError("NCCL all-gather: output size");
-  if (absl::Status st = Check(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat32, comm_, stream_), "all-gather");
+  if (absl::Status st = Enqueued(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat32, comm_, stream_), "all-gather");
       !st.ok()) {
     return st;
   }
@@ -139,17 +160,20 @@ absl::Status NcclCommunicator::AllGather(std::span<const float> in, std::span<fl
 absl::Status NcclCommunicator::Broadcast(std::span<std::byte> data, int root) {
   if (!broken_.ok()) return broken_;
   if (absl::Status st =
-          Check(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_), "broadcast");
+          Enqueued(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_), "broadcast");
       !st.ok()) {
     return st;
   }
   return Sync("broadcast");
 }
 
-// NCCL matches point-to-point calls by order per peer; the tag is not needed.
+// NCCL matches point-to-point calls by order per peer; the tag is not needed. Sends and
+// receives share the communicator's one stream, so a rank must not post a receive behind
+// a send whose peer first waits for that receive's data: GPU groups keep the pipeline's
+// hand-off on the Gloo world communicator, and use NCCL for the tensor group only.
 absl::Status NcclCommunicator::SendAsync(std::span<const std::byte> data, int dst, uint64_t) {
   if (!broken_.ok()) return broken_;
-  return Check(ncclSend(data.data(), data.size(), ncclUint8, dst, comm_, stream_), "send");
+  return Enqueued(ncclSend(data.data(), data.size(), ncclUint8, dst, comm_, stream_), "send");
 }
 
 absl::Status NcclCommunicator::WaitSends() {
@@ -159,7 +183,7 @@ absl::Status NcclCommunicator::WaitSends() {
 
 absl::Status NcclCommunicator::Recv(std::span<std::byte> data, int src, uint64_t) {
   if (!broken_.ok()) return broken_;
-  if (absl::Status st = Check(ncclRecv(data.data(), data.size(), ncclUint8, src, comm_, stream_), "recv"); !st.ok()) {
+  if (absl::Status st = Enqueued(ncclRecv(data.data(), data.size(), ncclUint8, src, comm_, stream_), "recv"); !st.ok()) {
     return st;
   }
   return Sync("recv");

@@ -55,6 +55,8 @@ class NcclCommunicator final : public Communicator {
   // Waits for the stream with the timeout; aborts the communicator on error or expiry.
   absl::Status Sync(const char* op);
   absl::Status Check(ncclResult_t r, const char* op);
+  // After an enqueueing call: waits (bounded) while it is still ncclInProgress.
+  absl::Status Enqueued(ncclResult_t r, const char* op);
 
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;

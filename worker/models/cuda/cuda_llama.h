@@ -1,6 +1,7 @@
 #pragma once
-// llama and qwen2 on one GPU: the CPU model's forward pass (worker/models/llama.cc) with
-// weights, activations and the paged KV cache in device memory. No CUDA header here, so
+// llama and qwen2 on a GPU: the CPU model's forward pass (worker/models/llama.cc) over the
+// same tensor × pipeline shard, with weights, activations and the paged KV cache in device
+// memory. No CUDA header here, so
 // the CPU-side factory (causal_lm.cc) can include it.
 #include <cstdint>
 #include <memory>
@@ -20,10 +21,12 @@ class CudaLlama : public CausalLM {
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
 };
 
-// The model in `model` (arch llama or qwen2) on GPU 0, weights converted to
-// options.device_weight_dtype. FAILED_PRECONDITION "no GPU: ..." without a usable device;
-// INVALID_ARGUMENT for a shard other than the whole model, an unsupported weight or KV
-// dtype, or tensors of the wrong shape (named).
+// The shard of `model` (arch llama or qwen2) on GPU options.cuda_device, weights converted
+// to options.device_weight_dtype; options.tensor_group is required for tp_size > 1.
+// FAILED_PRECONDITION "no GPU: ..." without a usable device; INVALID_ARGUMENT for a device
+// index past the visible ones, a layer range or tensor split the model does not allow
+// (named), a missing tensor group, an unsupported weight or KV dtype, or tensors of the
+// wrong shape (named).
 absl::StatusOr<std::unique_ptr<CudaLlama>> CreateCudaLlama(const LoadedModel& model, const ShardSpec& shard,
                                                            const CausalLMOptions& options);
 
