@@ -377,7 +377,7 @@ TEST(GenerationServerLoadShedding, FullQueueIsResourceExhausted) {
   options.engine.max_waiting = 0;
   auto runtime = ModelRuntime::Load(options);
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString() << " (run scripts/setup.sh to fetch the default model)";
-  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1});
+  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1, .extra_services = {}});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   (*server)->Serve(runtime->get());
   auto stub = v1::Generation::NewStub(
@@ -389,7 +389,7 @@ TEST(GenerationServerLoadShedding, FullQueueIsResourceExhausted) {
 
 // Before the model is loaded the server already answers: health NOT_SERVING, calls UNAVAILABLE.
 TEST(GenerationServerStartup, NotServingUntilAModelIsHandedOver) {
-  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1});
+  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1, .extra_services = {}});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   auto channel =
       grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()), grpc::InsecureChannelCredentials());
@@ -418,7 +418,7 @@ TEST(GenerationServerShutdown, DrainsShortStreamsAndCancelsLongOnesAfterTheGrace
   options.engine.kv_cache_bytes = 32ull << 20;
   auto runtime = ModelRuntime::Load(options);
   ASSERT_TRUE(runtime.ok()) << runtime.status().ToString() << " (run scripts/setup.sh to fetch the default model)";
-  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1});
+  auto server = WorkerServer::Start({.host = "127.0.0.1", .port = 0, .metrics_port = -1, .extra_services = {}});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   (*server)->Serve(runtime->get());
   auto channel =
