@@ -19,7 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-$here/build-cuda}
 bundle=$here/.devbundle
-binaries=(tests/cuda_kernels_test tests/cuda_decoder_test bench/cuda-decode-bench)
+binaries=(tests/cuda_kernels_test tests/cuda_decoder_test tests/cuda_group_test bench/cuda-decode-bench)
 fixtures=(llama-tiny llama3-rope-tiny qwen2-tiny)
 
 [[ -f $build/CMakeCache.txt ]] || {

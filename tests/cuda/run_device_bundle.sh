@@ -7,7 +7,7 @@
 #      then /usr/local/cuda*, python3's nvidia/* wheels, ldconfig, a bounded find) and
 #      prints what it found; LD_LIBRARY_PATH = the bundle's libs + those;
 #   2. prints nvidia-smi;
-#   3. runs cuda_kernels_test and cuda_decoder_test (GoogleTest XML into $OUT), the
+#   3. runs cuda_kernels_test, cuda_decoder_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there;
 #   4. writes $OUT/summary.txt and prints it last.
@@ -181,6 +181,9 @@ run_gtest() {
 
 run_gtest cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test"
 run_gtest cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test"
+# Forked groups of ranks, each shard on the GPU (Gloo between them: one GPU here).
+run_gtest cuda_group_test 120 "$bundle/bin/cuda_group_test"
+grep -hE 'weight bytes' "$out/cuda_group_test.log" 2>/dev/null | tee -a "$summary"
 # The numbers the decoder test prints (relative errors per fixture).
 grep -hE 'relative error|bf16:' "$out/cuda_decoder_test.log" 2>/dev/null | tee -a "$summary"
 grep -hE "^skipped:" "$out/cuda_kernels_test.log" "$out/cuda_decoder_test.log" 2>/dev/null | sort -u | head -n 2

@@ -1,3 +1,9 @@
+// Compiled twice: as parallel_test (label multiproc) every rank runs on the CPU; with
+// SHOAL_GROUP_TEST_CUDA as cuda_group_test (label cuda) every rank's shard runs on a GPU
+// (rank modulo the visible GPUs; ranks sharing one all-reduce over Gloo in host memory),
+// with f32 weights, against the same one-process CPU run. The parent never touches CUDA
+// before it forks: a child that inherits an initialized CUDA context cannot use it.
+//
 // Tensor and pipeline parallel llama, qwen2 and DeepSeek (V2, V2-Lite, V3: MLA heads,
 // shared-expert and dense features split, routed experts partitioned over the tensor
 // ranks) against one process and against Hugging Face transformers: every rank is a
@@ -91,6 +97,11 @@ class GroupModel : public ::testing::TestWithParam<Case> {
     }
     ThreadPool pool(1);
     CausalLMOptions opts{.kv_cache_dtype = DType::kF32, .tensor_group = &(*member)->tensor_group()};
+#ifdef SHOAL_GROUP_TEST_CUDA
+    opts.device = Device::kCuda;
+    opts.device_weight_dtype = DType::kF32;
+    opts.cuda_device = rank % VisibleCudaDevices();
+#endif
     auto local = CreateCausalLM(model_, (*member)->shard(), &pool, opts);
     if (!local.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", rank, local.status().ToString().c_str());
@@ -173,7 +184,31 @@ class GroupModel : public ::testing::TestWithParam<Case> {
   const pid_t parent_pid_ = getpid();  // children name their result files by it
 };
 
+#ifdef SHOAL_GROUP_TEST_CUDA
+// Asked in a child process, so this one stays free of CUDA for the ranks it forks.
+std::string WhyNoGpu() {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return "pipe failed";
+  auto exits = testing::RunRanks(1, [&](int) {
+    close(pipe_fds[0]);
+    const int n = VisibleCudaDevices();
+    const std::string why = n > 0 ? "" : "no GPU visible to the CUDA driver";
+    (void)!write(pipe_fds[1], why.data(), why.size());
+    return 0;
+  }, std::chrono::seconds(60));
+  close(pipe_fds[1]);
+  char buf[256];
+  const ssize_t got = read(pipe_fds[0], buf, sizeof(buf));
+  close(pipe_fds[0]);
+  if (exits[0].code != 0) return "the GPU probe process failed";
+  return got > 0 ? std::string(buf, got) : "";
+}
+#endif
+
 TEST_P(GroupModel, SameTokensAsOneProcessAndLogitsWithinTolerance) {
+#ifdef SHOAL_GROUP_TEST_CUDA
+  if (const std::string why = WhyNoGpu(); !why.empty()) GTEST_SKIP() << "skipped: " << why;
+#endif
   const Case c = GetParam();
   const int world = c.tensor * c.pipeline;
   const int port = testing::FreePort();
@@ -220,6 +255,12 @@ TEST_P(GroupModel, SameTokensAsOneProcessAndLogitsWithinTolerance) {
   }
 }
 
+#ifdef SHOAL_GROUP_TEST_CUDA
+INSTANTIATE_TEST_SUITE_P(CudaFixtures, GroupModel,
+                         ::testing::Values(Case{"llama-tiny", 2, 1}, Case{"llama-tiny", 1, 2}, Case{"llama-tiny", 2, 2},
+                                           Case{"llama-tiny", 4, 1}, Case{"qwen2-tiny", 2, 2}),
+                         CaseName);
+#else
 INSTANTIATE_TEST_SUITE_P(Fixtures, GroupModel,
                          ::testing::Values(Case{"llama-tiny", 2, 1}, Case{"llama-tiny", 1, 2}, Case{"llama-tiny", 2, 2},
                                            Case{"llama-tiny", 4, 1}, Case{"qwen2-tiny", 2, 2},
@@ -227,6 +268,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GroupModel,
                                            Case{"deepseek-v2-tiny", 2, 2},
                                            Case{"deepseek-v2-lite-tiny", 2, 2}, Case{"deepseek-v3-tiny", 4, 1}),
                          CaseName);
+#endif
 
 }  // namespace
 }  // namespace shoal::worker
