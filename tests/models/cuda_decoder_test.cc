@@ -258,8 +258,10 @@ TEST_P(CudaDecoder, PipelineStagesChainToTheWholeModelsLogits) {
     std::vector<float> hidden, logits;
     absl::Status st = a->ForwardStage(batch, {}, &hidden);
     EXPECT_TRUE(st.ok()) << st;
-    if (st.ok()) EXPECT_EQ(hidden.size(), batch.seqs[0].tokens.size() * model_.config.hidden_size);
-    if (st.ok()) st = b->ForwardStage(batch, hidden, &logits);
+    if (st.ok()) {
+      EXPECT_EQ(hidden.size(), batch.seqs[0].tokens.size() * model_.config.hidden_size);
+      st = b->ForwardStage(batch, hidden, &logits);
+    }
     EXPECT_TRUE(st.ok()) << st;
     got.push_back(std::move(logits));
     return st.ok();

@@ -100,7 +100,8 @@ class GroupModel : public ::testing::TestWithParam<Case> {
 #ifdef SHOAL_GROUP_TEST_CUDA
     opts.device = Device::kCuda;
     opts.device_weight_dtype = DType::kF32;
-    opts.cuda_device = rank % VisibleCudaDevices();
+    opts.cuda_device = -1;
+    ResolveCudaDevice(rank, &opts);
 #endif
     auto local = CreateCausalLM(model_, (*member)->shard(), &pool, opts);
     if (!local.ok()) {

@@ -37,6 +37,12 @@ int VisibleCudaDevices() {
 #endif
 }
 
+void ResolveCudaDevice(int rank, CausalLMOptions* o) {
+  if (o->device != Device::kCuda || o->cuda_device >= 0) return;
+  const int devices = VisibleCudaDevices();
+  o->cuda_device = devices > 0 ? rank % devices : 0;
+}
+
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateCausalLM(const LoadedModel& model,
                                                          const ShardSpec& shard,
                                                          ThreadPool* pool,

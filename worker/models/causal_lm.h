@@ -96,8 +96,15 @@ class CausalLM {
 };
 
 // GPUs a kCuda model could use here: 0 in a build without CUDA or where the driver finds
-// none (a group rank picks its GPU as its rank modulo this).
+// none.
 int VisibleCudaDevices();
+
+// For a kCuda model with no GPU chosen (cuda_device < 0): group rank `rank` (0 for a
+// single process) takes GPU rank modulo the visible ones, so the ranks of one machine
+// spread over its GPUs and a pod that sees only its own GPU takes device 0. Ranks sharing
+// a GPU still work: their tensor all-reduces go over Gloo in host memory. With no GPU,
+// device 0, and the factory says why.
+void ResolveCudaDevice(int rank, CausalLMOptions* options);
 
 // Builds the model named by model.config.arch over the shard, on options.device. `pool`
 // must outlive it (a CUDA model does not use it and may be given null).

@@ -13,25 +13,12 @@
 
 namespace shoal::worker {
 
-namespace {
-
-// A rank's GPU when none was given: ranks of one machine (shoal serve's local group, or
-// pods that each see only their own GPU as device 0) spread over the visible devices.
-// Ranks sharing a GPU still work: their tensor all-reduces go over Gloo in host memory.
-void PickCudaDevice(int rank, CausalLMOptions* o) {
-  if (o->device != Device::kCuda || o->cuda_device >= 0) return;
-  const int devices = VisibleCudaDevices();
-  o->cuda_device = devices > 0 ? rank % devices : 0;  // with none, the factory says why
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOptions& options, const LoadedModel& model,
                                                                  ThreadPool* pool, CausalLMOptions lm_options,
                                                                  GroupCausalLM::FailureCallback on_failure) {
   ASSIGN_OR_RETURN(std::unique_ptr<GroupMember> member, GroupMember::Join(options, model.config.num_layers));
   lm_options.tensor_group = &member->tensor_group();
-  PickCudaDevice(member->rank(), &lm_options);
+  ResolveCudaDevice(member->rank(), &lm_options);
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> local, CreateCausalLM(model, member->shard(), pool, lm_options));
   spdlog::info("group leader shard weight_bytes={} kv_bytes_per_token={}", local->WeightBytes(),
                local->KvBytesPerBlock(1));
@@ -93,7 +80,7 @@ int RunFollower(const GroupOptions& options, const std::string& model_path, int 
   }
   ThreadPool pool(num_threads);
   lm_options.tensor_group = &(*member)->tensor_group();
-  PickCudaDevice(options.rank, &lm_options);
+  ResolveCudaDevice(options.rank, &lm_options);
   auto local = CreateCausalLM(*model, (*member)->shard(), &pool, lm_options);
   if (!local.ok()) {
     spdlog::error("group rank={} model build failed: {}", options.rank, local.status().ToString());

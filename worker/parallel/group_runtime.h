@@ -29,7 +29,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOpti
 // exit status. After SIGTERM it keeps serving steps for up to `stop_wait` (the leader's
 // drain: give it the same --shutdown-grace plus a margin) for the leader's STOP.
 // `lm_options` as the leader's (device, dtypes); the tensor group is filled in, and on
-// CUDA with cuda_device < 0 the GPU is the rank modulo the visible ones.
+// CUDA with cuda_device < 0 the GPU is the rank's (ResolveCudaDevice); the leader's too.
 int RunFollower(const GroupOptions& options, const std::string& model_path, int num_threads, CausalLMOptions lm_options,
                 const std::string& health_address = "",
                 std::chrono::milliseconds stop_wait = std::chrono::seconds(30));

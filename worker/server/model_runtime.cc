@@ -61,12 +61,12 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::Load(
   runtime->pool_ = std::make_unique<ThreadPool>(threads);
   ShardSpec shard;
   shard.end_layer = runtime->model_.config.num_layers;
-  // Alone, an unset GPU is GPU 0; a group leader's factory picks its rank's.
-  const CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype,
-                                   .device = options.device,
-                                   .device_weight_dtype = options.device_weight_dtype,
-                                   .cuda_device = options.model_factory ? options.cuda_device
-                                                                        : std::max(0, options.cuda_device)};
+  // A group leader's factory resolves an unset GPU for its rank; alone, this is rank 0.
+  CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype,
+                             .device = options.device,
+                             .device_weight_dtype = options.device_weight_dtype,
+                             .cuda_device = options.cuda_device};
+  if (!options.model_factory) ResolveCudaDevice(0, &lm_options);
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> lm,
                    options.model_factory ? options.model_factory(runtime->model_, runtime->pool_.get(), lm_options)
                                          : CreateCausalLM(runtime->model_, shard, runtime->pool_.get(), lm_options));

@@ -31,9 +31,9 @@ struct ModelRuntimeOptions {
   std::string served_name;  // "" = ServedNameFromPath
   int num_threads = 0;      // 0 = one per core
   DType kv_cache_dtype = DType::kF16;  // kF16 or kF32 (kBF16 too on CUDA), see CausalLMOptions
-  Device device = Device::kCpu;        // kCuda: the model on GPU 0, see CausalLMOptions
+  Device device = Device::kCpu;        // kCuda: the model on GPU cuda_device, see CausalLMOptions
   DType device_weight_dtype = DType::kBF16;
-  int cuda_device = -1;  // CausalLMOptions.cuda_device; -1 = 0 alone, a group rank's own in a group
+  int cuda_device = -1;  // CausalLMOptions.cuda_device; -1 = ResolveCudaDevice's choice
   // > 0 (GPU models only): the KV cache gets this fraction of the device memory still free
   // after the weights are loaded, instead of engine.kv_cache_bytes. The rest is left for
   // the activations and cuBLAS workspaces.
