@@ -23,7 +23,7 @@
 
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
-#include "worker/models/cuda/cuda_llama.h"
+#include "worker/models/cuda/cuda_causal_lm.h"
 
 namespace shoal::worker {
 namespace {
@@ -86,7 +86,7 @@ struct Sequence {
 // Feeds every sequence's first `context` tokens, at most `chunk` tokens per step in all
 // (prompt chunks of several sequences share a step); the greedy token after the last is
 // appended, for Decode to feed.
-bool Prefill(CudaLlama& lm, std::vector<Sequence>& seqs, int64_t context, int64_t chunk) {
+bool Prefill(CudaCausalLM& lm, std::vector<Sequence>& seqs, int64_t context, int64_t chunk) {
   std::vector<int32_t> next;
   for (;;) {
     ForwardBatch batch;
@@ -113,7 +113,7 @@ bool Prefill(CudaLlama& lm, std::vector<Sequence>& seqs, int64_t context, int64_
 }
 
 // `steps` lock-step decode steps over all sequences; returns the seconds they took.
-double Decode(CudaLlama& lm, std::vector<Sequence>& seqs, int steps) {
+double Decode(CudaCausalLM& lm, std::vector<Sequence>& seqs, int steps) {
   std::vector<int32_t> next;
   const auto t0 = std::chrono::steady_clock::now();
   for (int step = 0; step < steps; ++step) {
@@ -171,12 +171,12 @@ int Run(int argc, char** argv) {
   options.device = Device::kCuda;
   options.device_weight_dtype = DType::kBF16;
   options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
-  auto lm_or = CreateRandomCudaLlama(config, options, 1234);
+  auto lm_or = CreateRandomCudaCausalLM(config, options, 1234);
   if (!lm_or.ok()) {
     fmt::print(stderr, "{}\n", lm_or.status().ToString());
     return 1;
   }
-  CudaLlama& lm = **lm_or;
+  CudaCausalLM& lm = **lm_or;
   const int block_size = 16;
   const int max_seqs = std::max(batch, 1);
   const int blocks_per_seq = (context + warmup + std::max(decode_steps, batch_steps) + block_size) / block_size;

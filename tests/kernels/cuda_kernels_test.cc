@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "worker/kernels/cpu/attention.h"
+#include "worker/kernels/cpu/mla_attention.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/kernels/cpu/quant.h"
@@ -304,6 +305,174 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
       }
     }
   }
+}
+
+// Per-head products as MLA uses them, against a per-head reference: queries into latent
+// space through [in, out] slices (W_uk), latents out through [out, in] slices (W_uv), the
+// heads' inputs and outputs interleaved within wider rows (strided, not dense).
+TEST_P(CudaKernels, BatchedGemmMultipliesEachHeadsSliceInBothLayouts) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t T = 5, heads = 3, in = 48, out = 40, head_rows = in + out;  // a head: in rows, then out rows
+  const int64_t ldx = heads * in + 7, ldy = heads * out + 3;               // padded rows
+  const Typed x = Round(Random(T * ldx, 21), t), w = Round(Random(heads * head_rows * out, 22, 0.1f), t);
+  DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dw = Upload(w.bytes.data(), w.bytes.size());
+  CublasGemm gemm(nullptr);
+  for (const bool out_by_in : {false, true}) {
+    SCOPED_TRACE(out_by_in ? "W [out, in]" : "W [in, out]");
+    // Each head's storage is head_rows rows of `out` (kv_b_proj's rank columns): the
+    // first `in` rows as an [in, out] W (W_uk), the next `out` rows as an [out, in'] W
+    // with in' = out (W_uv); rows `out` apart in both.
+    const int64_t k_in = out_by_in ? out : in;  // the product's inner size
+    const int64_t w_offset = out_by_in ? in * out : 0;
+    std::vector<float> want(T * ldy, 0.0f);
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* wh = w.values.data() + w_offset + h * head_rows * out;
+      for (int64_t r = 0; r < T; ++r) {
+        for (int64_t o = 0; o < out; ++o) {
+          double sum = 0;
+          for (int64_t i = 0; i < k_in; ++i) {
+            const float wv = out_by_in ? wh[o * out + i] : wh[i * out + o];
+            sum += static_cast<double>(x.values[r * ldx + h * in + i]) * wv;
+          }
+          want[r * ldy + h * out + o] = static_cast<float>(sum);
+        }
+      }
+    }
+    DeviceBuffer dy(T * ldy * 4);
+    SHOAL_CUDA_CHECK(cudaMemset(dy.data(), 0, dy.bytes()));
+    gemm.RunBatched(t, {dx.data(), ldx, in}, {dw.as<std::byte>() + w_offset * ElementBytes(t), out, head_rows * out},
+                    out_by_in, T, k_in, out, DType::kF32, dy.data(), ldy, out, heads, /*accumulate=*/false);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-4);  // padding stays 0 in both
+  }
+}
+
+// MLA's absorbed attention against the CPU's: DeepSeek-V2/V3's entry (512 latent + 64
+// rope, so every one of a lane's 18 dimensions is used), a decode row over 40 cached
+// positions, a 6-row chunk after 9, a fresh 3-row prompt; scattered block tables. The
+// entries are rounded to the cache type first, so both caches hold the same numbers.
+TEST_P(CudaKernels, MlaLatentAttentionMatchesCpuOverMixedRows) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  if (t == DType::kBF16) GTEST_SKIP() << "the CPU latent cache keeps f32 or f16; bf16 is covered by the model tests";
+  const int64_t latent = 512, rope = 64, entry = latent + rope, heads = 4;
+  const int block_size = 16, blocks_per_seq = 4;
+  const int64_t num_blocks = 3 * blocks_per_seq;
+  struct Seq {
+    int64_t start, num_new;
+  };
+  const std::vector<Seq> seqs = {{40, 1}, {9, 6}, {0, 3}};
+  std::vector<int32_t> tables;
+  for (int s = 0; s < 3; ++s) {
+    for (int b = 0; b < blocks_per_seq; ++b) tables.push_back(static_cast<int32_t>(b * 3 + (2 - s)));
+  }
+  std::vector<int32_t> all_seq;
+  std::vector<int64_t> all_pos;
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
+  }
+  const int64_t n_all = static_cast<int64_t>(all_pos.size());
+  const std::vector<float> entries = Round(Random(n_all * entry, 31), t).values;
+
+  std::vector<float> cpu_data(num_blocks * block_size * entry);
+  const cpu::PagedLatentLayer cpu_cache{cpu_data.data(), num_blocks, block_size, latent, rope, DType::kF32};
+  std::vector<cpu::AttentionSequence> cpu_seqs;
+  std::vector<int32_t> q_seq;
+  std::vector<int64_t> q_pos;
+  int64_t written = 0, first_row = 0;
+  for (int s = 0; s < 3; ++s) {
+    const std::span<const int32_t> table(&tables[s * blocks_per_seq], blocks_per_seq);
+    const int64_t n = seqs[s].start + seqs[s].num_new;
+    cpu::WriteLatents(cpu_cache, {0, n, 0, table}, &entries[written * entry], entry);
+    written += n;
+    cpu_seqs.push_back({first_row, seqs[s].num_new, seqs[s].start, table});
+    for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
+    first_row += seqs[s].num_new;
+  }
+  const int64_t rows = first_row, ldq = heads * entry, ldo = heads * latent;
+  const std::vector<float> q = Random(rows * ldq, 32, 0.05f);
+  std::vector<float> want(rows * ldo);
+  ThreadPool pool(1);
+  const float scale = 0.07f;
+  cpu::MlaLatentAttention(&pool, cpu_cache, cpu_seqs, q.data(), ldq, heads, scale, want.data(), ldo);
+
+  DeviceBuffer dcache(num_blocks * block_size * entry * ElementBytes(t));
+  const DeviceLatentLayer cache{dcache.data(), num_blocks, block_size, latent, rope, t};
+  DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
+  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+  DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
+  WriteLatents(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+               dentries.as<float>(), entry);
+  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+  DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(want.size() * 4);
+  MlaLatentAttention(nullptr, cache, {dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows},
+                     dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldo);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
+  // The cache holds exactly the rounded entries wherever the CPU's does.
+  const std::vector<float> got = Decode(Download(dcache), t);
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) {
+      const int64_t at = cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
+      for (int64_t e = 0; e < entry; ++e) ASSERT_EQ(got[at + e], cpu_data[at + e]) << "seq " << s << " pos " << p;
+    }
+  }
+}
+
+// DeepSeek's latent norm: the first n of wider f32 rows normalized in place (the rope
+// part after them untouched), and into the GEMM type with its own stride.
+TEST_P(CudaKernels, RmsNormStridedNormalizesInPlaceWithinWiderRows) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t rows = 3, n = 96, ld = 130;
+  const std::vector<float> x = Random(rows * ld, 41);
+  const std::vector<float> w = Random(n, 42);
+  std::vector<float> want = x;
+  for (int64_t r = 0; r < rows; ++r) cpu::RmsNorm(&x[r * ld], w.data(), &want[r * ld], 1, n, 1e-6f);
+  DeviceBuffer dx = Upload(x.data(), x.size() * 4), dw = Upload(w.data(), w.size() * 4);
+  DeviceBuffer dout(rows * n * ElementBytes(t));
+  RmsNormStrided(nullptr, dx.as<float>(), ld, dw.as<float>(), t, dout.data(), n, rows, n, 1e-6f);
+  RmsNormStrided(nullptr, dx.as<float>(), ld, dw.as<float>(), DType::kF32, dx.data(), ld, rows, n, 1e-6f);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dx), DType::kF32), want, 1e-5);
+  std::vector<float> want_dense(rows * n);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(&want[r * ld], n, &want_dense[r * n]);
+  ExpectClose(Decode(Download(dout), t), want_dense, OutputTolerance(t, 1e-5));
+}
+
+// The mixture of experts' data movement: tokens gathered into an expert's rows, exactly;
+// expert outputs added back with their weights, slot by slot, skipping other ranks' (-1).
+TEST_P(CudaKernels, GatherRowsAndAddWeightedRowsRouteTokensThroughExperts) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t T = 4, n = 70, k = 2;
+  const Typed src = Round(Random(T * n, 51), t);
+  const std::vector<int32_t> gather = {3, 0, 0, 2, 1};
+  DeviceBuffer dsrc = Upload(src.bytes.data(), src.bytes.size()), dgather = Upload(gather.data(), gather.size() * 4);
+  DeviceBuffer dg(gather.size() * n * ElementBytes(t));
+  GatherRows(nullptr, t, dsrc.data(), dgather.as<int32_t>(), dg.data(), static_cast<int64_t>(gather.size()), n);
+  const std::vector<float> expert_out = Random(5 * n, 52);
+  const std::vector<int32_t> slot_rows = {1, 2, 4, -1, 3, -1, -1, 0};  // token t's slots 2t, 2t+1
+  const std::vector<float> weights = {0.5f, 0.25f, 2.0f, 9.0f, -1.0f, 9.0f, 9.0f, 0.75f};
+  const std::vector<float> h0 = Random(T * n, 53);
+  std::vector<float> want = h0;
+  for (int64_t tok = 0; tok < T; ++tok) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t row = slot_rows[tok * k + j];
+      if (row < 0) continue;
+      for (int64_t c = 0; c < n; ++c) want[tok * n + c] += weights[tok * k + j] * expert_out[row * n + c];
+    }
+  }
+  DeviceBuffer dout = Upload(expert_out.data(), expert_out.size() * 4), dslots = Upload(slot_rows.data(), slot_rows.size() * 4);
+  DeviceBuffer dweights = Upload(weights.data(), weights.size() * 4), dh = Upload(h0.data(), h0.size() * 4);
+  AddWeightedRows(nullptr, dout.as<float>(), dslots.as<int32_t>(), dweights.as<float>(), k, dh.as<float>(), T, n);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> got = Decode(Download(dg), t);
+  for (size_t i = 0; i < gather.size(); ++i) {
+    for (int64_t c = 0; c < n; ++c) ASSERT_EQ(got[i * n + c], src.values[gather[i] * n + c]) << "row " << i;
+  }
+  ExpectClose(Decode(Download(dh), DType::kF32), want, 1e-6);
 }
 
 // The decoder's norm: f32 residual rows in, the GEMM input type out, optionally gathering

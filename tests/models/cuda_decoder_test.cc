@@ -1,4 +1,4 @@
-// The CUDA llama/qwen2 model (worker/models/cuda) against the CPU model and the
+// The CUDA decoders (worker/models/cuda: llama, qwen2, DeepSeek) against the CPU model and the
 // transformers fixtures of tests/oracle (label cuda). Without a GPU every test that needs
 // one reports "skipped: no GPU: ...".
 //
@@ -121,6 +121,13 @@ double Margin(const std::vector<float>& row) {
   return (v[0] - v[1]) / scale;
 }
 
+// A fixture directory's name as a test name ("llama-tiny" -> "llama_tiny").
+std::string FixtureName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
 class CudaDecoder : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -148,6 +155,45 @@ class CudaDecoder : public ::testing::TestWithParam<std::string> {
     return std::move(*lm);
   }
 
+  // f32 weights and cache: logits at every recorded prefix within kF32Tolerance of the
+  // CPU model and kOracleTolerance of transformers.
+  void ExpectF32LogitsMatchCpuAndTransformers() {
+    auto gpu = Gpu(DType::kF32, DType::kF32);
+    ASSERT_NE(gpu, nullptr);
+    std::vector<int> positions, cpu_positions;
+    std::vector<float> got, cpu_logits;
+    ASSERT_TRUE(testing::ForwardRecordedPrefixes(*gpu, expected_.prompt, expected_.logits, &positions, &got));
+    ASSERT_TRUE(
+        testing::ForwardRecordedPrefixes(*cpu_, expected_.prompt, expected_.logits, &cpu_positions, &cpu_logits));
+    ASSERT_FALSE(positions.empty()) << "the fixture records no logits: nothing would be compared";
+    const int64_t vocab = model_.config.vocab_size;
+    for (size_t i = 0; i < positions.size(); ++i) {
+      const std::vector<float> cpu_row(cpu_logits.begin() + i * vocab, cpu_logits.begin() + (i + 1) * vocab);
+      const double vs_cpu = RelativeError(got.data() + i * vocab, cpu_row);
+      const double vs_hf = RelativeError(got.data() + i * vocab, expected_.logits.at(positions[i]));
+      std::printf("%s position %d: relative error %.2e vs CPU, %.2e vs transformers\n", GetParam().c_str(),
+                  positions[i], vs_cpu, vs_hf);
+      EXPECT_LE(vs_cpu, kF32Tolerance) << "position " << positions[i];
+      EXPECT_LE(vs_hf, kOracleTolerance) << "position " << positions[i];
+    }
+  }
+
+  // f32 greedy tokens equal to the CPU model's and transformers', whole and chunked prompt.
+  void ExpectF32GreedyTokensMatchCpuAndTransformers() {
+    auto gpu = Gpu(DType::kF32, DType::kF32);
+    ASSERT_NE(gpu, nullptr);
+    for (std::vector<int> chunks : {std::vector<int>{}, {7, 2, 5}}) {
+      std::vector<SequenceRun> runs(1), cpu_runs(1);
+      runs[0].prompt = cpu_runs[0].prompt = expected_.prompt;
+      runs[0].chunk_sizes = cpu_runs[0].chunk_sizes = chunks;
+      runs[0].num_new = cpu_runs[0].num_new = static_cast<int>(expected_.greedy.size());
+      RunGreedy(*gpu, runs, kBlockSize, kBlocksPerSeq);
+      RunGreedy(*cpu_, cpu_runs, kBlockSize, kBlocksPerSeq);
+      EXPECT_EQ(runs[0].generated, cpu_runs[0].generated) << (chunks.empty() ? "whole prompt" : "chunked prompt");
+      EXPECT_EQ(runs[0].generated, expected_.greedy) << (chunks.empty() ? "whole prompt" : "chunked prompt");
+    }
+  }
+
   testing::OracleExpectation expected_;
   ThreadPool pool_{2};
   LoadedModel model_;
@@ -155,40 +201,10 @@ class CudaDecoder : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(CudaDecoder, F32LogitsMatchCpuAndTransformersOnRecordedPrefixes) {
-  auto gpu = Gpu(DType::kF32, DType::kF32);
-  ASSERT_NE(gpu, nullptr);
-  std::vector<int> positions, cpu_positions;
-  std::vector<float> got, cpu_logits;
-  ASSERT_TRUE(testing::ForwardRecordedPrefixes(*gpu, expected_.prompt, expected_.logits, &positions, &got));
-  ASSERT_TRUE(
-      testing::ForwardRecordedPrefixes(*cpu_, expected_.prompt, expected_.logits, &cpu_positions, &cpu_logits));
-  ASSERT_FALSE(positions.empty()) << "the fixture records no logits: nothing would be compared";
-  const int64_t vocab = model_.config.vocab_size;
-  for (size_t i = 0; i < positions.size(); ++i) {
-    const std::vector<float> cpu_row(cpu_logits.begin() + i * vocab, cpu_logits.begin() + (i + 1) * vocab);
-    const double vs_cpu = RelativeError(got.data() + i * vocab, cpu_row);
-    const double vs_hf = RelativeError(got.data() + i * vocab, expected_.logits.at(positions[i]));
-    std::printf("%s position %d: relative error %.2e vs CPU, %.2e vs transformers\n", GetParam().c_str(),
-                positions[i], vs_cpu, vs_hf);
-    EXPECT_LE(vs_cpu, kF32Tolerance) << "position " << positions[i];
-    EXPECT_LE(vs_hf, kOracleTolerance) << "position " << positions[i];
-  }
+  ExpectF32LogitsMatchCpuAndTransformers();
 }
 
-TEST_P(CudaDecoder, F32GreedyTokensMatchCpuAndTransformers) {
-  auto gpu = Gpu(DType::kF32, DType::kF32);
-  ASSERT_NE(gpu, nullptr);
-  for (std::vector<int> chunks : {std::vector<int>{}, {7, 2, 5}}) {
-    std::vector<SequenceRun> runs(1), cpu_runs(1);
-    runs[0].prompt = cpu_runs[0].prompt = expected_.prompt;
-    runs[0].chunk_sizes = cpu_runs[0].chunk_sizes = chunks;
-    runs[0].num_new = cpu_runs[0].num_new = static_cast<int>(expected_.greedy.size());
-    RunGreedy(*gpu, runs, kBlockSize, kBlocksPerSeq);
-    RunGreedy(*cpu_, cpu_runs, kBlockSize, kBlocksPerSeq);
-    EXPECT_EQ(runs[0].generated, cpu_runs[0].generated) << (chunks.empty() ? "whole prompt" : "chunked prompt");
-    EXPECT_EQ(runs[0].generated, expected_.greedy) << (chunks.empty() ? "whole prompt" : "chunked prompt");
-  }
-}
+TEST_P(CudaDecoder, F32GreedyTokensMatchCpuAndTransformers) { ExpectF32GreedyTokensMatchCpuAndTransformers(); }
 
 // Teacher-forced along transformers' greedy continuation: every step's logits within the
 // bf16 tolerance, and the argmax equal wherever the f32 margin leaves room for it; then
@@ -391,7 +407,10 @@ TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
   auto gpu = Gpu(DType::kBF16, DType::kBF16);
   ASSERT_NE(gpu, nullptr);
   const ModelConfig& c = model_.config;
-  EXPECT_EQ(gpu->KvBytesPerBlock(16), static_cast<size_t>(c.num_layers) * 2 * 16 * c.num_kv_heads * c.head_dim * 2);
+  // Per token and layer: k and v of every kv head, or for DeepSeek one latent entry.
+  const int64_t per_token = IsDeepseek(c.arch) ? c.deepseek.kv_lora_rank + c.deepseek.qk_rope_head_dim
+                                               : 2 * c.num_kv_heads * c.head_dim;
+  EXPECT_EQ(gpu->KvBytesPerBlock(16), static_cast<size_t>(c.num_layers) * 16 * per_token * 2);
   EXPECT_GT(gpu->WeightBytes(), 0u);
   std::vector<float> logits;
   const std::vector<int32_t> short_table = {0};  // 4 positions, the prompt has 20
@@ -411,12 +430,25 @@ TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
   EXPECT_EQ(logits.size(), static_cast<size_t>(c.vocab_size));
 }
 
-INSTANTIATE_TEST_SUITE_P(Transformers, CudaDecoder, ::testing::Values("llama-tiny", "llama3-rope-tiny", "qwen2-tiny"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+// DeepSeek-V2 (q_lora_rank, group-limited greedy routing, YaRN), V2-Lite (plain q_proj,
+// greedy routing) and V3 (sigmoid noaux_tc routing with score bias, YaRN): MLA over the
+// latent cache and MoE on the GPU through the same checks.
+INSTANTIATE_TEST_SUITE_P(Transformers, CudaDecoder,
+                         ::testing::Values("llama-tiny", "llama3-rope-tiny", "qwen2-tiny", "deepseek-v2-tiny",
+                                           "deepseek-v2-lite-tiny", "deepseek-v3-tiny"),
+                         FixtureName);
+
+// FP8 checkpoints in DeepSeek-V3's release layout (F8_E4M3 + 128x128 block scales):
+// dequantized at upload to exactly the f32 values the CPU's FP8 matmul multiplies by.
+class CudaFp8Decoder : public CudaDecoder {};
+
+TEST_P(CudaFp8Decoder, F32LogitsAndGreedyTokensMatchCpuAndTransformers) {
+  ExpectF32LogitsMatchCpuAndTransformers();
+  ExpectF32GreedyTokensMatchCpuAndTransformers();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, CudaFp8Decoder, ::testing::Values("fp8_llama_tiny", "fp8_deepseek_v3_tiny"),
+                         FixtureName);
 
 // Bytes of a `type` tensor of n elements with sensible values: random codes under small
 // scales for the quantized blocks, which is all the dequantization needs to be checked.
@@ -581,6 +613,15 @@ TEST(CudaDecoderFactory, RejectsShardsAndDtypesItCannotRun) {
   EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kQ8_0, DType::kF16)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kBF16, DType::kQ8_0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // DeepSeek: MLA heads split as the CPU model splits them.
+  auto deepseek = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/deepseek-v2-tiny");
+  ASSERT_TRUE(deepseek.ok()) << deepseek.status();
+  const absl::Status ds = CreateCausalLM(*deepseek, three, nullptr, OnCuda(DType::kBF16, DType::kF16)).status();
+  EXPECT_EQ(ds.code(), absl::StatusCode::kInvalidArgument) << ds;
+  EXPECT_NE(std::string(ds.message()).find("does not divide the 4 attention heads"), std::string::npos) << ds;
+  EXPECT_EQ(CreateCausalLM(*deepseek, rank_without_group, nullptr, OnCuda(DType::kBF16, DType::kF16)).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -6,7 +6,7 @@
 #include "worker/models/llama.h"
 #ifdef SHOAL_HAVE_CUDA
 #include "worker/kernels/cuda/device.h"
-#include "worker/models/cuda/cuda_llama.h"
+#include "worker/models/cuda/cuda_causal_lm.h"
 #endif
 
 namespace shoal::worker {
@@ -15,7 +15,7 @@ namespace {
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateOnCuda(const LoadedModel& model, const ShardSpec& shard,
                                                        const CausalLMOptions& options) {
 #ifdef SHOAL_HAVE_CUDA
-  auto lm = CreateCudaLlama(model, shard, options);
+  auto lm = CreateCudaCausalLM(model, shard, options);
   if (!lm.ok()) return lm.status();
   return std::unique_ptr<CausalLM>(std::move(*lm));
 #else

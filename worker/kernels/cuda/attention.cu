@@ -9,7 +9,6 @@ namespace shoal::worker::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
 template <typename T>
 __device__ __forceinline__ float Load(const T* p, int64_t i) {
@@ -51,63 +50,66 @@ __global__ void WriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, in
   const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
   const int64_t at = SlotOffset(table, rows.row_pos[r], block_size, kv_heads, e / head_dim, head_dim) + e % head_dim;
   kc[at] = FromFloat<T>(k[r * ldk + e]);
-  vc[at] = FromFloat<T>(v[r * ldv + e]);
+  if (vc != nullptr) vc[at] = FromFloat<T>(v[r * ldv + e]);  // null: a latent cache, one entry per slot
 }
 
-template <typename T>
-__global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t head_dim,
-                                DeviceRows rows, const float* q, int64_t ldq, int64_t num_heads, float scale,
-                                float* out, int64_t ldo) {
+// One block per (row, head). Keys are the first k_dim elements of a cache slot of
+// slot_dim, values the first v_dim of the value cache's slot (for MLA both are the same
+// latent entry: keys [c, k_pe], values c). kLaneDims bounds max(k_dim, v_dim) / 32.
+template <typename T, int kLaneDims>
+__global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim,
+                                int64_t k_dim, int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq,
+                                int64_t num_heads, float scale, float* out, int64_t ldo) {
   const int64_t r = blockIdx.x, h = blockIdx.y;
   const int64_t g = h / (num_heads / kv_heads);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
   const int64_t last = rows.row_pos[r];
 
-  float qv[kDimsPerLane], acc[kDimsPerLane];
-  for (int i = 0; i < kDimsPerLane; ++i) {
+  float qv[kLaneDims], acc[kLaneDims];
+  for (int i = 0; i < kLaneDims; ++i) {
     const int64_t d = lane + 32 * i;
-    qv[i] = d < head_dim ? q[r * ldq + h * head_dim + d] * scale : 0.0f;
+    qv[i] = d < k_dim ? q[r * ldq + h * k_dim + d] * scale : 0.0f;
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
   for (int64_t j = warp; j <= last; j += kWarps) {
-    const int64_t at = SlotOffset(table, j, block_size, kv_heads, g, head_dim);
+    const int64_t at = SlotOffset(table, j, block_size, kv_heads, g, slot_dim);
     float s = 0.0f;
-    for (int i = 0; i < kDimsPerLane; ++i) {
+    for (int i = 0; i < kLaneDims; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < head_dim) s += qv[i] * Load(kc, at + d);
+      if (d < k_dim) s += qv[i] * Load(kc, at + d);
     }
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
     const float m_new = fmaxf(m, s);
     const float keep = __expf(m - m_new), p = __expf(s - m_new);
     l = l * keep + p;
-    for (int i = 0; i < kDimsPerLane; ++i) {
+    for (int i = 0; i < kLaneDims; ++i) {
       const int64_t d = lane + 32 * i;
-      acc[i] = acc[i] * keep + (d < head_dim ? p * Load(vc, at + d) : 0.0f);
+      acc[i] = acc[i] * keep + (d < v_dim ? p * Load(vc, at + d) : 0.0f);
     }
     m = m_new;
   }
 
   // Merge the warps' partial softmaxes: rescale each to the largest max.
   __shared__ float warp_m[kWarps], warp_l[kWarps];
-  __shared__ float warp_acc[kWarps][kMaxHeadDim];
+  __shared__ float warp_acc[kWarps][32 * kLaneDims];
   if (lane == 0) {
     warp_m[warp] = m;
     warp_l[warp] = l;
   }
-  for (int i = 0; i < kDimsPerLane; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
+  for (int i = 0; i < kLaneDims; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
   __syncthreads();
   float big = -INFINITY;
   for (int w = 0; w < kWarps; ++w) big = fmaxf(big, warp_m[w]);
   float total = 0.0f;
   for (int w = 0; w < kWarps; ++w) total += warp_m[w] == -INFINITY ? 0.0f : warp_l[w] * __expf(warp_m[w] - big);
-  for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
+  for (int64_t d = threadIdx.x; d < v_dim; d += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < kWarps; ++w) {
       if (warp_m[w] != -INFINITY) sum += warp_acc[w][d] * __expf(warp_m[w] - big);
     }
-    out[r * ldo + h * head_dim + d] = sum / total;
+    out[r * ldo + h * v_dim + d] = sum / total;
   }
 }
 
@@ -139,15 +141,49 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo) {
   if (rows.num_rows == 0) return;
-  if (cache.head_dim > kMaxHeadDim || num_heads % cache.num_kv_heads != 0) {
-    DieOnCudaError("PagedAttention", "head_dim above 256, or heads not a multiple of kv heads", __FILE__, __LINE__);
+  if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
+      num_heads % cache.num_kv_heads != 0) {
+    DieOnCudaError("PagedAttention", "head_dim above 256, or heads not a positive multiple of kv heads (at most 65535)",
+                   __FILE__, __LINE__);
   }
   const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    AttentionKernel<T><<<grid, 32 * kWarps, 0, stream>>>(static_cast<const T*>(cache.k), static_cast<const T*>(cache.v),
-                                                         cache.block_size, cache.num_kv_heads, cache.head_dim, rows,
-                                                         q, ldq, num_heads, scale, out, ldo);
+    AttentionKernel<T, kMaxHeadDim / 32><<<grid, 32 * kWarps, 0, stream>>>(
+        static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.block_size, cache.num_kv_heads,
+        cache.head_dim, cache.head_dim, cache.head_dim, rows, q, ldq, num_heads, scale, out, ldo);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
+                  int64_t ld) {
+  const int64_t work = rows.num_rows * cache.entry();
+  if (work == 0) return;
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    WriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
+        static_cast<T*>(cache.data), nullptr, cache.block_size, 1, cache.entry(), rows, entries, ld, nullptr, 0);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,
+                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo) {
+  if (rows.num_rows == 0) return;
+  if (cache.entry() > kMaxLatentEntry || num_heads <= 0 || num_heads > 65535) {
+    DieOnCudaError("MlaLatentAttention", "latent entry above kMaxLatentEntry, or heads not in [1, 65535]", __FILE__,
+                   __LINE__);
+  }
+  // ldq and ldo are per row; within a row, head h's query is at h * entry and its output
+  // at h * latent_dim (the kernel's h * k_dim and h * v_dim).
+  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const T* data = static_cast<const T*>(cache.data);
+    AttentionKernel<T, kMaxLatentEntry / 32><<<grid, 32 * kWarps, 0, stream>>>(
+        data, data, cache.block_size, 1, cache.entry(), cache.entry(), cache.latent_dim, rows, q, ldq, num_heads,
+        scale, out, ldo);
   });
   SHOAL_CUDA_CHECK_LAUNCH();
 }

@@ -35,6 +35,22 @@ struct DeviceRows {
   int64_t num_rows = 0;
 };
 
+// One layer's MLA latent cache, [num_blocks, block_size, latent_dim + rope_dim] of f32,
+// f16 or bf16 (the CPU's PagedLatentLayer): per token the compressed latent c and the
+// rotary key k_pe shared by every head.
+struct DeviceLatentLayer {
+  void* data = nullptr;
+  int64_t num_blocks = 0;
+  int block_size = 0;
+  int64_t latent_dim = 0;
+  int64_t rope_dim = 0;
+  DType dtype = DType::kF32;
+  int64_t entry() const { return latent_dim + rope_dim; }
+};
+
+// DeepSeek-V2/V3's entry: kv_lora_rank 512 + qk_rope_head_dim 64.
+constexpr int64_t kMaxLatentEntry = 576;
+
 // Stores each row's k and v ([num_kv_heads * head_dim] f32, row strides ldk/ldv) in its
 // position's cache slot, rounded to the cache's type.
 void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* k, int64_t ldk,
@@ -47,5 +63,19 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
 // across blocks too (split-K); that is not done yet.
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo);
+
+// Each row's entry [c, k_pe] (entry() f32, row stride ld) into its position's slot.
+void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
+                  int64_t ld);
+
+// MLA in absorbed form (the CPU's MlaLatentAttention): q holds per row num_heads vectors
+// [q_lat (latent_dim), q_pe (rope_dim)], head h at h * entry() (row stride ldq); out[r,
+// h * latent_dim ..] = sum_t softmax_t(scale * q_h · entry_t) c_t over positions
+// 0..row_pos[r] (row stride ldo). PagedAttention's kernel with one kv head whose keys
+// are the whole entry and whose values are its first latent_dim elements. Every head
+// reads every entry: a block per (row, head) re-reads the row's latents once per head
+// (from L2 after the first); sharing one pass among a block of heads is the next step.
+void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,
+                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo);
 
 }  // namespace shoal::worker::cuda

@@ -20,6 +20,10 @@ struct CublasApi {
   cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
                             const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
                             cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                            const void*, const void*, cudaDataType, int, long long, const void*,
+                                            cudaDataType, int, long long, const void*, void*, cudaDataType, int,
+                                            long long, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
 };
 
 struct LoadedCublas {
@@ -50,6 +54,7 @@ const LoadedCublas& Cublas() {
     resolve(&l->api.destroy, "cublasDestroy_v2");
     resolve(&l->api.set_stream, "cublasSetStream_v2");
     resolve(&l->api.gemm_ex, "cublasGemmEx");
+    resolve(&l->api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
     return l;
   }();
   return *loaded;
@@ -102,6 +107,23 @@ void CublasGemm::Run(DType ab, const void* x, const void* w, int64_t num_tokens,
                                    static_cast<int>(in), x, CudaType(ab), static_cast<int>(in), &beta, y,
                                    CudaType(y_type), static_cast<int>(out), CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
+}
+
+// Column-major per entry: yᵀ[out, rows] = op(A) · xᵀ[in, rows], where A is W's row-major
+// storage read column-major: [in, out] for an [out, in] W (op = T), [out, in] for an
+// [in, out] W (op = N).
+void CublasGemm::RunBatched(DType ab, Strided x, Strided w, bool w_out_by_in, int64_t rows, int64_t in, int64_t out,
+                            DType y_type, void* y, int64_t ldy, int64_t stride_y, int64_t batch, bool accumulate) {
+  if (rows == 0 || out == 0 || batch == 0) return;
+  if (y_type != DType::kF32 && y_type != ab) {
+    DieOnCudaError("GEMM output type (f32 or the inputs' type)", DTypeName(y_type).data(), __FILE__, __LINE__);
+  }
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  SHOAL_CUBLAS_CHECK(Api().gemm_strided_batched_ex(
+      handle_, w_out_by_in ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
+      static_cast<int>(in), &alpha, w.data, CudaType(ab), static_cast<int>(w.ld), w.stride, x.data, CudaType(ab),
+      static_cast<int>(x.ld), x.stride, &beta, y, CudaType(y_type), static_cast<int>(ldy), stride_y,
+      static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace shoal::worker::cuda

@@ -34,6 +34,19 @@ class CublasGemm {
   void Run(DType ab, const void* x, const void* w, int64_t num_tokens, int64_t in, int64_t out, DType y_type,
            void* y, bool accumulate);
 
+  // A matrix of each batch entry b: data + b * stride elements, rows ld elements apart.
+  struct Strided {
+    const void* data = nullptr;
+    int64_t ld = 0;
+    int64_t stride = 0;
+  };
+  // For b < batch: y_b[rows, out] = x_b[rows, in] · W_bᵀ (+ y_b) where W_b is [out, in]
+  // (w_out_by_in, the layout of Run), or x_b · W_b where it is [in, out]. y: row stride
+  // ldy, entries stride_y apart. Per-head products, e.g. MLA's queries into latent space
+  // through each head's slice of kv_b_proj.
+  void RunBatched(DType ab, Strided x, Strided w, bool w_out_by_in, int64_t rows, int64_t in, int64_t out,
+                  DType y_type, void* y, int64_t ldy, int64_t stride_y, int64_t batch, bool accumulate);
+
  private:
   cublasHandle_t handle_ = nullptr;
 };

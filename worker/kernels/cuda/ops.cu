@@ -109,16 +109,39 @@ __device__ __forceinline__ float BlockSum(float v) {
   return total;
 }
 
-// One block per output row.
+// One block per output row. Each thread writes only the elements it read, after the
+// block's sum, so out may alias x (f32).
 template <typename T>
-__global__ void RmsNormRowsKernel(const float* x, const int32_t* rows, const float* weight, T* out, int64_t n,
-                                  float eps) {
+__global__ void RmsNormRowsKernel(const float* x, int64_t ldx, const int32_t* rows, const float* weight, T* out,
+                                  int64_t ldo, int64_t n, float eps) {
   const int64_t r = blockIdx.x;
-  const float* xr = x + (rows != nullptr ? static_cast<int64_t>(rows[r]) : r) * n;
+  const float* xr = x + (rows != nullptr ? static_cast<int64_t>(rows[r]) : r) * ldx;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += xr[i] * xr[i];
   const float scale = rsqrtf(BlockSum(sum) / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) Store(out + r * n, i, xr[i] * scale * weight[i]);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) Store(out + r * ldo, i, xr[i] * scale * weight[i]);
+}
+
+// One thread per (row, column): out[r] = src[rows[r]].
+template <typename T>
+__global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* out, int64_t num_rows, int64_t n) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= num_rows * n) return;
+  out[idx] = src[static_cast<int64_t>(rows[idx / n]) * n + idx % n];
+}
+
+// One thread per (token, column), summing the token's k slots in slot order.
+__global__ void AddWeightedRowsKernel(const float* src, const int32_t* slot_rows, const float* slot_weights,
+                                      int64_t k, float* dst, int64_t num_tokens, int64_t n) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= num_tokens * n) return;
+  const int64_t t = idx / n, c = idx % n;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < k; ++j) {
+    const int32_t row = slot_rows[t * k + j];
+    if (row >= 0) sum += slot_weights[t * k + j] * src[static_cast<int64_t>(row) * n + c];
+  }
+  dst[idx] += sum;
 }
 
 template <typename T>
@@ -232,9 +255,40 @@ void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const
   if (num_rows == 0) return;
   WithActivationType(out_type, [&](auto zero) {
     using T = decltype(zero);
-    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(x, rows, weight,
-                                                                                       static_cast<T*>(out), n, eps);
+    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(
+        x, n, rows, weight, static_cast<T*>(out), n, n, eps);
   });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void RmsNormStrided(cudaStream_t stream, const float* x, int64_t ldx, const float* weight, DType out_type, void* out,
+                    int64_t ldo, int64_t num_rows, int64_t n, float eps) {
+  if (num_rows == 0) return;
+  WithActivationType(out_type, [&](auto zero) {
+    using T = decltype(zero);
+    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(
+        x, ldx, nullptr, weight, static_cast<T*>(out), ldo, n, eps);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void GatherRows(cudaStream_t stream, DType t, const void* src, const int32_t* rows, void* out, int64_t num_rows,
+                int64_t n) {
+  const int64_t work = num_rows * n;
+  if (work == 0) return;
+  WithActivationType(t, [&](auto zero) {
+    using T = decltype(zero);
+    GatherRowsKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(src), rows,
+                                                               static_cast<T*>(out), num_rows, n);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void AddWeightedRows(cudaStream_t stream, const float* src, const int32_t* slot_rows, const float* slot_weights,
+                     int64_t k, float* dst, int64_t num_tokens, int64_t n) {
+  const int64_t work = num_tokens * n;
+  if (work == 0) return;
+  AddWeightedRowsKernel<<<Blocks(work, 256), 256, 0, stream>>>(src, slot_rows, slot_weights, k, dst, num_tokens, n);
   SHOAL_CUDA_CHECK_LAUNCH();
 }
 

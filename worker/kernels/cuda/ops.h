@@ -40,6 +40,24 @@ void SiluMul(cudaStream_t stream, DType act, const void* gate, const void* up, v
 void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const float* weight, DType out_type,
                  void* out, int64_t num_rows, int64_t n, float eps);
 
+// RmsNormRows over strided rows: out[r * ldo ..] = x[r * ldx ..] / rms * weight for
+// r < num_rows, n elements each; out may alias x (f32). DeepSeek normalizes its latents
+// in place inside wider rows.
+void RmsNormStrided(cudaStream_t stream, const float* x, int64_t ldx, const float* weight, DType out_type, void* out,
+                    int64_t ldo, int64_t num_rows, int64_t n, float eps);
+
+// out[r] = src[rows[r]] for r < num_rows, rows of n elements of `t` (a mixture of
+// experts gathers each expert's tokens into one matrix).
+void GatherRows(cudaStream_t stream, DType t, const void* src, const int32_t* rows, void* out, int64_t num_rows,
+                int64_t n);
+
+// dst[t] += sum over j < k of slot_weights[t*k + j] * src[slot_rows[t*k + j]] for each
+// of num_tokens rows of n f32, in slot order; a slot row of -1 adds nothing (its expert
+// lives on another rank). The routed experts' outputs back into the residual stream,
+// deterministic (no atomics).
+void AddWeightedRows(cudaStream_t stream, const float* src, const int32_t* slot_rows, const float* slot_weights,
+                     int64_t k, float* dst, int64_t num_tokens, int64_t n);
+
 // gate_up: [T, 2n] rows of `act`, each the gate's n features then the up projection's
 // (one GEMM computes both); out[t] = silu(gate_up[t, :n]) * gate_up[t, n:], [T, n].
 void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out, int64_t num_tokens, int64_t n);

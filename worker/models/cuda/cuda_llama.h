@@ -1,38 +1,17 @@
 #pragma once
-// llama and qwen2 on a GPU: the CPU model's forward pass (worker/models/llama.cc) over the
-// same tensor × pipeline shard, with weights, activations and the paged KV cache in device
-// memory. No CUDA header here, so
-// the CPU-side factory (causal_lm.cc) can include it.
+// llama and qwen2 on a GPU (the forward pass of worker/models/llama.cc); built through
+// CreateCudaCausalLM (cuda_causal_lm.h), which picks the architecture.
 #include <cstdint>
 #include <memory>
-#include <vector>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "worker/models/causal_lm.h"
+#include "worker/models/cuda/cuda_causal_lm.h"
 
 namespace shoal::worker {
 
-class CudaLlama : public CausalLM {
- public:
-  // Forward with the next token of each want_logits row chosen greedily on the GPU: only
-  // one int32 per row comes back to the host (what the benchmark times; the engine's
-  // sampler needs the logits).
-  virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
-};
-
-// The shard of `model` (arch llama or qwen2) on GPU options.cuda_device, weights converted
-// to options.device_weight_dtype; options.tensor_group is required for tp_size > 1.
-// FAILED_PRECONDITION "no GPU: ..." without a usable device; INVALID_ARGUMENT for a device
-// index past the visible ones, a layer range or tensor split the model does not allow
-// (named), a missing tensor group, an unsupported weight or KV dtype, or tensors of the
-// wrong shape (named).
-absl::StatusOr<std::unique_ptr<CudaLlama>> CreateCudaLlama(const LoadedModel& model, const ShardSpec& shard,
-                                                           const CausalLMOptions& options);
-
-// A model of `config`'s shape with weights uniform in ±1/sqrt(fan-in) (norms 1) drawn in
-// device memory from `seed`: benchmarks of real shapes without a checkpoint file.
-absl::StatusOr<std::unique_ptr<CudaLlama>> CreateRandomCudaLlama(const ModelConfig& config,
-                                                                 const CausalLMOptions& options, uint64_t seed);
+absl::StatusOr<std::unique_ptr<CudaCausalLM>> CreateCudaLlama(const LoadedModel& model, const ShardSpec& shard,
+                                                              const CausalLMOptions& options);
+absl::StatusOr<std::unique_ptr<CudaCausalLM>> CreateRandomCudaLlama(const ModelConfig& config,
+                                                                    const CausalLMOptions& options, uint64_t seed);
 
 }  // namespace shoal::worker

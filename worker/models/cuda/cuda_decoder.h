@@ -1,0 +1,186 @@
+#pragma once
+// What every CUDA decoder does around its layers, whatever its attention or MLP (the GPU
+// counterpart of decoder_step.h): one stream, one cuBLAS handle, the step's index arrays
+// copied to the device in one transfer, the vocabulary-parallel embedding and LM head,
+// all-reduces of a tensor rank's partial sums, the paged cache's one allocation, and
+// Forward / ForwardStage / ForwardGreedy. cuda_llama.cc and cuda_deepseek.cc supply the
+// layers through the virtual hooks below.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/kernels/cuda/attention.h"
+#include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/gemm.h"
+#include "worker/model/model_config.h"
+#include "worker/model/weight_store.h"
+#include "worker/models/cuda/cuda_causal_lm.h"
+#include "worker/models/decoder_step.h"
+
+namespace shoal::worker {
+
+class Communicator;
+
+class CudaStream {
+ public:
+  CudaStream();
+  ~CudaStream();
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// The checks every CUDA factory makes before building a model: a usable GPU and cuBLAS
+// (FAILED_PRECONDITION), the device index, positive sizes, a layer range of the model
+// (end_layer < 0 filled in), a tensor rank in range, and weight and cache dtypes the
+// kernels take (INVALID_ARGUMENT, naming `source`). Makes options.cuda_device current.
+absl::Status CheckCudaShard(const ModelConfig& c, const std::string& source, ShardSpec* shard,
+                            const CausalLMOptions& options);
+// After an architecture's own split checks (so a split that cannot work is named before
+// a missing communicator): the vocabulary divisible by the tensor ranks, and a tensor
+// group of tp_size ranks when there are several.
+absl::Status CheckTensorSplit(const ModelConfig& c, const std::string& source, const ShardSpec& shard,
+                              const CausalLMOptions& options);
+
+class CudaDecoder : public CudaCausalLM {
+ public:
+  // Must be constructed with options.cuda_device current (the stream and the cuBLAS handle
+  // belong to it).
+  CudaDecoder(const ModelConfig& config, const ShardSpec& shard, const CausalLMOptions& options);
+  ~CudaDecoder() override;
+
+  // Every weight from `store`, or drawn uniform in ±1/sqrt(fan-in) (norms 1) from `seed`
+  // for benchmarks; then the rope tables. Synchronizes the device before returning.
+  absl::Status Load(const WeightStore& store);
+  absl::Status InitRandom(uint64_t seed);
+
+  const ModelConfig& config() const override { return config_; }
+  const ShardSpec& shard() const override { return shard_; }
+  size_t KvBytesPerBlock(int block_size) const override {
+    return static_cast<size_t>(num_layers_) * block_size * KvBytesPerToken();
+  }
+  absl::Status AllocateKvCache(int64_t num_blocks, int block_size) override;
+  absl::Status Forward(const ForwardBatch& batch, std::vector<float>* logits) override;
+  absl::Status ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
+                            std::vector<float>* out) override;
+  absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) override;
+  size_t WeightBytes() const override { return weight_bytes_; }
+  size_t FreeDeviceBytes() const override;
+
+ protected:
+  // --- what an architecture supplies ---
+  // Device memory for its layers' weights (through AllocateWeight), unfilled.
+  virtual absl::Status AllocateLayerWeights() = 0;
+  virtual absl::Status LoadLayerWeights(const WeightStore& store) = 0;
+  // Random weights of the layers' shapes; `fill` draws a buffer of `t` uniform in ±bound
+  // (each call a new seed), `ones` sets an f32 buffer to 1.
+  virtual void FillRandomLayerWeights(const std::function<void(const cuda::DeviceBuffer&, DType, float)>& fill,
+                                      const std::function<void(const cuda::DeviceBuffer&)>& ones) = 0;
+  // Cache bytes per token of one layer (every layer the same).
+  virtual size_t KvBytesPerToken() const = 0;
+  // The rope tables cover at least `positions` positions (through UploadRope).
+  virtual absl::Status GrowRope(int64_t positions) = 0;
+  // The layers' own activations for `tokens` rows (the base keeps x_, xn_ and part_).
+  virtual absl::Status AllocateLayerActivations(int64_t tokens) = 0;
+  // Local layer l over the step's T rows: x_ += its attention and its MLP.
+  virtual absl::Status RunLayer(int64_t l, int64_t num_tokens) = 0;
+
+  // --- what the base offers them ---
+  absl::Status AllocateWeight(const std::string& what, size_t bytes, cuda::DeviceBuffer* out);
+  // cos/sin [positions, half] f32 of the model's rope table onto the device, on the stream.
+  absl::Status UploadRope(const float* cos, const float* sin, int64_t positions, int64_t half);
+  // Local layer l's share of the cache: kv_layer_bytes_ bytes at kv_layer(l).
+  std::byte* kv_layer(int64_t l) const { return kv_.as<std::byte>() + l * kv_layer_bytes_; }
+  // With tensor ranks: part_ [n] summed over the ranks, then added into x_.
+  absl::Status AddReduced(int64_t n);
+  // data [n] f32 in device memory = its sum over the tensor ranks, in stream order.
+  absl::Status AllReduce(float* data, int64_t n);
+  // Where a row-parallel GEMM writes: x_ itself (accumulating) alone, part_ with ranks.
+  float* row_out() const { return alone() ? x_.as<float>() : part_.as<float>(); }
+  bool alone() const { return shard_.tp_size == 1; }
+  cuda::DeviceRows rows(int64_t num_tokens) const {
+    return {d_row_seq_, d_positions_, d_tables_, max_blocks_, num_tokens};
+  }
+  cudaStream_t stream() const { return stream_.get(); }
+  const int64_t* d_positions() const { return d_positions_; }
+  // cudaSetDevice is per thread, and the engine steps on a thread of its own.
+  void UseDevice() const;
+  bool first_stage() const { return shard_.first_layer == 0; }
+  bool last_stage() const { return shard_.end_layer == config_.num_layers; }
+  int tp_size() const { return shard_.tp_size; }
+
+  ModelConfig config_;
+  ShardSpec shard_;
+  int device_;
+  Communicator* tp_;  // tensor ranks of this stage; null when tp_size == 1
+  DType wdt_;         // weights and GEMM inputs: kBF16 or kF32
+  DType kv_dtype_;    // kF16, kBF16 or kF32
+  int64_t num_layers_ = 0;  // of this pipeline stage
+  int64_t num_blocks_ = 0;
+  int block_size_ = 0;
+  CudaStream stream_;  // every kernel, GEMM and copy of the model, in order (before gemm_, which uses it)
+  cuda::CublasGemm gemm_;
+  cuda::DeviceBuffer x_;     // f32 [T, hidden]: the residual stream
+  cuda::DeviceBuffer xn_;    // wdt_ [T, hidden]: normed, the next GEMM's input
+  cuda::DeviceBuffer part_;  // f32 [T, hidden]: a row-parallel layer's partial sums (tensor ranks)
+  cuda::DeviceBuffer rope_cos_, rope_sin_;
+  int64_t rope_positions_ = 0;
+
+ private:
+  absl::Status AllocateWeights();
+  absl::Status LoadWeights(const WeightStore& store);
+  // Everything of a step up to where it leaves the GPU, enqueued on the stream: a stage
+  // that is not the last ends with its hidden states in x_; the last with the logits of
+  // its want_logits rows in logits_dev_ ([R, vocab_rows_] f32: this rank's vocabulary
+  // slice). Returns R.
+  absl::StatusOr<int64_t> RunStep(const ForwardBatch& batch, std::span<const float> hidden_in);
+  absl::Status StageStep(int64_t max_blocks);
+  absl::Status EnsureCapacity(int64_t num_tokens, int64_t num_logit_rows);
+  absl::Status Embed(int64_t num_tokens);
+  // The R rows of logits_dev_ as whole rows of the vocabulary in *logits (host).
+  absl::Status CollectLogits(int64_t R, std::vector<float>* logits);
+  // Pinned host memory of at least `bytes` (a host communicator's copies).
+  float* HostScratch(size_t bytes);
+  const void* lm_head() const { return lm_head_.bytes() == 0 ? embed_.data() : lm_head_.data(); }
+
+  int64_t vocab_rows_ = 0, vocab_begin_ = 0;  // this rank's slice of the vocabulary
+  cuda::DeviceBuffer embed_;  // [vocab_rows_, hidden] of wdt_: first stage, or tied LM head of a whole model
+  cuda::DeviceBuffer final_norm_;  // f32 [hidden], last stage
+  cuda::DeviceBuffer lm_head_;     // [vocab_rows_, hidden] of wdt_, last stage; empty when it is embed_
+  size_t weight_bytes_ = 0;
+
+  cuda::DeviceBuffer kv_;  // the stage's layers' caches, kv_layer_bytes_ each
+  size_t kv_layer_bytes_ = 0;
+
+  int64_t token_capacity_ = 0, row_capacity_ = 0;
+  cuda::DeviceBuffer hn_;            // wdt_ [R, hidden]: final norm of the want_logits rows
+  cuda::DeviceBuffer logits_dev_;    // f32 [R, vocab_rows_]
+  cuda::DeviceBuffer gathered_dev_;  // f32 [tp, R, vocab_rows_] then [R, vocab]: a device communicator's gather
+  cuda::DeviceBuffer greedy_dev_;    // int32 [R]
+  cuda::PinnedBuffer logits_host_, greedy_host_, host_scratch_;
+  std::vector<float> local_logits_, gathered_;  // a host communicator's gather
+
+  // The step's index arrays, staged in pinned memory and copied in one transfer:
+  // tokens [T], row_seq [T], block tables [S, max_blocks], logit rows [R] (int32), then
+  // positions [T] (int64).
+  cuda::PinnedBuffer staging_;
+  cuda::DeviceBuffer step_dev_;
+  const int32_t* d_tokens_ = nullptr;
+  const int32_t* d_row_seq_ = nullptr;
+  const int32_t* d_tables_ = nullptr;
+  const int32_t* d_logit_rows_ = nullptr;
+  const int64_t* d_positions_ = nullptr;
+  int64_t max_blocks_ = 0;
+  StepRows step_;
+};
+
+}  // namespace shoal::worker

@@ -1,0 +1,556 @@
+#include "worker/models/cuda/cuda_deepseek.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "worker/common/status_macros.h"
+#include "worker/kernels/cpu/yarn_rope.h"
+#include "worker/kernels/cuda/attention.h"
+#include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/ops.h"
+#include "worker/models/cuda/cuda_decoder.h"
+#include "worker/models/cuda/device_weights.h"
+#include "worker/models/deepseek_moe.h"
+#include "worker/models/linear.h"
+
+namespace shoal::worker {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+
+// DeepSeek builds q_a_layernorm and kv_a_layernorm with the RMSNorm default epsilon,
+// not config.rms_norm_eps (as deepseek_mla.cc).
+constexpr float kLatentNormEps = 1e-6f;
+
+std::string LayerName(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+
+// A SwiGLU MLP with gate and up stacked into one matrix: a dense layer's, the shared
+// experts', or (`count` of them back to back) the routed experts of this rank.
+struct SwiGluWeights {
+  DeviceBuffer gate_up;  // [count][2 features, hidden]: gate rows, then up
+  DeviceBuffer down;     // [count][hidden, features]
+  int64_t features = 0;  // of one MLP on this rank
+};
+
+struct MlaWeights {
+  DeviceBuffer q_a;       // [q_lora_rank, hidden], whole on every rank; empty without q_lora_rank
+  DeviceBuffer q_a_norm;  // f32 [q_lora_rank]
+  DeviceBuffer q;         // q_b_proj [heads * qk, q_lora_rank] or q_proj [heads * qk, hidden]: this rank's heads
+  DeviceBuffer kv_a;      // [kv_lora_rank + rope, hidden], whole
+  DeviceBuffer kv_a_norm; // f32 [kv_lora_rank]
+  DeviceBuffer kv_b;      // [heads * (nope + v), kv_lora_rank]: per head W_uk rows then W_uv rows
+  DeviceBuffer o;         // [hidden, heads * v]: this rank's columns
+};
+
+struct DeepseekLayerWeights {
+  DeviceBuffer attn_norm, mlp_norm;  // f32 [hidden]
+  MlaWeights attn;
+  std::optional<SwiGluWeights> dense;
+  // DeepSeekMoE
+  DeviceBuffer router;               // [n_routed_experts, hidden], whole
+  std::vector<float> router_bias;    // noaux_tc's e_score_correction_bias (host: routing runs there)
+  std::optional<SwiGluWeights> routed;  // experts [begin, end) of experts_
+  std::optional<SwiGluWeights> shared;
+};
+
+// DeepSeek-V2/V3 as deepseek.cc computes it, on the GPU. Attention is MLA in absorbed
+// form for every chunk: q_nope into latent space through each head's W_uk (a batched
+// GEMM over heads), attention over the cached [c, k_pe] entries (MlaLatentAttention),
+// the latent outputs through each head's W_uv, then o_proj. MoE routes on the host
+// (RouteTokens, the CPU's exact rules, over router logits copied back: one
+// synchronization per MoE layer), then gathers each local expert's tokens into one
+// matrix, runs the experts one GEMM pair each, and adds the weighted outputs into the
+// residual in slot order.
+class CudaDeepseekModel final : public CudaDecoder {
+ public:
+  CudaDeepseekModel(const ModelConfig& config, const ShardSpec& shard, const CausalLMOptions& options)
+      : CudaDecoder(config, shard, options),
+        d_(config.deepseek),
+        rope_(config.deepseek.qk_rope_head_dim, config.rope_theta, config.rope_scaling,
+              std::min<int64_t>(config.max_position_embeddings, 4096)) {
+    heads_ = config.num_heads / shard.tp_size;
+    qk_ = d_.qk_head_dim();
+    entry_ = d_.kv_lora_rank + d_.qk_rope_head_dim;
+    dense_features_ = config.intermediate_size / shard.tp_size;
+    shared_features_ = d_.moe_intermediate_size * d_.n_shared_experts / shard.tp_size;
+    experts_ = ExpertRange::Of(d_.n_routed_experts, shard.tp_rank, shard.tp_size);
+    scale_ = static_cast<float>(cpu::MlaSoftmaxScale(qk_, config.rope_scaling));
+  }
+
+ private:
+  absl::Status AllocateLayerWeights() override;
+  absl::Status LoadLayerWeights(const WeightStore& store) override;
+  void FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
+                              const std::function<void(const DeviceBuffer&)>& ones) override;
+  // Per token and layer: the latent and the rotary key, shared by all heads.
+  size_t KvBytesPerToken() const override { return entry_ * ElementBytes(kv_dtype_); }
+  absl::Status GrowRope(int64_t positions) override;
+  absl::Status AllocateLayerActivations(int64_t tokens) override;
+  absl::Status RunLayer(int64_t l, int64_t num_tokens) override;
+
+  absl::Status AllocateSwiGlu(const std::string& what, int64_t count, int64_t features, SwiGluWeights* w);
+  // MLP `prefix` ("model.layers.<i>.mlp." or "...shared_experts.") into w's `index`-th
+  // slot, features split by `tp` (whole for a routed expert).
+  absl::Status LoadSwiGlu(const WeightStore& store, const std::string& prefix, int64_t full_features, ShardOf tp,
+                          int64_t index, const SwiGluWeights& w);
+  absl::Status Attention(const MlaWeights& w, int64_t l, int64_t T);
+  // Rows [0, T) of xn_ through MLP `index` of w into out (f32 [T, hidden]).
+  void RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out, bool accumulate,
+                 void* gate_up, void* mlp);
+  absl::Status Moe(const DeepseekLayerWeights& L, int64_t T);
+  cuda::DeviceLatentLayer LatentLayer(int64_t l) const {
+    return {kv_layer(l), num_blocks_, block_size_, d_.kv_lora_rank, d_.qk_rope_head_dim, kv_dtype_};
+  }
+  const void* At(const DeviceBuffer& b, int64_t elements) const {
+    return b.as<std::byte>() + elements * ElementBytes(wdt_);
+  }
+  void* At(const DeviceBuffer& b, int64_t elements) {
+    return b.as<std::byte>() + elements * ElementBytes(wdt_);
+  }
+
+  DeepseekConfig d_;
+  int64_t heads_ = 0, qk_ = 0, entry_ = 0;  // heads of this rank
+  int64_t dense_features_ = 0, shared_features_ = 0;
+  ExpertRange experts_;
+  float scale_ = 1.0f;
+  std::vector<DeepseekLayerWeights> layers_;
+  cpu::YarnRopeTable rope_;
+
+  // Activations, grown to the largest step seen.
+  int64_t capacity_ = 0;
+  DeviceBuffer qa_;        // f32 [T, q_lora_rank]
+  DeviceBuffer qa_n_;      // wdt_ [T, q_lora_rank]
+  DeviceBuffer q_;         // f32 [T, heads, qk]
+  DeviceBuffer q_w_;       // wdt_ [T, heads, qk] (bf16 weights only)
+  DeviceBuffer ckv_;       // f32 [T, entry]
+  DeviceBuffer q_lat_;     // f32 [T, heads, entry]
+  DeviceBuffer o_lat_;     // f32 [T, heads, kv_lora_rank]
+  DeviceBuffer o_lat_w_;   // wdt_ [T, heads, kv_lora_rank] (bf16 weights only)
+  DeviceBuffer attn_;      // wdt_ [T, heads * v]
+  DeviceBuffer gate_up_;   // wdt_ [T, 2 max(dense, shared features)]
+  DeviceBuffer mlp_;       // wdt_ [T, max(dense, shared features)]
+  DeviceBuffer logits_;    // f32 [T, n_routed_experts]: router outputs
+  DeviceBuffer xg_;        // wdt_ [T * k, hidden]: tokens gathered by local expert
+  DeviceBuffer eg_up_;     // wdt_ [T * k, 2 moe features]
+  DeviceBuffer e_mlp_;     // wdt_ [T * k, moe features]
+  DeviceBuffer e_out_;     // f32 [T * k, hidden]
+  DeviceBuffer moe_dev_;   // int32 gather rows [T * k], int32 slot rows [T * k], f32 weights [T * k]
+  PinnedBuffer logits_host_, moe_host_;
+};
+
+absl::Status CudaDeepseekModel::AllocateSwiGlu(const std::string& what, int64_t count, int64_t features,
+                                                SwiGluWeights* w) {
+  const size_t e = ElementBytes(wdt_);
+  const int64_t hidden = config_.hidden_size;
+  w->features = features;
+  RETURN_IF_ERROR(AllocateWeight(what + "gate_up", count * 2 * features * hidden * e, &w->gate_up));
+  return AllocateWeight(what + "down_proj.weight", count * hidden * features * e, &w->down);
+}
+
+absl::Status CudaDeepseekModel::AllocateLayerWeights() {
+  const ModelConfig& c = config_;
+  const size_t e = ElementBytes(wdt_);
+  const int64_t hidden = c.hidden_size, rank = d_.kv_lora_rank;
+  layers_.resize(num_layers_);
+  for (int64_t l = 0; l < num_layers_; ++l) {
+    const int64_t i = shard_.first_layer + l;
+    DeepseekLayerWeights& L = layers_[l];
+    MlaWeights& a = L.attn;
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "input_layernorm.weight"), hidden * 4, &L.attn_norm));
+    if (d_.q_lora_rank) {
+      const int64_t qr = *d_.q_lora_rank;
+      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_a_proj.weight"), qr * hidden * e, &a.q_a));
+      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_a_layernorm.weight"), qr * 4, &a.q_a_norm));
+      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_b_proj.weight"), heads_ * qk_ * qr * e, &a.q));
+    } else {
+      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_proj.weight"), heads_ * qk_ * hidden * e, &a.q));
+    }
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_a_proj_with_mqa.weight"), entry_ * hidden * e, &a.kv_a));
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_a_layernorm.weight"), rank * 4, &a.kv_a_norm));
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_b_proj.weight"),
+                                   heads_ * (d_.qk_nope_head_dim + d_.v_head_dim) * rank * e, &a.kv_b));
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.o_proj.weight"), hidden * heads_ * d_.v_head_dim * e, &a.o));
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "post_attention_layernorm.weight"), hidden * 4, &L.mlp_norm));
+    if (!d_.IsMoeLayer(i)) {
+      L.dense.emplace();
+      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp."), 1, dense_features_, &*L.dense));
+      continue;
+    }
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "mlp.gate.weight"), d_.n_routed_experts * hidden * e, &L.router));
+    if (experts_.end > experts_.begin) {
+      L.routed.emplace();
+      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp.experts."), experts_.end - experts_.begin,
+                                     d_.moe_intermediate_size, &*L.routed));
+    }
+    if (d_.n_shared_experts > 0) {
+      L.shared.emplace();
+      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp.shared_experts."), 1, shared_features_, &*L.shared));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaDeepseekModel::LoadSwiGlu(const WeightStore& store, const std::string& p, int64_t full, ShardOf tp,
+                                            int64_t index, const SwiGluWeights& w) {
+  const int64_t hidden = config_.hidden_size, n = w.features;
+  const MatrixSlice gate_up = MatrixSlice::Columns(full, hidden, tp);
+  RETURN_IF_ERROR(UploadMatrix(store, p + "gate_proj.weight", gate_up, wdt_, w.gate_up, index * 2 * n));
+  RETURN_IF_ERROR(UploadMatrix(store, p + "up_proj.weight", gate_up, wdt_, w.gate_up, index * 2 * n + n));
+  return UploadMatrix(store, p + "down_proj.weight", MatrixSlice::Rows(hidden, full, tp), wdt_, w.down,
+                      index * hidden);
+}
+
+absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size, H = c.num_heads, rank = d_.kv_lora_rank;
+  const ShardOf tp{shard_.tp_rank, shard_.tp_size};
+  for (int64_t l = 0; l < num_layers_; ++l) {
+    const int64_t i = shard_.first_layer + l;
+    DeepseekLayerWeights& L = layers_[l];
+    MlaWeights& a = L.attn;
+    RETURN_IF_ERROR(UploadVector(store, LayerName(i, "input_layernorm.weight"), hidden, L.attn_norm));
+    if (d_.q_lora_rank) {
+      const int64_t qr = *d_.q_lora_rank;
+      RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_a_proj.weight"), MatrixSlice::Whole(qr, hidden),
+                                   wdt_, a.q_a, 0));
+      RETURN_IF_ERROR(UploadVector(store, LayerName(i, "self_attn.q_a_layernorm.weight"), qr, a.q_a_norm));
+      RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_b_proj.weight"),
+                                   MatrixSlice::Columns(H * qk_, qr, tp), wdt_, a.q, 0));
+    } else {
+      RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_proj.weight"),
+                                   MatrixSlice::Columns(H * qk_, hidden, tp), wdt_, a.q, 0));
+    }
+    RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.kv_a_proj_with_mqa.weight"),
+                                 MatrixSlice::Whole(entry_, hidden), wdt_, a.kv_a, 0));
+    RETURN_IF_ERROR(UploadVector(store, LayerName(i, "self_attn.kv_a_layernorm.weight"), rank, a.kv_a_norm));
+    RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.kv_b_proj.weight"),
+                                 MatrixSlice::Columns(H * (d_.qk_nope_head_dim + d_.v_head_dim), rank, tp), wdt_,
+                                 a.kv_b, 0));
+    RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.o_proj.weight"),
+                                 MatrixSlice::Rows(hidden, H * d_.v_head_dim, tp), wdt_, a.o, 0));
+    RETURN_IF_ERROR(UploadVector(store, LayerName(i, "post_attention_layernorm.weight"), hidden, L.mlp_norm));
+    if (L.dense) {
+      RETURN_IF_ERROR(LoadSwiGlu(store, LayerName(i, "mlp."), c.intermediate_size, tp, 0, *L.dense));
+      continue;
+    }
+    RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "mlp.gate.weight"), MatrixSlice::Whole(d_.n_routed_experts, hidden),
+                                 wdt_, L.router, 0));
+    if (d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
+      ASSIGN_OR_RETURN(VectorParam bias, VectorParam::Load(store, LayerName(i, "mlp.gate.e_score_correction_bias"),
+                                                           d_.n_routed_experts));
+      L.router_bias.assign(bias.data(), bias.data() + d_.n_routed_experts);
+    }
+    for (int64_t e = experts_.begin; e < experts_.end; ++e) {
+      RETURN_IF_ERROR(LoadSwiGlu(store, fmt::format("{}experts.{}.", LayerName(i, "mlp."), e),
+                                 d_.moe_intermediate_size, ShardOf{}, e - experts_.begin, *L.routed));
+    }
+    if (L.shared) {
+      RETURN_IF_ERROR(LoadSwiGlu(store, LayerName(i, "mlp.shared_experts."),
+                                 d_.moe_intermediate_size * d_.n_shared_experts, tp, 0, *L.shared));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CudaDeepseekModel::FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
+                                               const std::function<void(const DeviceBuffer&)>& ones) {
+  const ModelConfig& c = config_;
+  auto bound = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
+  auto swiglu = [&](const std::optional<SwiGluWeights>& w, int64_t full_features) {
+    if (!w) return;
+    fill(w->gate_up, wdt_, bound(c.hidden_size));
+    fill(w->down, wdt_, bound(full_features));
+  };
+  for (DeepseekLayerWeights& L : layers_) {
+    MlaWeights& a = L.attn;
+    ones(L.attn_norm);
+    fill(a.q_a, wdt_, bound(c.hidden_size));
+    ones(a.q_a_norm);
+    fill(a.q, wdt_, bound(d_.q_lora_rank ? *d_.q_lora_rank : c.hidden_size));
+    fill(a.kv_a, wdt_, bound(c.hidden_size));
+    ones(a.kv_a_norm);
+    fill(a.kv_b, wdt_, bound(d_.kv_lora_rank));
+    fill(a.o, wdt_, bound(c.num_heads * d_.v_head_dim));
+    ones(L.mlp_norm);
+    swiglu(L.dense, c.intermediate_size);
+    fill(L.router, wdt_, bound(c.hidden_size));
+    if (L.router.bytes() > 0 && d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
+      L.router_bias.assign(d_.n_routed_experts, 0.0f);
+    }
+    swiglu(L.routed, d_.moe_intermediate_size);
+    swiglu(L.shared, d_.moe_intermediate_size * d_.n_shared_experts);
+  }
+}
+
+absl::Status CudaDeepseekModel::GrowRope(int64_t positions) {
+  rope_.Reserve(positions);
+  return UploadRope(rope_.cos(0), rope_.sin(0), rope_.num_positions(), d_.qk_rope_head_dim / 2);
+}
+
+absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
+  const size_t e = ElementBytes(wdt_);
+  const int64_t hidden = config_.hidden_size, rank = d_.kv_lora_rank, v = d_.v_head_dim;
+  const int64_t mlp = std::max(dense_features_, shared_features_), k = d_.num_experts_per_tok;
+  const bool cast = wdt_ != DType::kF32;
+  for (DeviceBuffer* b : {&qa_, &qa_n_, &q_, &q_w_, &ckv_, &q_lat_, &o_lat_, &o_lat_w_, &attn_, &gate_up_, &mlp_,
+                          &logits_, &xg_, &eg_up_, &e_mlp_, &e_out_, &moe_dev_}) {
+    *b = DeviceBuffer();
+  }
+  logits_host_ = PinnedBuffer();
+  moe_host_ = PinnedBuffer();
+  if (d_.q_lora_rank) {
+    RETURN_IF_ERROR(Allocate("activations q_a", n * *d_.q_lora_rank * 4, &qa_));
+    RETURN_IF_ERROR(Allocate("activations q_a normed", n * *d_.q_lora_rank * e, &qa_n_));
+  }
+  RETURN_IF_ERROR(Allocate("activations q", n * heads_ * qk_ * 4, &q_));
+  if (cast) RETURN_IF_ERROR(Allocate("activations q cast", n * heads_ * qk_ * e, &q_w_));
+  RETURN_IF_ERROR(Allocate("activations latent entries", n * entry_ * 4, &ckv_));
+  RETURN_IF_ERROR(Allocate("activations latent queries", n * heads_ * entry_ * 4, &q_lat_));
+  RETURN_IF_ERROR(Allocate("activations latent outputs", n * heads_ * rank * 4, &o_lat_));
+  if (cast) RETURN_IF_ERROR(Allocate("activations latent outputs cast", n * heads_ * rank * e, &o_lat_w_));
+  RETURN_IF_ERROR(Allocate("activations attn", n * heads_ * v * e, &attn_));
+  if (mlp > 0) {
+    RETURN_IF_ERROR(Allocate("activations gate_up", n * 2 * mlp * e, &gate_up_));
+    RETURN_IF_ERROR(Allocate("activations mlp", n * mlp * e, &mlp_));
+  }
+  if (d_.n_routed_experts > 0) {
+    const int64_t slots = n * k, mi = d_.moe_intermediate_size;
+    RETURN_IF_ERROR(Allocate("router logits", n * d_.n_routed_experts * 4, &logits_));
+    RETURN_IF_ERROR(Allocate("expert inputs", slots * hidden * e, &xg_));
+    RETURN_IF_ERROR(Allocate("expert gate_up", slots * 2 * mi * e, &eg_up_));
+    RETURN_IF_ERROR(Allocate("expert mlp", slots * mi * e, &e_mlp_));
+    RETURN_IF_ERROR(Allocate("expert outputs", slots * hidden * 4, &e_out_));
+    RETURN_IF_ERROR(Allocate("expert slots", slots * 12, &moe_dev_));
+    logits_host_ = PinnedBuffer(n * d_.n_routed_experts * 4);
+    moe_host_ = PinnedBuffer(slots * 12);
+  }
+  capacity_ = n;
+  return absl::OkStatus();
+}
+
+void CudaDeepseekModel::RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out,
+                                  bool accumulate, void* gate_up, void* mlp) {
+  const int64_t hidden = config_.hidden_size, n = w.features;
+  gemm_.Run(wdt_, in, At(w.gate_up, index * 2 * n * hidden), T, hidden, 2 * n, wdt_, gate_up, false);
+  cuda::SiluMulRows(stream(), wdt_, gate_up, mlp, T, n);
+  gemm_.Run(wdt_, mlp, At(w.down, index * hidden * n), T, n, hidden, DType::kF32, out, accumulate);
+}
+
+// h += o_proj(MLA(xn)) for the step's T rows, absorbed (see the class comment); the new
+// tokens' entries go into the cache first, so each row attends to itself as well.
+absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_t T) {
+  cudaStream_t s = stream();
+  const int64_t hidden = config_.hidden_size, rank = d_.kv_lora_rank, rope = d_.qk_rope_head_dim;
+  const int64_t nope = d_.qk_nope_head_dim, v = d_.v_head_dim, H = heads_;
+  float* q = q_.as<float>();
+  float* ckv = ckv_.as<float>();
+  if (d_.q_lora_rank) {
+    const int64_t qr = *d_.q_lora_rank;
+    gemm_.Run(wdt_, xn_.data(), w.q_a.data(), T, hidden, qr, DType::kF32, qa_.data(), false);
+    cuda::RmsNormStrided(s, qa_.as<float>(), qr, w.q_a_norm.as<float>(), wdt_, qa_n_.data(), qr, T, qr,
+                         kLatentNormEps);
+    gemm_.Run(wdt_, qa_n_.data(), w.q.data(), T, qr, H * qk_, DType::kF32, q, false);
+  } else {
+    gemm_.Run(wdt_, xn_.data(), w.q.data(), T, hidden, H * qk_, DType::kF32, q, false);
+  }
+  gemm_.Run(wdt_, xn_.data(), w.kv_a.data(), T, hidden, entry_, DType::kF32, ckv, false);
+  cuda::RmsNormStrided(s, ckv, entry_, w.kv_a_norm.as<float>(), DType::kF32, ckv, entry_, T, rank, kLatentNormEps);
+  cuda::ApplyRope(s, DType::kF32, q + nope, T, H * qk_, d_positions(), H, qk_, rope, rope_cos_.as<float>(),
+                  rope_sin_.as<float>(), d_.rope_interleave);
+  cuda::ApplyRope(s, DType::kF32, ckv + rank, T, entry_, d_positions(), 1, entry_, rope, rope_cos_.as<float>(),
+                  rope_sin_.as<float>(), d_.rope_interleave);
+  const cuda::DeviceLatentLayer cache = LatentLayer(l);
+  const cuda::DeviceRows rows = this->rows(T);
+  cuda::WriteLatents(s, cache, rows, ckv, entry_);
+
+  // q_lat[t, h] = [q_nope[t, h] · W_uk[h] (rank), q_pe[t, h] (rope)]
+  const void* q_in = q;
+  if (wdt_ != DType::kF32) {
+    cuda::Cast(s, DType::kF32, q, wdt_, q_w_.data(), T * H * qk_);
+    q_in = q_w_.data();
+  }
+  const int64_t head_rows = nope + v;  // kv_b_proj rows per head
+  gemm_.RunBatched(wdt_, {q_in, H * qk_, qk_}, {w.kv_b.data(), rank, head_rows * rank}, /*w_out_by_in=*/false, T,
+                   nope, rank, DType::kF32, q_lat_.data(), H * entry_, entry_, H, false);
+  SHOAL_CUDA_CHECK(cudaMemcpy2DAsync(q_lat_.as<float>() + rank, entry_ * sizeof(float), q + nope, qk_ * sizeof(float),
+                                     rope * sizeof(float), T * H, cudaMemcpyDeviceToDevice, s));
+  cuda::MlaLatentAttention(s, cache, rows, q_lat_.as<float>(), H * entry_, H, scale_, o_lat_.as<float>(), H * rank);
+
+  // attn[t, h] = W_uv[h] · o_lat[t, h], then h += attn · W_oᵀ
+  const void* o_in = o_lat_.data();
+  if (wdt_ != DType::kF32) {
+    cuda::Cast(s, DType::kF32, o_lat_.data(), wdt_, o_lat_w_.data(), T * H * rank);
+    o_in = o_lat_w_.data();
+  }
+  gemm_.RunBatched(wdt_, {o_in, H * rank, rank}, {At(w.kv_b, nope * rank), rank, head_rows * rank},
+                   /*w_out_by_in=*/true, T, rank, v, wdt_, attn_.data(), H * v, v, H, false);
+  gemm_.Run(wdt_, attn_.data(), w.o.data(), T, H * v, hidden, DType::kF32, row_out(), /*accumulate=*/alone());
+  if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
+  return absl::OkStatus();
+}
+
+// h += shared(xn) + sum over the token's experts held here of weight * expert(xn).
+absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
+  cudaStream_t s = stream();
+  const int64_t hidden = config_.hidden_size, E = d_.n_routed_experts, k = d_.num_experts_per_tok;
+  float* out = row_out();
+
+  // Routing on the host, by the CPU's rules, over the router logits.
+  gemm_.Run(wdt_, xn_.data(), L.router.data(), T, hidden, E, DType::kF32, logits_.data(), false);
+  SHOAL_CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), logits_.data(), T * E * 4, cudaMemcpyDeviceToHost, s));
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the previous layer's slot copy has landed
+  const Routing r = RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
+
+  // Slots grouped by local expert: gather[i] is the token of the i-th gathered row,
+  // slot_row[t * k + j] the gathered row of the token's j-th choice (-1 elsewhere).
+  const int64_t slots = T * k, local = experts_.end - experts_.begin;
+  int32_t* gather = moe_host_.as<int32_t>();
+  int32_t* slot_row = gather + slots;
+  float* weights = reinterpret_cast<float*>(slot_row + slots);
+  std::vector<int64_t> count(local, 0), offset(local + 1, 0);
+  for (int64_t i = 0; i < slots; ++i) {
+    if (experts_.Contains(r.ids[i])) ++count[r.ids[i] - experts_.begin];
+  }
+  for (int64_t e = 0; e < local; ++e) offset[e + 1] = offset[e] + count[e];
+  std::vector<int64_t> next(offset.begin(), offset.end() - 1);
+  for (int64_t i = 0; i < slots; ++i) {
+    weights[i] = r.weights[i];
+    if (!experts_.Contains(r.ids[i])) {
+      slot_row[i] = -1;
+      continue;
+    }
+    const int64_t row = next[r.ids[i] - experts_.begin]++;
+    gather[row] = static_cast<int32_t>(i / k);
+    slot_row[i] = static_cast<int32_t>(row);
+  }
+  const int64_t gathered = offset[local];
+  SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12, cudaMemcpyHostToDevice, s));
+
+  // The shared experts first, as the CPU: alone they add into the residual; with tensor
+  // ranks they start the partial sum (which must start at zero without them).
+  if (L.shared) {
+    RunSwiGlu(*L.shared, 0, xn_.data(), T, out, /*accumulate=*/alone(), gate_up_.data(), mlp_.data());
+  } else if (!alone()) {
+    SHOAL_CUDA_CHECK(cudaMemsetAsync(out, 0, T * hidden * sizeof(float), s));
+  }
+  if (gathered > 0) {
+    const int32_t* d_gather = moe_dev_.as<int32_t>();
+    cuda::GatherRows(s, wdt_, xn_.data(), d_gather, xg_.data(), gathered, hidden);
+    const int64_t mi = d_.moe_intermediate_size;
+    for (int64_t e = 0; e < local; ++e) {
+      if (count[e] == 0) continue;
+      const int64_t o = offset[e];
+      gemm_.Run(wdt_, At(xg_, o * hidden), At(L.routed->gate_up, e * 2 * mi * hidden), count[e], hidden, 2 * mi,
+                wdt_, At(eg_up_, o * 2 * mi), false);
+    }
+    cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
+    for (int64_t e = 0; e < local; ++e) {
+      if (count[e] == 0) continue;
+      const int64_t o = offset[e];
+      gemm_.Run(wdt_, At(e_mlp_, o * mi), At(L.routed->down, e * hidden * mi), count[e], mi, hidden, DType::kF32,
+                e_out_.as<float>() + o * hidden, false);
+    }
+  }
+  cuda::AddWeightedRows(s, e_out_.as<float>(), moe_dev_.as<int32_t>() + slots,
+                        reinterpret_cast<const float*>(moe_dev_.as<int32_t>() + 2 * slots), k, out, T, hidden);
+  if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
+  return absl::OkStatus();
+}
+
+absl::Status CudaDeepseekModel::RunLayer(int64_t l, int64_t T) {
+  if (T == 0) return absl::OkStatus();  // every rank of the step has the same T
+  const DeepseekLayerWeights& L = layers_[l];
+  cudaStream_t s = stream();
+  const int64_t hidden = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  float* x = x_.as<float>();
+  cuda::RmsNormRows(s, x, nullptr, L.attn_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
+  RETURN_IF_ERROR(Attention(L.attn, l, T));
+  cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
+  if (L.dense) {
+    RunSwiGlu(*L.dense, 0, xn_.data(), T, row_out(), /*accumulate=*/alone(), gate_up_.data(), mlp_.data());
+    if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
+    return absl::OkStatus();
+  }
+  return Moe(L, T);
+}
+
+absl::Status CheckDeepseekArgs(const ModelConfig& c, const std::string& source, ShardSpec* shard,
+                               const CausalLMOptions& options) {
+  if (!IsDeepseek(c.arch)) {
+    return absl::InvalidArgumentError(fmt::format("{}: architecture '{}' is not DeepSeek", source, c.arch_name));
+  }
+  RETURN_IF_ERROR(CheckCudaShard(c, source, shard, options));
+  const DeepseekConfig& d = c.deepseek;
+  const int tp = shard->tp_size;
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: rope scaling llama3 is not a DeepSeek rope scaling (use yarn)", source));
+  }
+  if (c.attention_bias) {
+    return absl::UnimplementedError(
+        fmt::format("{}: attention_bias is not supported for DeepSeek (no DeepSeek checkpoint has it)", source));
+  }
+  if (d.kv_lora_rank <= 0 || d.qk_nope_head_dim <= 0 || d.qk_rope_head_dim <= 0 || d.qk_rope_head_dim % 2 != 0 ||
+      d.v_head_dim <= 0) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: MLA sizes must be positive with an even rope part (kv_lora_rank {}, qk_nope_head_dim {}, "
+        "qk_rope_head_dim {}, v_head_dim {})",
+        source, d.kv_lora_rank, d.qk_nope_head_dim, d.qk_rope_head_dim, d.v_head_dim));
+  }
+  if (d.kv_lora_rank + d.qk_rope_head_dim > cuda::kMaxLatentEntry) {
+    return absl::InvalidArgumentError(fmt::format("{}: kv_lora_rank {} + qk_rope_head_dim {} is above the CUDA MLA's {}",
+                                                  source, d.kv_lora_rank, d.qk_rope_head_dim, cuda::kMaxLatentEntry));
+  }
+  if (c.num_heads % tp != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the {} attention heads",
+                                                  source, tp, c.num_heads));
+  }
+  if (c.intermediate_size % tp != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the {} MLP features",
+                                                  source, tp, c.intermediate_size));
+  }
+  if (d.n_routed_experts > 0) {
+    if (d.num_experts_per_tok <= 0 || d.num_experts_per_tok > d.n_routed_experts || d.moe_intermediate_size <= 0) {
+      return absl::InvalidArgumentError(fmt::format(
+          "{}: MoE needs 0 < num_experts_per_tok ({}) <= n_routed_experts ({}) and moe_intermediate_size > 0 ({})",
+          source, d.num_experts_per_tok, d.n_routed_experts, d.moe_intermediate_size));
+    }
+    if ((d.moe_intermediate_size * d.n_shared_experts) % tp != 0) {
+      return absl::InvalidArgumentError(
+          fmt::format("{}: tensor parallel size {} does not divide the shared experts' {} features", source, tp,
+                      d.moe_intermediate_size * d.n_shared_experts));
+    }
+  }
+  return CheckTensorSplit(c, source, *shard, options);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaCausalLM>> CreateCudaDeepseek(const LoadedModel& model, const ShardSpec& shard_in,
+                                                                 const CausalLMOptions& options) {
+  ShardSpec shard = shard_in;
+  RETURN_IF_ERROR(CheckDeepseekArgs(model.config, model.path, &shard, options));
+  if (model.weights == nullptr) return absl::InvalidArgumentError(fmt::format("{}: no weights loaded", model.path));
+  auto m = std::make_unique<CudaDeepseekModel>(model.config, shard, options);
+  RETURN_IF_ERROR(m->Load(*model.weights));
+  return std::unique_ptr<CudaCausalLM>(std::move(m));
+}
+
+absl::StatusOr<std::unique_ptr<CudaCausalLM>> CreateRandomCudaDeepseek(const ModelConfig& config,
+                                                                       const CausalLMOptions& options, uint64_t seed) {
+  ShardSpec shard;
+  RETURN_IF_ERROR(CheckDeepseekArgs(config, "random weights", &shard, options));
+  auto m = std::make_unique<CudaDeepseekModel>(config, shard, options);
+  RETURN_IF_ERROR(m->InitRandom(seed));
+  return std::unique_ptr<CudaCausalLM>(std::move(m));
+}
+
+}  // namespace shoal::worker
