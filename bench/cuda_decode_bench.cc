@@ -1,14 +1,24 @@
-// Decode speed of the CUDA model at DeepSeek-R1-Distill-Qwen-7B's shape (qwen2: hidden
-// 3584, 28 layers, 28 heads over 4 kv heads of 128, intermediate 18944, vocab 152064,
-// q/k/v biases, untied head), with random bf16 weights drawn in device memory, against the
-// GPU's measured copy bandwidth (the roofline of a decode step, which reads every weight
-// and the context's KV once). bench/cuda_decode_hf.py runs the same workload through
-// Hugging Face transformers; bench/cuda_decode_bench.sh runs both and prints ratios.
+// Decode speed of the CUDA model at a real model's shape, with random bf16 weights drawn
+// in device memory, against the GPU's measured copy bandwidth (the roofline of a decode
+// step, which reads every weight it uses and the context's KV once):
+//   --shape r1-distill-qwen-7b  (default) qwen2: hidden 3584, 28 layers, 28 heads over 4
+//                               kv heads of 128, intermediate 18944, vocab 152064, q/k/v
+//                               biases, untied head
+//   --shape deepseek-v2-lite    hidden 2048, 27 layers (the first dense), 16 MLA heads
+//                               (nope 128 + rope 64, v 128, latent 512, no q_lora), 64
+//                               routed experts of 1408 (6 per token) + 2 shared, vocab
+//                               102400, YaRN x40
+// bench/cuda_decode_hf.py runs the same workload through Hugging Face transformers;
+// bench/cuda_decode_bench.sh runs both and prints ratios.
 //
 //   decode_b1_tokens_per_s   one sequence, --decode-steps greedy tokens after --context
 //   decode_bN_tokens_per_s   --batch sequences, each after --context, in lock-step
 //
-//   build-cuda/bench/cuda-decode-bench [--context 1024] [--decode-steps 64] [--batch 64]
+// A MoE step reads only the experts its tokens chose: exactly num_experts_per_tok per
+// layer at batch 1; at batch N the expected number of distinct experts under uniform
+// routing, E (1 - (1 - k/E)^N), which random weights approximate.
+//
+//   build-cuda/bench/cuda-decode-bench [--shape S] [--context 1024] [--decode-steps 64] [--batch 64]
 //
 // Without a GPU it prints "skipped: no GPU: ..." and exits 0.
 #include <CLI/CLI.hpp>
@@ -17,8 +27,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "worker/kernels/cuda/cuda_check.h"
@@ -75,6 +87,56 @@ ModelConfig R1DistillQwen7B() {
   c.attention_bias = true;
   c.tie_word_embeddings = false;
   return c;
+}
+
+// DeepSeek-V2-Lite's config.json.
+ModelConfig DeepseekV2Lite() {
+  ModelConfig c;
+  c.arch = Arch::kDeepseekV2;
+  c.arch_name = "deepseek_v2";
+  c.vocab_size = 102400;
+  c.hidden_size = 2048;
+  c.intermediate_size = 10944;
+  c.num_layers = 27;
+  c.num_heads = 16;
+  c.num_kv_heads = 16;
+  c.head_dim = 192;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000.0;
+  c.max_position_embeddings = 163840;
+  c.rope_scaling.type = RopeScaling::Type::kYarn;
+  c.rope_scaling.factor = 40.0;
+  c.rope_scaling.original_max_position_embeddings = 4096;
+  c.rope_scaling.beta_fast = 32.0;
+  c.rope_scaling.beta_slow = 1.0;
+  c.rope_scaling.mscale = 0.707;
+  c.rope_scaling.mscale_all_dim = 0.707;
+  DeepseekConfig& d = c.deepseek;
+  d.kv_lora_rank = 512;
+  d.qk_nope_head_dim = 128;
+  d.qk_rope_head_dim = 64;
+  d.v_head_dim = 128;
+  d.n_routed_experts = 64;
+  d.n_shared_experts = 2;
+  d.num_experts_per_tok = 6;
+  d.moe_intermediate_size = 1408;
+  d.first_k_dense_replace = 1;
+  d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
+  d.scoring_func = DeepseekConfig::ScoringFunc::kSoftmax;
+  return c;
+}
+
+// Weight bytes a step at batch `batch` does not read: the routed experts no token chose
+// (expected number under uniform routing; exact at batch 1).
+double UnreadExpertBytes(const ModelConfig& c, int batch) {
+  const DeepseekConfig& d = c.deepseek;
+  if (!IsDeepseek(c.arch) || d.n_routed_experts == 0) return 0.0;
+  const double E = static_cast<double>(d.n_routed_experts), k = static_cast<double>(d.num_experts_per_tok);
+  const double touched = batch == 1 ? k : E * (1.0 - std::pow(1.0 - k / E, batch));
+  const double expert_bytes = 3.0 * c.hidden_size * d.moe_intermediate_size * 2;  // bf16 gate, up, down
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) moe_layers += d.IsMoeLayer(l) ? 1 : 0;
+  return moe_layers * (E - touched) * expert_bytes;
 }
 
 struct Sequence {
@@ -144,8 +206,11 @@ std::vector<Sequence> MakeSequences(int count, int context, int blocks_per_seq, 
 }
 
 int Run(int argc, char** argv) {
-  CLI::App app{"cuda-decode-bench: CUDA decode tokens/s at R1-Distill-Qwen-7B's shape vs the HBM roofline"};
-  int context = 1024, decode_steps = 64, batch = 64, batch_steps = 32, warmup = 4, layers = 28;
+  CLI::App app{"cuda-decode-bench: CUDA decode tokens/s at a real model's shape vs the HBM roofline"};
+  int context = 1024, decode_steps = 64, batch = 64, batch_steps = 32, warmup = 4, layers = 0;
+  std::string shape = "r1-distill-qwen-7b";
+  app.add_option("--shape", shape, "r1-distill-qwen-7b or deepseek-v2-lite")
+      ->check(CLI::IsMember({"r1-distill-qwen-7b", "deepseek-v2-lite"}));
   int64_t prefill_chunk = 8192;
   app.add_option("--context", context, "tokens in each sequence's context before decoding");
   app.add_option("--decode-steps", decode_steps, "timed decode steps at batch 1");
@@ -153,7 +218,7 @@ int Run(int argc, char** argv) {
   app.add_option("--batch-steps", batch_steps, "timed decode steps of the batched measurement");
   app.add_option("--warmup", warmup, "untimed decode steps before each measurement");
   app.add_option("--prefill-chunk", prefill_chunk, "most tokens per prefill step");
-  app.add_option("--layers", layers, "decoder layers (28 for the real shape; fewer for a quick run)");
+  app.add_option("--layers", layers, "decoder layers (0: the real shape's; fewer for a quick run)");
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -165,8 +230,8 @@ int Run(int argc, char** argv) {
   const double bandwidth = CopyBandwidth(size_t{2} << 30, 20);
   fmt::print("device_copy_bandwidth_gbs: {:.1f}\n", bandwidth / 1e9);
 
-  ModelConfig config = R1DistillQwen7B();
-  config.num_layers = layers;
+  ModelConfig config = shape == "deepseek-v2-lite" ? DeepseekV2Lite() : R1DistillQwen7B();
+  if (layers > 0) config.num_layers = layers;
   CausalLMOptions options;
   options.device = Device::kCuda;
   options.device_weight_dtype = DType::kBF16;
@@ -187,11 +252,22 @@ int Run(int argc, char** argv) {
   const double weight_bytes = static_cast<double>(lm.WeightBytes());
   // A step reads every weight once, except the (untied) embedding table: one row a token.
   const double embed_bytes = static_cast<double>(config.vocab_size) * config.hidden_size * 2;
-  const double step_weight_bytes = weight_bytes - (config.tie_word_embeddings ? 0.0 : embed_bytes);
+  const double step_weight_bytes = weight_bytes - (config.tie_word_embeddings ? 0.0 : embed_bytes) -
+                                   UnreadExpertBytes(config, 1);
   const double kv_bytes_per_position = static_cast<double>(lm.KvBytesPerBlock(block_size)) / block_size;
-  fmt::print("shape: qwen2 hidden {} layers {} heads {}/{} head_dim {} intermediate {} vocab {}, bf16 weights, bf16 KV\n",
-             config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim,
-             config.intermediate_size, config.vocab_size);
+  if (IsDeepseek(config.arch)) {
+    const DeepseekConfig& d = config.deepseek;
+    fmt::print("shape: {} hidden {} layers {} MLA heads {} latent {}+{} experts {} (top {}) +{} shared of {} vocab {}, "
+               "bf16 weights, bf16 latent cache\n",
+               shape, config.hidden_size, config.num_layers, config.num_heads, d.kv_lora_rank, d.qk_rope_head_dim,
+               d.n_routed_experts, d.num_experts_per_tok, d.n_shared_experts, d.moe_intermediate_size,
+               config.vocab_size);
+  } else {
+    fmt::print("shape: {} qwen2 hidden {} layers {} heads {}/{} head_dim {} intermediate {} vocab {}, bf16 weights, "
+               "bf16 KV\n",
+               shape, config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim,
+               config.intermediate_size, config.vocab_size);
+  }
   fmt::print("weight_bytes: {:.0f}\n", weight_bytes);
   fmt::print("weight_bytes_read_per_step: {:.0f}\n", step_weight_bytes);
   fmt::print("context: {}\n", context);
@@ -229,7 +305,8 @@ int Run(int argc, char** argv) {
     const double sb = Decode(lm, many, batch_steps);
     if (sb < 0) return 1;
     const double tpsb = static_cast<double>(batch) * batch_steps / sb;
-    const double step_bytes = step_weight_bytes + batch * ctx * kv_bytes_per_position;
+    const double step_bytes = step_weight_bytes + UnreadExpertBytes(config, 1) - UnreadExpertBytes(config, batch) +
+                              batch * ctx * kv_bytes_per_position;
     fmt::print("decode_b{}_tokens_per_s: {:.1f}\n", batch, tpsb);
     fmt::print("decode_b{}_ms_per_step: {:.3f}\n", batch, 1e3 * sb / batch_steps);
     fmt::print("decode_b{}_bytes_per_step: {:.0f}\n", batch, step_bytes);

@@ -9,7 +9,8 @@
 #   2. prints nvidia-smi;
 #   3. runs cuda_kernels_test, cuda_decoder_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
-#      kernel test and part of the decoder test, when compute-sanitizer is there;
+#      kernel test and part of the decoder test, when compute-sanitizer is there, then the
+#      benchmark at DeepSeek-V2-Lite's shape;
 #   4. writes $OUT/summary.txt and prints it last.
 #
 #   tests/cuda/run_device_bundle.sh [BUNDLE]     # default .devbundle at the repo root
@@ -195,11 +196,16 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sani
 if [[ -n $sanitizer && -x $sanitizer ]]; then
   run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_kernels_test" --gtest_brief=1
   run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_decoder_test" \
-    --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:*PipelineStages*/qwen2_tiny:CudaDecoderGguf.*'
+    --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:*PipelineStages*/qwen2_tiny:CudaDecoderGguf.*:*MixedBatch*/deepseek_v3_tiny:*F32LogitsMatch*/deepseek_v2_lite_tiny'
   grep -h 'ERROR SUMMARY' "$out"/memcheck_*.log 2>/dev/null | tee -a "$summary"
 else
   note "SKIP memcheck: compute-sanitizer not found"
 fi
+
+# DeepSeek-V2-Lite's shape last: it is the first thing cut when time is short.
+run_stage decode_bench_deepseek 200 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench" \
+  --shape deepseek-v2-lite
+grep -hE '^(shape|skipped|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench_deepseek.log" 2>/dev/null | tee -a "$summary"
 
 # --- 4. summary ---------------------------------------------------------------------------
 echo

@@ -307,6 +307,77 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   }
 }
 
+// Split-K: a decode row over 1000 positions, one over 5 (fewer positions than splits)
+// and a 3-row prompt, each (row, head)'s positions over 2, 7 and 32 blocks, give what one
+// block per (row, head) gives, for the standard cache and MLA's latent one.
+TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t heads = 4, kv_heads = 2, hd = 64, width = kv_heads * hd;
+  const int block_size = 16, blocks_per_seq = 64;  // 1024 positions per sequence
+  const int64_t num_blocks = 3 * blocks_per_seq;
+  std::vector<int32_t> tables;
+  for (int s = 0; s < 3; ++s) {
+    for (int b = 0; b < blocks_per_seq; ++b) tables.push_back(static_cast<int32_t>(b * 3 + s));
+  }
+  const std::vector<int64_t> lengths = {1000, 5, 3};  // positions each sequence holds
+  std::vector<int32_t> all_seq, q_seq;
+  std::vector<int64_t> all_pos, q_pos;
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < lengths[s]; ++p) all_seq.push_back(s), all_pos.push_back(p);
+  }
+  for (int64_t p : {int64_t{999}, int64_t{4}, int64_t{0}, int64_t{1}, int64_t{2}}) q_pos.push_back(p);
+  q_seq = {0, 1, 2, 2, 2};
+  const int64_t n_all = static_cast<int64_t>(all_pos.size()), rows = 5;
+  DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
+  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+  const DeviceRows all{dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all};
+  const DeviceRows queries{dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows};
+  EXPECT_EQ(AttentionSplits(1, 28, 1024), 4);
+  EXPECT_EQ(AttentionSplits(64, 28, 1024), 1);
+  EXPECT_EQ(AttentionSplits(1, 16, 0), 1);
+  EXPECT_EQ(AttentionSplits(1, 1, 1 << 20), 32);
+
+  // Standard cache.
+  const std::vector<float> k = Random(n_all * width, 61), v = Random(n_all * width, 62);
+  DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
+  const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
+  DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
+  WriteKv(nullptr, cache, all, dk.as<float>(), width, dv.as<float>(), width);
+  const std::vector<float> q = Random(rows * heads * hd, 63);
+  DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
+  PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dwant.as<float>(), heads * hd);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> want = Decode(Download(dwant), DType::kF32);
+  for (int splits : {2, 7, 32}) {
+    SCOPED_TRACE(splits);
+    DeviceBuffer scratch(AttentionPartialFloats(rows, heads, splits, hd) * 4);
+    PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dgot.as<float>(), heads * hd,
+                   {splits, scratch.as<float>()});
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dgot), DType::kF32), want, 1e-5);
+  }
+
+  // MLA's latent cache (entry 576 = 512 + 64).
+  if (t == DType::kBF16) return;
+  const int64_t latent = 512, rope = 64, entry = latent + rope;
+  const std::vector<float> entries = Random(n_all * entry, 64);
+  DeviceBuffer dlat(num_blocks * block_size * entry * ElementBytes(t));
+  const DeviceLatentLayer lat{dlat.data(), num_blocks, block_size, latent, rope, t};
+  DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
+  WriteLatents(nullptr, lat, all, dentries.as<float>(), entry);
+  const std::vector<float> ql = Random(rows * heads * entry, 65, 0.05f);
+  DeviceBuffer dql = Upload(ql.data(), ql.size() * 4), dlwant(rows * heads * latent * 4), dlgot(dlwant.bytes());
+  MlaLatentAttention(nullptr, lat, queries, dql.as<float>(), heads * entry, heads, 0.1f, dlwant.as<float>(),
+                     heads * latent);
+  DeviceBuffer scratch(AttentionPartialFloats(rows, heads, 7, latent) * 4);
+  MlaLatentAttention(nullptr, lat, queries, dql.as<float>(), heads * entry, heads, 0.1f, dlgot.as<float>(),
+                     heads * latent, {7, scratch.as<float>()});
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  ExpectClose(Decode(Download(dlgot), DType::kF32), Decode(Download(dlwant), DType::kF32), 1e-5);
+}
+
 // Per-head products as MLA uses them, against a per-head reference: queries into latent
 // space through [in, out] slices (W_uk), latents out through [out, in] slices (W_uv), the
 // heads' inputs and outputs interleaved within wider rows (strided, not dense).

@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "worker/kernels/cuda/cuda_check.h"
 
 namespace shoal::worker::cuda {
@@ -53,18 +55,25 @@ __global__ void WriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, in
   if (vc != nullptr) vc[at] = FromFloat<T>(v[r * ldv + e]);  // null: a latent cache, one entry per slot
 }
 
-// One block per (row, head). Keys are the first k_dim elements of a cache slot of
+// One block per (row, head, split). Keys are the first k_dim elements of a cache slot of
 // slot_dim, values the first v_dim of the value cache's slot (for MLA both are the same
 // latent entry: keys [c, k_pe], values c). kLaneDims bounds max(k_dim, v_dim) / 32.
+// With one split the block writes the normalized output; with several, split z of a row
+// takes the z-th of `splits` equal ranges of the row's positions and writes its partial
+// softmax (max, sum, unnormalized output) for MergeSplitsKernel.
 template <typename T, int kLaneDims>
 __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim,
                                 int64_t k_dim, int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq,
-                                int64_t num_heads, float scale, float* out, int64_t ldo) {
+                                int64_t num_heads, float scale, float* out, int64_t ldo, int splits,
+                                float* partials) {
   const int64_t r = blockIdx.x, h = blockIdx.y;
+  const int z = blockIdx.z;
   const int64_t g = h / (num_heads / kv_heads);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
-  const int64_t last = rows.row_pos[r];
+  const int64_t count = rows.row_pos[r] + 1;  // positions this row sees
+  const int64_t chunk = (count + splits - 1) / splits;
+  const int64_t begin = z * chunk, end = min(count, begin + chunk);
 
   float qv[kLaneDims], acc[kLaneDims];
   for (int i = 0; i < kLaneDims; ++i) {
@@ -73,7 +82,7 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = warp; j <= last; j += kWarps) {
+  for (int64_t j = begin + warp; j < end; j += kWarps) {
     const int64_t at = SlotOffset(table, j, block_size, kv_heads, g, slot_dim);
     float s = 0.0f;
     for (int i = 0; i < kLaneDims; ++i) {
@@ -104,13 +113,63 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
   for (int w = 0; w < kWarps; ++w) big = fmaxf(big, warp_m[w]);
   float total = 0.0f;
   for (int w = 0; w < kWarps; ++w) total += warp_m[w] == -INFINITY ? 0.0f : warp_l[w] * __expf(warp_m[w] - big);
+  // A split's record: [max, sum, v_dim unnormalized outputs]; max -inf when it saw no key.
+  float* record = splits > 1 ? partials + ((r * num_heads + h) * splits + z) * (v_dim + 2) : nullptr;
+  if (record != nullptr && threadIdx.x == 0) {
+    record[0] = big;
+    record[1] = total;
+  }
   for (int64_t d = threadIdx.x; d < v_dim; d += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < kWarps; ++w) {
       if (warp_m[w] != -INFINITY) sum += warp_acc[w][d] * __expf(warp_m[w] - big);
     }
+    if (record != nullptr) {
+      record[2 + d] = sum;
+    } else {
+      out[r * ldo + h * v_dim + d] = sum / total;
+    }
+  }
+}
+
+// One block per (row, head): the splits' partial softmaxes rescaled to their largest max
+// and summed, then normalized.
+__global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num_heads, int64_t v_dim, float* out,
+                                  int64_t ldo) {
+  const int64_t r = blockIdx.x, h = blockIdx.y;
+  const float* records = partials + (r * num_heads + h) * splits * (v_dim + 2);
+  float big = -INFINITY;
+  for (int z = 0; z < splits; ++z) big = fmaxf(big, records[z * (v_dim + 2)]);
+  float total = 0.0f;
+  for (int z = 0; z < splits; ++z) {
+    const float mz = records[z * (v_dim + 2)];
+    if (mz != -INFINITY) total += records[z * (v_dim + 2) + 1] * __expf(mz - big);
+  }
+  for (int64_t d = threadIdx.x; d < v_dim; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int z = 0; z < splits; ++z) {
+      const float mz = records[z * (v_dim + 2)];
+      if (mz != -INFINITY) sum += records[z * (v_dim + 2) + 2 + d] * __expf(mz - big);
+    }
     out[r * ldo + h * v_dim + d] = sum / total;
   }
+}
+
+// The launch of AttentionKernel (split or not) and, when split, the merge.
+template <typename T, int kLaneDims>
+void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
+                     int64_t slot_dim, int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const float* q,
+                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split) {
+  const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
+  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads), static_cast<unsigned>(splits));
+  AttentionKernel<T, kLaneDims><<<grid, 32 * kWarps, 0, stream>>>(kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim,
+                                                                   rows, q, ldq, num_heads, scale, out, ldo, splits,
+                                                                   split.partials);
+  SHOAL_CUDA_CHECK_LAUNCH();
+  if (splits == 1) return;
+  const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
+  MergeSplitsKernel<<<merge_grid, 128, 0, stream>>>(split.partials, splits, num_heads, v_dim, out, ldo);
+  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Fn>
@@ -138,22 +197,33 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
   SHOAL_CUDA_CHECK_LAUNCH();
 }
 
+int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t max_positions) {
+  // Enough (row, head) blocks already fill the GPU; splitting short contexts only adds the
+  // merge. Otherwise about kSplitPositions positions per split, at most kMaxSplits.
+  constexpr int64_t kBusyBlocks = 512, kSplitPositions = 256, kMaxSplits = 32;
+  if (num_rows * num_heads >= kBusyBlocks) return 1;
+  const int64_t want = (max_positions + kSplitPositions - 1) / kSplitPositions;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min(kMaxSplits, kBusyBlocks / std::max<int64_t>(1, num_rows * num_heads))));
+}
+
+size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim) {
+  return splits > 1 ? static_cast<size_t>(num_rows) * num_heads * splits * (v_dim + 2) : 0;
+}
+
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
-                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo) {
+                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split) {
   if (rows.num_rows == 0) return;
   if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
       num_heads % cache.num_kv_heads != 0) {
     DieOnCudaError("PagedAttention", "head_dim above 256, or heads not a positive multiple of kv heads (at most 65535)",
                    __FILE__, __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    AttentionKernel<T, kMaxHeadDim / 32><<<grid, 32 * kWarps, 0, stream>>>(
-        static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.block_size, cache.num_kv_heads,
-        cache.head_dim, cache.head_dim, cache.head_dim, rows, q, ldq, num_heads, scale, out, ldo);
+    LaunchAttention<T, kMaxHeadDim / 32>(stream, static_cast<const T*>(cache.k), static_cast<const T*>(cache.v),
+                                         cache.block_size, cache.num_kv_heads, cache.head_dim, cache.head_dim,
+                                         cache.head_dim, rows, q, ldq, num_heads, scale, out, ldo, split);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
@@ -169,7 +239,8 @@ void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const Dev
 }
 
 void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,
-                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo) {
+                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                        const AttentionSplit& split) {
   if (rows.num_rows == 0) return;
   if (cache.entry() > kMaxLatentEntry || num_heads <= 0 || num_heads > 65535) {
     DieOnCudaError("MlaLatentAttention", "latent entry above kMaxLatentEntry, or heads not in [1, 65535]", __FILE__,
@@ -177,15 +248,12 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
   }
   // ldq and ldo are per row; within a row, head h's query is at h * entry and its output
   // at h * latent_dim (the kernel's h * k_dim and h * v_dim).
-  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* data = static_cast<const T*>(cache.data);
-    AttentionKernel<T, kMaxLatentEntry / 32><<<grid, 32 * kWarps, 0, stream>>>(
-        data, data, cache.block_size, 1, cache.entry(), cache.entry(), cache.latent_dim, rows, q, ldq, num_heads,
-        scale, out, ldo);
+    LaunchAttention<T, kMaxLatentEntry / 32>(stream, data, data, cache.block_size, 1, cache.entry(), cache.entry(),
+                                             cache.latent_dim, rows, q, ldq, num_heads, scale, out, ldo, split);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace shoal::worker::cuda

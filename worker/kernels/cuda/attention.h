@@ -51,6 +51,21 @@ struct DeviceLatentLayer {
 // DeepSeek-V2/V3's entry: kv_lora_rank 512 + qk_rope_head_dim 64.
 constexpr int64_t kMaxLatentEntry = 576;
 
+// Split-K: each (row, head)'s positions divided over `splits` blocks, whose partial
+// softmaxes a second kernel merges, so a long context at a small batch still spreads over
+// the GPU (flash-decoding). partials: device scratch of AttentionPartialFloats floats;
+// with splits == 1 or no scratch, one block per (row, head).
+struct AttentionSplit {
+  int splits = 1;
+  float* partials = nullptr;
+};
+
+// How many splits a step wants: 1 when num_rows * num_heads blocks already fill the GPU,
+// else about one per 256 positions of the longest row (max_positions), at most 32.
+int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t max_positions);
+// Scratch floats for `splits` (0 for 1): per (row, head, split), max, sum and v_dim outputs.
+size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim);
+
 // Stores each row's k and v ([num_kv_heads * head_dim] f32, row strides ldk/ldv) in its
 // position's cache slot, rounded to the cache's type.
 void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* k, int64_t ldk,
@@ -59,10 +74,11 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
 // g = h / (num_heads / num_kv_heads). q and out f32. One block per (row, head); its warps
 // take every 4th key with a running max and sum (online softmax) and merge at the end,
-// so any context length fits in registers. Long contexts at batch 1 want the keys split
-// across blocks too (split-K); that is not done yet.
+// so any context length fits in registers; with `split`, positions are also divided over
+// blocks (AttentionSplit).
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
-                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo);
+                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                    const AttentionSplit& split = {});
 
 // Each row's entry [c, k_pe] (entry() f32, row stride ld) into its position's slot.
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
@@ -76,6 +92,7 @@ void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const Dev
 // reads every entry: a block per (row, head) re-reads the row's latents once per head
 // (from L2 after the first); sharing one pass among a block of heads is the next step.
 void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,
-                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo);
+                        int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                        const AttentionSplit& split = {});
 
 }  // namespace shoal::worker::cuda

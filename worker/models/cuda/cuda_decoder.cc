@@ -185,6 +185,18 @@ absl::Status CudaDecoder::UploadRope(const float* cos, const float* sin, int64_t
   return absl::OkStatus();
 }
 
+absl::StatusOr<cuda::AttentionSplit> CudaDecoder::AttentionSplitFor(int64_t T, int64_t num_heads, int64_t v_dim) {
+  const int splits = cuda::AttentionSplits(T, num_heads, step_.max_pos);
+  const size_t bytes = cuda::AttentionPartialFloats(T, num_heads, splits, v_dim) * sizeof(float);
+  if (bytes > attn_partials_.bytes()) {
+    // Enqueued kernels may still read the old scratch.
+    SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    attn_partials_ = DeviceBuffer();
+    RETURN_IF_ERROR(Allocate("attention split scratch", 2 * bytes, &attn_partials_));
+  }
+  return cuda::AttentionSplit{splits, splits > 1 ? attn_partials_.as<float>() : nullptr};
+}
+
 absl::Status CudaDecoder::AllocateKvCache(int64_t num_blocks, int block_size) {
   if (num_blocks <= 0 || block_size <= 0) {
     return absl::InvalidArgumentError(fmt::format("KV cache of {} blocks of {} tokens: both must be positive",

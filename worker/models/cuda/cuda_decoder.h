@@ -111,6 +111,9 @@ class CudaDecoder : public CudaCausalLM {
     return {d_row_seq_, d_positions_, d_tables_, max_blocks_, num_tokens};
   }
   cudaStream_t stream() const { return stream_.get(); }
+  // The split-K plan of this step's attention over num_heads heads of v_dim outputs
+  // (cuda::AttentionSplits over the step's longest row), its scratch grown as needed.
+  absl::StatusOr<cuda::AttentionSplit> AttentionSplitFor(int64_t num_tokens, int64_t num_heads, int64_t v_dim);
   const int64_t* d_positions() const { return d_positions_; }
   // cudaSetDevice is per thread, and the engine steps on a thread of its own.
   void UseDevice() const;
@@ -158,6 +161,7 @@ class CudaDecoder : public CudaCausalLM {
   cuda::DeviceBuffer lm_head_;     // [vocab_rows_, hidden] of wdt_, last stage; empty when it is embed_
   size_t weight_bytes_ = 0;
 
+  cuda::DeviceBuffer attn_partials_;  // split-K scratch (AttentionSplitFor)
   cuda::DeviceBuffer kv_;  // the stage's layers' caches, kv_layer_bytes_ each
   size_t kv_layer_bytes_ = 0;
 

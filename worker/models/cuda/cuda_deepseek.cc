@@ -381,7 +381,9 @@ absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_
                    nope, rank, DType::kF32, q_lat_.data(), H * entry_, entry_, H, false);
   SHOAL_CUDA_CHECK(cudaMemcpy2DAsync(q_lat_.as<float>() + rank, entry_ * sizeof(float), q + nope, qk_ * sizeof(float),
                                      rope * sizeof(float), T * H, cudaMemcpyDeviceToDevice, s));
-  cuda::MlaLatentAttention(s, cache, rows, q_lat_.as<float>(), H * entry_, H, scale_, o_lat_.as<float>(), H * rank);
+  ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(T, H, rank));
+  cuda::MlaLatentAttention(s, cache, rows, q_lat_.as<float>(), H * entry_, H, scale_, o_lat_.as<float>(), H * rank,
+                           split);
 
   // attn[t, h] = W_uv[h] · o_lat[t, h], then h += attn · W_oᵀ
   const void* o_in = o_lat_.data();

@@ -200,8 +200,9 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
   const cuda::DeviceKvLayer cache = KvLayer(l);
   const cuda::DeviceRows rows = this->rows(T);
   cuda::WriteKv(s, cache, rows, qkv + q_width_, qkv_width_, qkv + q_width_ + kv_width_, qkv_width_);
+  ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(T, heads, hd));
   cuda::PagedAttention(s, cache, rows, qkv, qkv_width_, heads, 1.0f / std::sqrt(static_cast<float>(hd)),
-                       attn_.as<float>(), q_width_);
+                       attn_.as<float>(), q_width_, split);
 
   // x += attn·Woᵀ
   const void* attn_in = attn_.data();
