@@ -12,9 +12,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 #include <vector>
 
+#include "worker/engine/sampler.h"
 #include "worker/kernels/cpu/attention.h"
 #include "worker/kernels/cpu/mla_attention.h"
 #include "worker/kernels/cpu/ops.h"
@@ -682,6 +684,82 @@ TEST(CudaDecoderKernels, ArgmaxRowsMatchesMaxElementWithTies) {
   std::vector<int32_t> got(rows);
   dout.CopyToHost(got.data(), rows * 4);
   EXPECT_EQ(got, want);
+}
+
+// The engine sampler's rules on the GPU: for rows of every kind (greedy with penalties,
+// plain temperature, top-k, top-p, both with min-p, penalties with top-p, top-k 1, many
+// tied logits under top-k and top-p, an odd vocabulary past the block width) and 48
+// draws each, SampleRows picks exactly Sampler::Sample's token from the same draw; a
+// row with a NaN answers -1.
+TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 5003;
+  struct Case {
+    SamplingOptions o;
+    bool ties = false;
+  };
+  auto opts = [](float t, int32_t k, float p, float min_p, float rep = 1, float pres = 0, float freq = 0) {
+    SamplingOptions o;
+    o.temperature = t, o.top_k = k, o.top_p = p, o.min_p = min_p;
+    o.repetition_penalty = rep, o.presence_penalty = pres, o.frequency_penalty = freq;
+    return o;
+  };
+  const std::vector<Case> cases = {
+      {opts(0, 0, 1, 0, 1.3f, 0.5f, 0.2f)},      {opts(0.7f, 0, 1, 0)},
+      {opts(1.0f, 40, 1, 0)},                     {opts(0.9f, 0, 0.9f, 0)},
+      {opts(1.2f, 50, 0.8f, 0.05f)},              {opts(1.0f, 0, 1, 0.1f)},
+      {opts(0.8f, 0, 0.95f, 0, 1.3f, 0.5f, 0.2f)}, {opts(1.0f, 1, 1, 0)},
+      {opts(1.0f, 10, 0.5f, 0), true},            {opts(0.5f, 0, 0.7f, 0), true},
+  };
+  // 20 prompt tokens and 10 output tokens with repeats, for the penalties.
+  const std::vector<int32_t> tokens = {5,  9,   5,   400, 17, 2,  2,  2,  900, 31, 31, 77, 5000, 3, 3,
+                                       44, 12,  4,   4,   8,  9,  9,  17, 1000, 2, 31, 31, 31,   7, 4999};
+  const int64_t num_prompt = 20;
+  std::map<int32_t, int32_t> counts;  // distinct tokens, with their output counts
+  for (size_t i = 0; i < tokens.size(); ++i) counts[tokens[i]] += static_cast<int64_t>(i) >= num_prompt ? 1 : 0;
+  std::vector<PenaltyToken> penalties;
+  for (auto [t, c] : counts) penalties.push_back({t, c});
+
+  constexpr int kDraws = 48;
+  const int64_t rows = static_cast<int64_t>(cases.size()) * kDraws + 1;  // + the NaN row
+  std::vector<float> logits(rows * n);
+  std::vector<SamplingRow> params(rows);
+  std::vector<int32_t> want(rows, -1);
+  for (size_t c = 0; c < cases.size(); ++c) {
+    std::vector<float> row = Random(n, 70 + static_cast<uint32_t>(c), 3.0f);
+    if (cases[c].ties) {
+      for (float& x : row) x = std::round(x);  // a few values, each held by hundreds of tokens
+    }
+    std::mt19937_64 host_rng(1000 + c), draws(1000 + c);
+    for (int d = 0; d < kDraws; ++d) {
+      const int64_t r = static_cast<int64_t>(c) * kDraws + d;
+      std::copy(row.begin(), row.end(), logits.begin() + r * n);
+      std::vector<float> scratch = row;
+      want[r] = Sampler::Sample(scratch, cases[c].o, tokens, num_prompt, &host_rng, false, 0).token_id;
+      const SamplingOptions& o = cases[c].o;
+      SamplingRow& p = params[r];
+      p.temperature = o.temperature, p.top_k = o.top_k, p.top_p = o.top_p, p.min_p = o.min_p;
+      p.repetition_penalty = o.repetition_penalty, p.presence_penalty = o.presence_penalty;
+      p.frequency_penalty = o.frequency_penalty;
+      p.penalty_begin = 0, p.penalty_end = static_cast<int32_t>(penalties.size());
+      if (o.temperature > 0) p.uniform = Sampler::Uniform(&draws);
+    }
+  }
+  logits[(rows - 1) * n + 77] = std::nanf("");
+  params[rows - 1].temperature = 1.0f;
+
+  DeviceBuffer dlogits = Upload(logits.data(), logits.size() * 4), dparams = Upload(params.data(), params.size() * sizeof(SamplingRow));
+  DeviceBuffer dpen = Upload(penalties.data(), penalties.size() * sizeof(PenaltyToken)), dout(rows * 4);
+  SampleRows(nullptr, dlogits.as<float>(), rows, n, dparams.as<SamplingRow>(), dpen.as<PenaltyToken>(), dout.as<int32_t>());
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<int32_t> got(rows);
+  dout.CopyToHost(got.data(), rows * 4);
+  for (int64_t r = 0; r + 1 < rows; ++r) EXPECT_EQ(got[r], want[r]) << "case " << r / kDraws << " draw " << r % kDraws;
+  EXPECT_EQ(got[rows - 1], -1) << "a NaN row";
+  // The draws reach more than one token where the distribution allows it.
+  std::map<int32_t, int> seen;
+  for (int d = 0; d < kDraws; ++d) ++seen[got[1 * kDraws + d]];
+  EXPECT_GT(seen.size(), 1u);
 }
 
 TEST(CudaDecoderKernels, FillUniformIsInRangeDeterministicAndCentred) {

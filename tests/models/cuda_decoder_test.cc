@@ -41,6 +41,7 @@
 
 #include "tests/model/model_files.h"
 #include "tests/models/greedy_driver.h"
+#include "worker/engine/sampler.h"
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/kernels/cuda/device.h"
@@ -428,6 +429,61 @@ TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
   ok.seqs.push_back({expected_.prompt, 0, table, true});
   ASSERT_TRUE(gpu->Forward(ok, &logits).ok());
   EXPECT_EQ(logits.size(), static_cast<size_t>(c.vocab_size));
+}
+
+// Sampling on the GPU (ForwardSample) against Forward + the engine's host sampler on a
+// second instance of the same model: for greedy with penalties, top-k/top-p/min-p and
+// penalties with top-p, 12 free-running steps from one seed each give the same tokens
+// (the logits are the same bits: same kernels, same shapes).
+TEST_P(CudaDecoder, DeviceSamplingChoosesTheHostSamplersTokens) {
+  auto host_side = Gpu(DType::kF32, DType::kF32);
+  auto device_side = Gpu(DType::kF32, DType::kF32);
+  ASSERT_TRUE(host_side != nullptr && device_side != nullptr);
+  ASSERT_TRUE(device_side->SamplesOnDevice());
+  std::vector<SamplingOptions> options(3);
+  options[0].repetition_penalty = 1.4f;  // greedy
+  options[1].temperature = 0.9f, options[1].top_k = 20, options[1].top_p = 0.9f, options[1].min_p = 0.02f;
+  options[2].temperature = 1.1f, options[2].top_p = 0.8f, options[2].presence_penalty = 0.6f;
+  options[2].frequency_penalty = 0.3f, options[2].repetition_penalty = 1.2f;
+  std::vector<int32_t> table;
+  for (int b = 0; b < kBlocksPerSeq; ++b) table.push_back(b);
+  for (size_t c = 0; c < options.size(); ++c) {
+    SCOPED_TRACE(c);
+    const SamplingOptions& o = options[c];
+    std::vector<int32_t> host_tokens = expected_.prompt, device_tokens = expected_.prompt;
+    const int64_t prompt = static_cast<int64_t>(expected_.prompt.size());
+    std::mt19937_64 host_rng(7 + c), device_rng(7 + c);
+    int64_t pos = 0;
+    for (int step = 0; step < 12; ++step) {
+      const int64_t n = step == 0 ? prompt : 1;
+      ForwardBatch hb, db;
+      hb.seqs.push_back({std::span<const int32_t>(host_tokens).subspan(pos, n), pos, table, true});
+      db.seqs.push_back({std::span<const int32_t>(device_tokens).subspan(pos, n), pos, table, true});
+      std::vector<float> logits;
+      ASSERT_TRUE(host_side->Forward(hb, &logits).ok());
+      const int32_t host_token = Sampler::Sample(logits, o, host_tokens, prompt, &host_rng, false, 0).token_id;
+      RowSampling row;
+      row.temperature = o.temperature, row.top_k = o.top_k, row.top_p = o.top_p, row.min_p = o.min_p;
+      row.repetition_penalty = o.repetition_penalty, row.presence_penalty = o.presence_penalty;
+      row.frequency_penalty = o.frequency_penalty;
+      if (o.temperature > 0) row.uniform = Sampler::Uniform(&device_rng);
+      row.tokens = device_tokens;
+      row.num_prompt_tokens = prompt;
+      std::vector<int32_t> chosen;
+      const absl::Status st = device_side->ForwardSample(db, {&row, 1}, &chosen);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(chosen.size(), 1u);
+      ASSERT_EQ(chosen[0], host_token) << "step " << step;
+      pos += n;
+      host_tokens.push_back(host_token);
+      device_tokens.push_back(chosen[0]);
+    }
+  }
+  // A row count that does not match the batch is refused.
+  ForwardBatch b;
+  b.seqs.push_back({expected_.prompt, 0, table, true});
+  std::vector<int32_t> chosen;
+  EXPECT_EQ(device_side->ForwardSample(b, {}, &chosen).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // DeepSeek-V2 (q_lora_rank, group-limited greedy routing, YaRN), V2-Lite (plain q_proj,

@@ -206,7 +206,10 @@ class EngineImpl final : public Engine {
   void Admit(std::vector<Incoming> incoming);
   void ApplyCancels(const std::unordered_set<std::string>& ids);
   void RunStep();
+  // Samples the row on the host, then Emit.
   void EmitToken(RequestState* st, std::span<float> row);
+  // The chosen token into the sequence, the detokenizer and the stop checks; out to the client.
+  void Emit(RequestState* st, SampleResult r);
   // Ends a request: takes it out of the scheduler (freeing its blocks) and queues its
   // final output.
   void Finish(RequestState* st, GenerationOutput out, FinishReason reason, absl::Status error);
@@ -228,6 +231,7 @@ class EngineImpl final : public Engine {
   std::vector<std::pair<OutputCallback*, GenerationOutput>> outbox_;
   std::vector<std::unique_ptr<RequestState>> finished_;  // kept until their callbacks ran
   std::vector<float> logits_;
+  std::vector<int32_t> device_tokens_;  // a step's tokens from a model that samples on its device
   std::mt19937_64 seed_source_;
   int64_t next_seq_id_ = 0;
   int64_t hits_total_ = 0, queries_total_ = 0, preemptions_total_ = 0, steps_total_ = 0;
@@ -351,11 +355,44 @@ void EngineImpl::RunStep() {
     num_rows += c.want_logits ? 1 : 0;
     batch.seqs.push_back(sc);
   }
+  // A model that samples on its device gets each row's rules and draw, and returns only
+  // tokens; logprobs need the logits here, so a step with such a request samples here.
+  bool on_device = model_->SamplesOnDevice();
+  for (const ScheduledChunk& c : plan.chunks) on_device = on_device && !(c.want_logits && c.seq->include_logprobs);
   logits_.clear();
-  absl::Status status = model_->Forward(batch, &logits_);
-  if (status.ok() && static_cast<int64_t>(logits_.size()) != num_rows * vocab_size_) {
-    status = absl::InternalError(fmt::format("model returned {} logits for {} rows of {}",
-                                             logits_.size(), num_rows, vocab_size_));
+  device_tokens_.clear();
+  absl::Status status;
+  if (on_device) {
+    std::vector<RowSampling> rows;
+    for (const ScheduledChunk& c : plan.chunks) {
+      if (!c.want_logits) continue;
+      Sequence& seq = *c.seq;
+      const SamplingOptions& o = seq.sampling;
+      RowSampling r;
+      r.temperature = o.temperature;
+      r.top_k = o.top_k;
+      r.top_p = o.top_p;
+      r.min_p = o.min_p;
+      r.repetition_penalty = o.repetition_penalty;
+      r.presence_penalty = o.presence_penalty;
+      r.frequency_penalty = o.frequency_penalty;
+      // The draw Sampler::Sample would take from the sequence's RNG, taken now.
+      if (o.temperature > 0.0f) r.uniform = Sampler::Uniform(&seq.rng);
+      r.tokens = seq.tokens;
+      r.num_prompt_tokens = seq.num_prompt_tokens;
+      rows.push_back(r);
+    }
+    status = model_->ForwardSample(batch, rows, &device_tokens_);
+    if (status.ok() && static_cast<int64_t>(device_tokens_.size()) != num_rows) {
+      status = absl::InternalError(
+          fmt::format("model returned {} tokens for {} rows", device_tokens_.size(), num_rows));
+    }
+  } else {
+    status = model_->Forward(batch, &logits_);
+    if (status.ok() && static_cast<int64_t>(logits_.size()) != num_rows * vocab_size_) {
+      status = absl::InternalError(fmt::format("model returned {} logits for {} rows of {}",
+                                               logits_.size(), num_rows, vocab_size_));
+    }
   }
   if (!status.ok()) {
     // The KV these sequences were writing is in an unknown state: fail exactly them.
@@ -375,9 +412,21 @@ void EngineImpl::RunStep() {
   int64_t row = 0;
   for (const ScheduledChunk& c : plan.chunks) {
     if (!c.want_logits) continue;
+    RequestState* st = requests_.at(c.seq).get();
+    if (on_device) {
+      const int32_t token = device_tokens_[row++];
+      if (token < 0) {
+        Finish(st, NewOutput(*st), FinishReason::kError, absl::InternalError("model produced NaN logits"));
+      } else {
+        SampleResult r;
+        r.token_id = token;
+        Emit(st, std::move(r));
+      }
+      continue;
+    }
     std::span<float> logits(logits_.data() + row * vocab_size_, vocab_size_);
     ++row;
-    EmitToken(requests_.at(c.seq).get(), logits);
+    EmitToken(st, logits);
   }
   ++steps_total_;
   PublishAndDeliver(true, plan.num_batched_tokens,
@@ -393,8 +442,12 @@ void EngineImpl::EmitToken(RequestState* st, std::span<float> logits) {
       return;
     }
   }
-  SampleResult r = Sampler::Sample(logits, seq.sampling, seq.tokens, seq.num_prompt_tokens,
-                                   &seq.rng, seq.include_logprobs, seq.top_logprobs);
+  Emit(st, Sampler::Sample(logits, seq.sampling, seq.tokens, seq.num_prompt_tokens, &seq.rng,
+                           seq.include_logprobs, seq.top_logprobs));
+}
+
+void EngineImpl::Emit(RequestState* st, SampleResult r) {
+  Sequence& seq = *st->seq;
   seq.tokens.push_back(r.token_id);
   if (st->ttft_seconds < 0) {
     st->ttft_seconds = std::chrono::duration<double>(Clock::now() - st->arrival).count();

@@ -61,6 +61,23 @@ struct ForwardBatch {
   std::vector<SequenceChunk> seqs;
 };
 
+// How one want_logits row's next token is chosen, for a model that samples where its
+// logits are (ForwardSample): the engine's SamplingOptions, the sequence's tokens for the
+// penalties, and the row's uniform draw, taken by the caller from the sequence's RNG
+// exactly when the host sampler would take it (temperature > 0).
+struct RowSampling {
+  float temperature = 0.0f;  // <= 0: greedy
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  double uniform = 0.0;
+  std::span<const int32_t> tokens;  // prompt, then output so far
+  int64_t num_prompt_tokens = 0;
+};
+
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
@@ -93,6 +110,17 @@ class CausalLM {
   // Device memory still free once the model is loaded, for a KV cache sized as a fraction
   // of it (a GPU model); 0 for a model in host memory, whose cache is sized in bytes.
   virtual size_t FreeDeviceBytes() const { return 0; }
+
+  // Whether ForwardSample works: the model picks tokens where its logits are (a whole
+  // model on one GPU), so only one int32 per row crosses to the host.
+  virtual bool SamplesOnDevice() const { return false; }
+  // Forward, then each want_logits row's token (rows[i] for the i-th, in batch order) by
+  // the engine sampler's rules (worker/engine/sampler.h); -1 for a row whose logits hold
+  // a NaN. UNIMPLEMENTED unless SamplesOnDevice().
+  virtual absl::Status ForwardSample(const ForwardBatch& batch, std::span<const RowSampling> rows,
+                                     std::vector<int32_t>* tokens) {
+    return absl::UnimplementedError("this model does not sample on its device");
+  }
 };
 
 // GPUs a kCuda model could use here: 0 in a build without CUDA or where the driver finds

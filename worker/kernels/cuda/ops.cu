@@ -130,18 +130,19 @@ __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* out, int6
   out[idx] = src[static_cast<int64_t>(rows[idx / n]) * n + idx % n];
 }
 
-// One thread per (token, column), summing the token's k slots in slot order.
+// One thread per (token, column), adding the token's k slots in slot order.
 __global__ void AddWeightedRowsKernel(const float* src, const int32_t* slot_rows, const float* slot_weights,
                                       int64_t k, float* dst, int64_t num_tokens, int64_t n) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * n) return;
   const int64_t t = idx / n, c = idx % n;
-  float sum = 0.0f;
+  float acc = dst[idx];
   for (int64_t j = 0; j < k; ++j) {
     const int32_t row = slot_rows[t * k + j];
-    if (row >= 0) sum += slot_weights[t * k + j] * src[static_cast<int64_t>(row) * n + c];
+    // Unfused, one slot at a time: the host's `h += w * out` per expert, rounded as it rounds.
+    if (row >= 0) acc = __fadd_rn(acc, __fmul_rn(slot_weights[t * k + j], src[static_cast<int64_t>(row) * n + c]));
   }
-  dst[idx] += sum;
+  dst[idx] = acc;
 }
 
 template <typename T>

@@ -1,6 +1,7 @@
 #include "worker/kernels/cuda/sampling.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "worker/kernels/cuda/cuda_check.h"
 
@@ -46,7 +47,260 @@ __global__ void ArgmaxKernel(const float* logits, int64_t n, int32_t* out) {
   }
 }
 
+constexpr int kSampleThreads = 1024;
+constexpr int kSampleWarps = kSampleThreads / 32;
+
+// Block-wide sum of v over kSampleThreads threads, returned to every thread.
+template <typename T>
+__device__ T BlockSum(T v) {
+  __shared__ T warp_sums[kSampleWarps];
+  __shared__ T total;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // a previous call's readers of `total` are done
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kSampleWarps ? warp_sums[lane] : T(0);
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+// Block-wide exclusive prefix sum of v in thread order; *total gets the block's sum.
+template <typename T>
+__device__ T BlockExclusiveScan(T v, T* total) {
+  __shared__ T warp_totals[kSampleWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T inclusive = v;
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const T up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  __syncthreads();
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < kSampleWarps ? warp_totals[lane] : T(0);
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const T up = __shfl_up_sync(0xffffffffu, w, offset);
+      if (lane >= offset) w += up;
+    }
+    if (lane < kSampleWarps) warp_totals[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  const T before_warp = warp == 0 ? T(0) : warp_totals[warp - 1];
+  *total = warp_totals[kSampleWarps - 1];
+  return before_warp + inclusive - v;
+}
+
+__device__ __forceinline__ uint32_t Bits(float p) { return __float_as_uint(p); }
+
+// The largest bit pattern b (probabilities are >= 0, so patterns order as values) such
+// that keep(b) holds, where keep is monotone (true at 0, false past b*). 31 rounds.
+template <typename Keep>
+__device__ uint32_t LargestPattern(Keep keep) {
+  uint32_t lo = 0, hi = 0x7f800000u;  // keep(lo) holds; search (lo, hi]
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo + 1) / 2;
+    if (keep(mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Keeps (leaves p as is) every candidate above pattern `cut` and the first `ties`
+// candidates, in index order, exactly at it; zeroes the rest. candidate(i) says which
+// tokens are still in.
+template <typename Candidate>
+__device__ void KeepAboveAndFirstTies(float* p, int64_t n, uint32_t cut, int64_t ties, Candidate candidate) {
+  int64_t carried = 0;
+  for (int64_t base = 0; base < n; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    const bool in = i < n && candidate(i);
+    const bool tie = in && Bits(p[i]) == cut;
+    int64_t chunk_ties = 0;
+    const int64_t before = BlockExclusiveScan<int64_t>(tie ? 1 : 0, &chunk_ties);
+    if (i < n) {
+      const bool keep = in && (Bits(p[i]) > cut || (tie && carried + before < ties));
+      if (!keep) p[i] = 0.0f;
+    }
+    carried += chunk_ties;
+  }
+  __syncthreads();
+}
+
+// One block of kSampleThreads per row; the row's logits become its probabilities.
+__global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, const PenaltyToken* penalties,
+                             int32_t* out) {
+  const int64_t r = blockIdx.x;
+  const SamplingRow P = rows[r];
+  float* l = logits + r * n;
+
+  // 1. penalties (each distinct token on one thread: repetition, then presence/frequency).
+  for (int64_t e = P.penalty_begin + threadIdx.x; e < P.penalty_end; e += blockDim.x) {
+    const PenaltyToken t = penalties[e];
+    if (t.token < 0 || t.token >= n) continue;
+    float v = l[t.token];
+    if (P.repetition_penalty != 1.0f) v = v > 0 ? v / P.repetition_penalty : v * P.repetition_penalty;
+    if (t.output_count > 0 && (P.presence_penalty != 0.0f || P.frequency_penalty != 0.0f)) {
+      // Unfused, as the host computes it (an FMA would round once where the host rounds twice).
+      v = __fsub_rn(v, __fadd_rn(P.presence_penalty, __fmul_rn(P.frequency_penalty, static_cast<float>(t.output_count))));
+    }
+    l[t.token] = v;
+  }
+  __syncthreads();
+
+  // Any NaN fails the row; otherwise the argmax (lowest index on ties).
+  float best = -INFINITY;
+  int64_t best_i = n;
+  int nan = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = l[i];
+    if (isnan(v)) {
+      nan = 1;
+    } else if (Better(v, i, best, best_i)) {
+      best = v, best_i = i;
+    }
+  }
+  __shared__ float warp_best[kSampleWarps];
+  __shared__ int64_t warp_i[kSampleWarps];
+  __shared__ int64_t arg;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int64_t i = __shfl_xor_sync(0xffffffffu, best_i, offset);
+    if (Better(v, i, best, best_i)) best = v, best_i = i;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_best[warp] = best, warp_i[warp] = best_i;
+  __syncthreads();
+  if (warp == 0) {
+    best = warp_best[lane];
+    best_i = warp_i[lane];
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int64_t i = __shfl_xor_sync(0xffffffffu, best_i, offset);
+      if (Better(v, i, best, best_i)) best = v, best_i = i;
+    }
+    if (lane == 0) arg = best_i < n ? best_i : 0;
+  }
+  if (BlockSum<int>(nan) > 0) {  // BlockSum's barriers also publish `arg`
+    if (threadIdx.x == 0) out[r] = -1;
+    return;
+  }
+  if (P.temperature <= 0.0f) {
+    if (threadIdx.x == 0) out[r] = static_cast<int32_t>(arg);
+    return;
+  }
+
+  // 2. temperature and softmax: p = exp(l / T - max) / sum (sum in double), in place.
+  const float inv_t = 1.0f / P.temperature;
+  const float mx = __fmul_rn(l[arg], inv_t);  // rounding is monotone: the max of the scaled row
+  double part = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float e = expf(__fsub_rn(__fmul_rn(l[i], inv_t), mx));  // unfused, as the host
+    l[i] = e;
+    part += e;
+  }
+  const double total = BlockSum<double>(part);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) l[i] = static_cast<float>(l[i] / total);
+  __syncthreads();
+  const float pmax = l[arg];
+  float* p = l;
+
+  // 3. top-k, then top-p over what top-k kept, then min-p.
+  const bool use_k = P.top_k > 0 && P.top_k < n, use_p = P.top_p < 1.0f;
+  if (use_k) {
+    const int64_t k = P.top_k;
+    const uint32_t cut = LargestPattern([&](uint32_t b) {
+      int64_t c = 0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) c += Bits(p[i]) >= b ? 1 : 0;
+      return BlockSum<int64_t>(c) >= k;
+    });
+    int64_t above = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) above += Bits(p[i]) > cut ? 1 : 0;
+    above = BlockSum<int64_t>(above);
+    KeepAboveAndFirstTies(p, n, cut, k - above, [](int64_t) { return true; });
+  }
+  if (use_p) {
+    // As the host: the target is top_p of the mass top-k kept (of 1 without top-k).
+    double mass = 1.0;
+    if (use_k) {
+      double m = 0.0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m += p[i];
+      mass = BlockSum<double>(m);
+    }
+    const double target = static_cast<double>(P.top_p) * mass;
+    auto mass_from = [&](uint32_t b, bool strictly) {
+      double m = 0.0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t bits = Bits(p[i]);
+        if (p[i] > 0.0f && (strictly ? bits > b : bits >= b)) m += p[i];
+      }
+      return BlockSum<double>(m);
+    };
+    // The smallest probability of the kept prefix: the largest cut whose mass at or above
+    // it reaches the target (0 when rounding leaves even the whole set short: keep all).
+    const uint32_t cut = LargestPattern([&](uint32_t b) { return b == 0 || mass_from(b, false) >= target; });
+    if (cut > 0) {
+      const double above = mass_from(cut, true);
+      const double at = static_cast<double>(__uint_as_float(cut));
+      // Ties at the cut join in index order until the running mass reaches the target.
+      const int64_t ties = static_cast<int64_t>(ceil((target - above) / at));
+      KeepAboveAndFirstTies(p, n, cut, ties < 1 ? 1 : ties, [&](int64_t i) { return p[i] > 0.0f; });
+    }
+  }
+  if (P.min_p > 0.0f) {
+    const float cut = P.min_p * pmax;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      if (p[i] < cut) p[i] = 0.0f;
+    }
+  }
+  __syncthreads();
+  double kept = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) kept += p[i];
+  kept = BlockSum<double>(kept);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = static_cast<float>(p[i] / kept);
+  __syncthreads();
+
+  // 4. the draw: the first kept token, in index order, whose running sum passes u; the
+  // last kept one when rounding leaves u above the whole sum.
+  __shared__ int64_t chosen;
+  __shared__ int64_t last_kept;
+  if (threadIdx.x == 0) chosen = n, last_kept = 0;
+  __syncthreads();
+  double carried = 0.0;
+  for (int64_t base = 0; base < n; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    const double v = i < n ? static_cast<double>(p[i]) : 0.0;
+    double chunk = 0.0;
+    const double before = BlockExclusiveScan<double>(v, &chunk);
+    if (i < n && v > 0.0) {
+      atomicMax(reinterpret_cast<unsigned long long*>(&last_kept), static_cast<unsigned long long>(i));
+      if (P.uniform < carried + before + v) {
+        atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+      }
+    }
+    __syncthreads();
+    if (chosen < n) break;  // the same value for every thread after the barrier
+    carried += chunk;
+  }
+  if (threadIdx.x == 0) out[r] = static_cast<int32_t>(chosen < n ? chosen : last_kept);
+}
+
 }  // namespace
+
+void SampleRows(cudaStream_t stream, float* logits, int64_t num_rows, int64_t n, const SamplingRow* rows,
+                const PenaltyToken* penalties, int32_t* out) {
+  if (num_rows == 0) return;
+  SampleKernel<<<static_cast<unsigned>(num_rows), kSampleThreads, 0, stream>>>(logits, n, rows, penalties, out);
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
 
 void ArgmaxRows(cudaStream_t stream, const float* logits, int64_t num_rows, int64_t n, int32_t* out) {
   if (num_rows == 0) return;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "worker/common/status_macros.h"
@@ -85,7 +86,9 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
   vocab_begin_ = vocab_rows_ * shard.tp_rank;
 }
 
-CudaDecoder::~CudaDecoder() {
+CudaDecoder::~CudaDecoder() { Quiesce(); }
+
+void CudaDecoder::Quiesce() const noexcept {
   cudaSetDevice(device_);
   cudaStreamSynchronize(stream_.get());
 }
@@ -259,6 +262,8 @@ absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   const size_t logit_rows_at = tables_at + aligned(S * max_blocks * 4);
   const size_t positions_at = logit_rows_at + aligned(R * 4);
   const size_t total = positions_at + aligned(T * 8);
+  max_blocks_ = max_blocks;
+  if (total == 0) return absl::OkStatus();  // an empty step: nothing to copy (and maybe no buffers yet)
   if (total > staging_.bytes() || total > step_dev_.bytes()) {
     staging_ = PinnedBuffer();
     step_dev_ = DeviceBuffer();
@@ -296,6 +301,7 @@ float* CudaDecoder::HostScratch(size_t bytes) {
 }
 
 absl::Status CudaDecoder::AllReduce(float* data, int64_t n) {
+  if (n == 0) return absl::OkStatus();  // the same on every rank of the step
   cudaStream_t s = stream_.get();
   // The communicator's calls block until done, on their own stream (NCCL) or the host
   // (Gloo): what the model enqueued must have finished first.
@@ -446,5 +452,70 @@ absl::Status CudaDecoder::ForwardGreedy(const ForwardBatch& batch, std::vector<i
   return absl::OkStatus();
 }
 
+
+absl::Status CudaDecoder::ForwardSample(const ForwardBatch& batch, std::span<const RowSampling> rows,
+                                        std::vector<int32_t>* tokens) {
+  if (!SamplesOnDevice()) return CudaCausalLM::ForwardSample(batch, rows, tokens);
+  int64_t wanted = 0;
+  for (const SequenceChunk& c : batch.seqs) wanted += c.want_logits ? 1 : 0;
+  if (static_cast<int64_t>(rows.size()) != wanted) {
+    return absl::InvalidArgumentError(
+        fmt::format("{} sampling rows for {} sequences that want a token", rows.size(), wanted));
+  }
+  // The rows' parameters and penalty tokens: every distinct token of prompt and output
+  // (the repetition penalty's set) with its count in the output, when a penalty is on.
+  std::vector<cuda::SamplingRow> params(rows.size());
+  std::vector<cuda::PenaltyToken> penalties;
+  std::unordered_map<int32_t, int32_t> output_counts;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const RowSampling& in = rows[i];
+    cuda::SamplingRow& p = params[i];
+    p.temperature = in.temperature;
+    p.top_k = in.top_k;
+    p.top_p = in.top_p;
+    p.min_p = in.min_p;
+    p.repetition_penalty = in.repetition_penalty;
+    p.presence_penalty = in.presence_penalty;
+    p.frequency_penalty = in.frequency_penalty;
+    p.uniform = in.uniform;
+    p.penalty_begin = static_cast<int32_t>(penalties.size());
+    if (in.repetition_penalty != 1.0f || in.presence_penalty != 0.0f || in.frequency_penalty != 0.0f) {
+      output_counts.clear();
+      const int64_t prompt = std::clamp<int64_t>(in.num_prompt_tokens, 0, static_cast<int64_t>(in.tokens.size()));
+      for (int64_t t = 0; t < static_cast<int64_t>(in.tokens.size()); ++t) {
+        int32_t& c = output_counts[in.tokens[t]];
+        if (t >= prompt) ++c;
+      }
+      for (const auto& [token, count] : output_counts) penalties.push_back({token, count});
+    }
+    p.penalty_end = static_cast<int32_t>(penalties.size());
+  }
+  ASSIGN_OR_RETURN(const int64_t R, RunStep(batch, {}));
+  const size_t rows_bytes = params.size() * sizeof(cuda::SamplingRow);
+  const size_t penalties_at = (rows_bytes + 255) & ~size_t{255};
+  const size_t total = penalties_at + penalties.size() * sizeof(cuda::PenaltyToken);
+  if (total > sampling_host_.bytes() || total > sampling_dev_.bytes()) {
+    sampling_host_ = PinnedBuffer();
+    sampling_dev_ = DeviceBuffer();
+    RETURN_IF_ERROR(Allocate("sampling parameters", 2 * total, &sampling_dev_));
+    sampling_host_ = PinnedBuffer(2 * total);
+  }
+  cudaStream_t s = stream_.get();
+  if (R > 0) {
+    std::byte* h = sampling_host_.as<std::byte>();
+    std::memcpy(h, params.data(), rows_bytes);
+    if (!penalties.empty()) std::memcpy(h + penalties_at, penalties.data(), total - penalties_at);
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(sampling_dev_.data(), h, total, cudaMemcpyHostToDevice, s));
+    const std::byte* d = sampling_dev_.as<std::byte>();
+    cuda::SampleRows(s, logits_dev_.as<float>(), R, config_.vocab_size,
+                     reinterpret_cast<const cuda::SamplingRow*>(d),
+                     reinterpret_cast<const cuda::PenaltyToken*>(d + penalties_at), greedy_dev_.as<int32_t>());
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(greedy_host_.data(), greedy_dev_.data(), R * 4, cudaMemcpyDeviceToHost, s));
+  }
+  // Always: the next step rewrites the pinned staging this one's copies read.
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));
+  tokens->assign(greedy_host_.as<int32_t>(), greedy_host_.as<int32_t>() + R);
+  return absl::OkStatus();
+}
 
 }  // namespace shoal::worker

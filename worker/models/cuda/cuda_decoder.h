@@ -18,6 +18,7 @@
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/device.h"
 #include "worker/kernels/cuda/gemm.h"
+#include "worker/kernels/cuda/sampling.h"
 #include "worker/model/model_config.h"
 #include "worker/model/weight_store.h"
 #include "worker/models/cuda/cuda_causal_lm.h"
@@ -73,6 +74,10 @@ class CudaDecoder : public CudaCausalLM {
   absl::Status ForwardStage(const ForwardBatch& batch, std::span<const float> hidden_in,
                             std::vector<float>* out) override;
   absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) override;
+  // A whole model on one GPU: its rank's logits are whole rows there.
+  bool SamplesOnDevice() const override { return tp_size() == 1 && first_stage() && last_stage(); }
+  absl::Status ForwardSample(const ForwardBatch& batch, std::span<const RowSampling> rows,
+                             std::vector<int32_t>* tokens) override;
   size_t WeightBytes() const override { return weight_bytes_; }
   size_t FreeDeviceBytes() const override;
 
@@ -117,6 +122,9 @@ class CudaDecoder : public CudaCausalLM {
   const int64_t* d_positions() const { return d_positions_; }
   // cudaSetDevice is per thread, and the engine steps on a thread of its own.
   void UseDevice() const;
+  // Waits for the stream, ignoring errors: a derived destructor calls it first, so no
+  // enqueued kernel reads a buffer being freed.
+  void Quiesce() const noexcept;
   bool first_stage() const { return shard_.first_layer == 0; }
   bool last_stage() const { return shard_.end_layer == config_.num_layers; }
   int tp_size() const { return shard_.tp_size; }
@@ -171,6 +179,9 @@ class CudaDecoder : public CudaCausalLM {
   cuda::DeviceBuffer gathered_dev_;  // f32 [tp, R, vocab_rows_] then [R, vocab]: a device communicator's gather
   cuda::DeviceBuffer greedy_dev_;    // int32 [R]
   cuda::PinnedBuffer logits_host_, greedy_host_, host_scratch_;
+  // ForwardSample's rows and penalty tokens, staged and copied in one transfer.
+  cuda::PinnedBuffer sampling_host_;
+  cuda::DeviceBuffer sampling_dev_;
   std::vector<float> local_logits_, gathered_;  // a host communicator's gather
 
   // The step's index arrays, staged in pinned memory and copied in one transfer:

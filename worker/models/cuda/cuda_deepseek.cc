@@ -29,6 +29,9 @@ using cuda::PinnedBuffer;
 // not config.rms_norm_eps (as deepseek_mla.cc).
 constexpr float kLatentNormEps = 1e-6f;
 
+// num_experts_per_tok at most this (DeepSeek-V2/V3 use 6 and 8).
+constexpr int64_t kMaxExpertsPerToken = 64;
+
 std::string LayerName(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
 
 // A SwiGLU MLP with gate and up stacked into one matrix: a dense layer's, the shared
@@ -54,7 +57,8 @@ struct DeepseekLayerWeights {
   MlaWeights attn;
   std::optional<SwiGluWeights> dense;
   // DeepSeekMoE
-  DeviceBuffer router;               // [n_routed_experts, hidden], whole
+  DeviceBuffer router;               // f32 [n_routed_experts, hidden], whole: routing is a discrete
+                                     // choice, so it sees the CPU's f32 activations and weights
   std::vector<float> router_bias;    // noaux_tc's e_score_correction_bias (host: routing runs there)
   std::optional<SwiGluWeights> routed;  // experts [begin, end) of experts_
   std::optional<SwiGluWeights> shared;
@@ -70,6 +74,7 @@ struct DeepseekLayerWeights {
 // residual in slot order.
 class CudaDeepseekModel final : public CudaDecoder {
  public:
+  ~CudaDeepseekModel() override { Quiesce(); }  // before this class's buffers go
   CudaDeepseekModel(const ModelConfig& config, const ShardSpec& shard, const CausalLMOptions& options)
       : CudaDecoder(config, shard, options),
         d_(config.deepseek),
@@ -136,11 +141,15 @@ class CudaDeepseekModel final : public CudaDecoder {
   DeviceBuffer attn_;      // wdt_ [T, heads * v]
   DeviceBuffer gate_up_;   // wdt_ [T, 2 max(dense, shared features)]
   DeviceBuffer mlp_;       // wdt_ [T, max(dense, shared features)]
+  DeviceBuffer xn32_;      // f32 [T, hidden]: the MoE layers' normed input, for the router
   DeviceBuffer logits_;    // f32 [T, n_routed_experts]: router outputs
-  DeviceBuffer xg_;        // wdt_ [T * k, hidden]: tokens gathered by local expert
-  DeviceBuffer eg_up_;     // wdt_ [T * k, 2 moe features]
-  DeviceBuffer e_mlp_;     // wdt_ [T * k, moe features]
-  DeviceBuffer e_out_;     // f32 [T * k, hidden]
+  // The local experts' rows, sized to the most a step has gathered on this rank (a 1/tp
+  // share of T * k on average), not to every slot.
+  int64_t gathered_capacity_ = 0;
+  DeviceBuffer xg_;        // wdt_ [gathered, hidden]: tokens gathered by local expert
+  DeviceBuffer eg_up_;     // wdt_ [gathered, 2 moe features]
+  DeviceBuffer e_mlp_;     // wdt_ [gathered, moe features]
+  DeviceBuffer e_out_;     // f32 [gathered, hidden]
   DeviceBuffer moe_dev_;   // int32 gather rows [T * k], int32 slot rows [T * k], f32 weights [T * k]
   PinnedBuffer logits_host_, moe_host_;
 };
@@ -183,7 +192,7 @@ absl::Status CudaDeepseekModel::AllocateLayerWeights() {
       RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp."), 1, dense_features_, &*L.dense));
       continue;
     }
-    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "mlp.gate.weight"), d_.n_routed_experts * hidden * e, &L.router));
+    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "mlp.gate.weight"), d_.n_routed_experts * hidden * 4, &L.router));
     if (experts_.end > experts_.begin) {
       L.routed.emplace();
       RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp.experts."), experts_.end - experts_.begin,
@@ -241,7 +250,7 @@ absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
       continue;
     }
     RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "mlp.gate.weight"), MatrixSlice::Whole(d_.n_routed_experts, hidden),
-                                 wdt_, L.router, 0));
+                                 DType::kF32, L.router, 0));
     if (d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
       ASSIGN_OR_RETURN(VectorParam bias, VectorParam::Load(store, LayerName(i, "mlp.gate.e_score_correction_bias"),
                                                            d_.n_routed_experts));
@@ -280,7 +289,7 @@ void CudaDeepseekModel::FillRandomLayerWeights(const std::function<void(const De
     fill(a.o, wdt_, bound(c.num_heads * d_.v_head_dim));
     ones(L.mlp_norm);
     swiglu(L.dense, c.intermediate_size);
-    fill(L.router, wdt_, bound(c.hidden_size));
+    fill(L.router, DType::kF32, bound(c.hidden_size));
     if (L.router.bytes() > 0 && d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
       L.router_bias.assign(d_.n_routed_experts, 0.0f);
     }
@@ -300,7 +309,7 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
   const int64_t mlp = std::max(dense_features_, shared_features_), k = d_.num_experts_per_tok;
   const bool cast = wdt_ != DType::kF32;
   for (DeviceBuffer* b : {&qa_, &qa_n_, &q_, &q_w_, &ckv_, &q_lat_, &o_lat_, &o_lat_w_, &attn_, &gate_up_, &mlp_,
-                          &logits_, &xg_, &eg_up_, &e_mlp_, &e_out_, &moe_dev_}) {
+                          &xn32_, &logits_, &moe_dev_}) {
     *b = DeviceBuffer();
   }
   logits_host_ = PinnedBuffer();
@@ -321,12 +330,9 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
     RETURN_IF_ERROR(Allocate("activations mlp", n * mlp * e, &mlp_));
   }
   if (d_.n_routed_experts > 0) {
-    const int64_t slots = n * k, mi = d_.moe_intermediate_size;
+    const int64_t slots = n * k;
+    RETURN_IF_ERROR(Allocate("router input", n * hidden * 4, &xn32_));
     RETURN_IF_ERROR(Allocate("router logits", n * d_.n_routed_experts * 4, &logits_));
-    RETURN_IF_ERROR(Allocate("expert inputs", slots * hidden * e, &xg_));
-    RETURN_IF_ERROR(Allocate("expert gate_up", slots * 2 * mi * e, &eg_up_));
-    RETURN_IF_ERROR(Allocate("expert mlp", slots * mi * e, &e_mlp_));
-    RETURN_IF_ERROR(Allocate("expert outputs", slots * hidden * 4, &e_out_));
     RETURN_IF_ERROR(Allocate("expert slots", slots * 12, &moe_dev_));
     logits_host_ = PinnedBuffer(n * d_.n_routed_experts * 4);
     moe_host_ = PinnedBuffer(slots * 12);
@@ -405,7 +411,7 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   float* out = row_out();
 
   // Routing on the host, by the CPU's rules, over the router logits.
-  gemm_.Run(wdt_, xn_.data(), L.router.data(), T, hidden, E, DType::kF32, logits_.data(), false);
+  gemm_.Run(DType::kF32, xn32_.data(), L.router.data(), T, hidden, E, DType::kF32, logits_.data(), false);
   SHOAL_CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), logits_.data(), T * E * 4, cudaMemcpyDeviceToHost, s));
   SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the previous layer's slot copy has landed
   const Routing r = RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
@@ -433,7 +439,33 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
     slot_row[i] = static_cast<int32_t>(row);
   }
   const int64_t gathered = offset[local];
+  // Each token's slots by expert id, the order the CPU adds its experts in.
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t order[kMaxExpertsPerToken];
+    for (int64_t j = 0; j < k; ++j) order[j] = j;
+    std::sort(order, order + k, [&](int64_t a, int64_t b) { return r.ids[t * k + a] < r.ids[t * k + b]; });
+    int32_t rows_sorted[kMaxExpertsPerToken];
+    float weights_sorted[kMaxExpertsPerToken];
+    for (int64_t j = 0; j < k; ++j) {
+      rows_sorted[j] = slot_row[t * k + order[j]];
+      weights_sorted[j] = weights[t * k + order[j]];
+    }
+    std::copy_n(rows_sorted, k, slot_row + t * k);
+    std::copy_n(weights_sorted, k, weights + t * k);
+  }
   SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12, cudaMemcpyHostToDevice, s));
+  if (gathered > gathered_capacity_) {
+    // The stream is idle (synchronized above): nothing reads the old buffers.
+    for (DeviceBuffer* b : {&xg_, &eg_up_, &e_mlp_, &e_out_}) *b = DeviceBuffer();
+    gathered_capacity_ = 0;
+    const int64_t n = std::max(gathered, 2 * gathered_capacity_), mi = d_.moe_intermediate_size;
+    const size_t e = ElementBytes(wdt_);
+    RETURN_IF_ERROR(Allocate("expert inputs", n * hidden * e, &xg_));
+    RETURN_IF_ERROR(Allocate("expert gate_up", n * 2 * mi * e, &eg_up_));
+    RETURN_IF_ERROR(Allocate("expert mlp", n * mi * e, &e_mlp_));
+    RETURN_IF_ERROR(Allocate("expert outputs", n * hidden * 4, &e_out_));
+    gathered_capacity_ = n;
+  }
 
   // The shared experts first, as the CPU: alone they add into the residual; with tensor
   // ranks they start the partial sum (which must start at zero without them).
@@ -476,6 +508,7 @@ absl::Status CudaDeepseekModel::RunLayer(int64_t l, int64_t T) {
   cuda::RmsNormRows(s, x, nullptr, L.attn_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
   RETURN_IF_ERROR(Attention(L.attn, l, T));
   cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
+  if (!L.dense) cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), DType::kF32, xn32_.data(), T, hidden, eps);
   if (L.dense) {
     RunSwiGlu(*L.dense, 0, xn_.data(), T, row_out(), /*accumulate=*/alone(), gate_up_.data(), mlp_.data());
     if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
@@ -524,6 +557,18 @@ absl::Status CheckDeepseekArgs(const ModelConfig& c, const std::string& source, 
       return absl::InvalidArgumentError(fmt::format(
           "{}: MoE needs 0 < num_experts_per_tok ({}) <= n_routed_experts ({}) and moe_intermediate_size > 0 ({})",
           source, d.num_experts_per_tok, d.n_routed_experts, d.moe_intermediate_size));
+    }
+    if (d.num_experts_per_tok > kMaxExpertsPerToken) {
+      return absl::InvalidArgumentError(fmt::format("{}: num_experts_per_tok {} is above the CUDA MoE's {}", source,
+                                                    d.num_experts_per_tok, kMaxExpertsPerToken));
+    }
+    // What hf_config.cc checks of a file, for configs built in code (benchmarks).
+    if (d.n_group <= 0 || d.topk_group <= 0 || d.n_routed_experts % d.n_group != 0 || d.topk_group > d.n_group ||
+        d.topk_group * (d.n_routed_experts / d.n_group) < d.num_experts_per_tok) {
+      return absl::InvalidArgumentError(fmt::format(
+          "{}: expert groups do not fit: n_group {} must divide the {} experts, topk_group {} be in [1, n_group] "
+          "and leave at least num_experts_per_tok {} experts",
+          source, d.n_group, d.n_routed_experts, d.topk_group, d.num_experts_per_tok));
     }
     if ((d.moe_intermediate_size * d.n_shared_experts) % tp != 0) {
       return absl::InvalidArgumentError(

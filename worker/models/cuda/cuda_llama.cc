@@ -40,6 +40,7 @@ struct CudaLayer {
 // stage's tensor ranks; layers [first_layer, end_layer) of the pipeline.
 class CudaLlamaModel final : public CudaDecoder {
  public:
+  ~CudaLlamaModel() override { Quiesce(); }  // before this class's buffers go
   CudaLlamaModel(const ModelConfig& config, const ShardSpec& shard, const AttentionHeads& heads,
                  const CausalLMOptions& options)
       : CudaDecoder(config, shard, options),
@@ -175,6 +176,7 @@ absl::Status CudaLlamaModel::AllocateLayerActivations(int64_t n) {
 // One decoder block over the step's T rows, as llama.cc's RunLayer: the GEMMs see every
 // sequence's tokens as one matrix; only attention looks at sequences, through row_seq.
 absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
+  if (T == 0) return absl::OkStatus();  // every rank of the step has the same T
   const CudaLayer& L = layers_[l];
   const ModelConfig& c = config_;
   cudaStream_t s = stream();
