@@ -89,6 +89,40 @@ TEST(GlooCommunicator, CollectivesAcrossFourProcessesGiveExactResults) {
   }
 }
 
+// Each stage's tensor ranks tell each other their GPUs and choose the same collectives:
+// stage 0's two ranks share one GPU (NCCL refuses that), stage 1's rank 3 runs on the CPU;
+// both stay on Gloo, say why, and their tensor all-reduce works.
+TEST(GroupRendezvous, TensorRanksChooseGlooWhenTheyShareAGpuOrHaveNone) {
+  const int port = testing::FreePort();
+  auto exits = RunRanks(
+      4,
+      [&](int rank) {
+        GroupOptions o = Options(rank, port, 2, 2);
+        if (rank < 2) o.gpu_identity = "node-a/0000:17:00.0";
+        if (rank == 2) o.gpu_identity = "node-b/0000:17:00.0";
+        auto m = GroupMember::Join(o, 4);
+        if (!m.ok()) std::fprintf(stderr, "rank %d: %s\n", rank, m.status().ToString().c_str());
+        CHECK_OR_EXIT(m.ok(), 60);
+        const std::string& t = (*m)->tensor_transport();
+        std::fprintf(stderr, "rank %d: %s\n", rank, t.c_str());
+        if (rank < 2) {
+          CHECK_OR_EXIT(t == "gloo: tensor ranks 0 and 1 share GPU node-a/0000:17:00.0 (NCCL needs a GPU per rank)", 61);
+        } else {
+          CHECK_OR_EXIT(t == "gloo: tensor rank 1 runs its shard on the CPU", 62);
+        }
+        CHECK_OR_EXIT(!(*m)->tensor_group().device_memory(), 63);
+        std::vector<float> v(3, static_cast<float>(rank + 1));
+        CHECK_OR_EXIT((*m)->tensor_group().AllReduceSum(v).ok(), 64);
+        CHECK_OR_EXIT(v[0] == (rank < 2 ? 3.0f : 7.0f), 65);
+        // The leader's store serves every stage's exchange: nobody leaves before all are done.
+        CHECK_OR_EXIT((*m)->world().Barrier().ok(), 66);
+        (*m)->SetStopping();
+        return 0;
+      },
+      std::chrono::seconds(40));
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
+}
+
 // Rank 2 of a 2x2 group never starts: the leader gives up after the join timeout with an
 // error naming it, and the followers that did come hear the same.
 TEST(GroupRendezvous, MissingRankFailsTheGroupByName) {

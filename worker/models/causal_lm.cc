@@ -1,6 +1,7 @@
 #include "worker/models/causal_lm.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "worker/models/deepseek.h"
 #include "worker/models/llama.h"
@@ -34,6 +35,19 @@ int VisibleCudaDevices() {
   return cuda::CudaDeviceCount(&why_not);
 #else
   return 0;
+#endif
+}
+
+std::string CudaDeviceIdentity(int device) {
+#ifdef SHOAL_HAVE_CUDA
+  const std::string bus = cuda::PciBusId(device);
+  if (bus.empty()) return "";
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return fmt::format("{}/{}", host, bus);
+#else
+  (void)device;
+  return "";
 #endif
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -133,6 +134,11 @@ int VisibleCudaDevices();
 // a GPU still work: their tensor all-reduces go over Gloo in host memory. With no GPU,
 // device 0, and the factory says why.
 void ResolveCudaDevice(int rank, CausalLMOptions* options);
+
+// "hostname/PCI bus id" of GPU `device` (the same GPU gives the same string in every
+// process of the machine), for a group to see which ranks share one; "" in a build
+// without CUDA or where the device does not answer.
+std::string CudaDeviceIdentity(int device);
 
 // Builds the model named by model.config.arch over the shard, on options.device. `pool`
 // must outlive it (a CUDA model does not use it and may be given null).

@@ -9,6 +9,7 @@
 namespace shoal::worker {
 
 struct GroupFlags {
+  std::string tensor_collectives = "auto";
   int64_t join_timeout_s = 120;
   int64_t collective_timeout_ms = 30000;
   int64_t probe_interval_ms = 2000;
@@ -35,6 +36,10 @@ inline void AddGroupFlags(CLI::App& app, GroupOptions* o, GroupFlags* f) {
                  std::string("host:port of the leader's group rendezvous (env ") + kEnvLeaderAddr + ")");
   app.add_option("--group-host", o->host, "address this rank's collectives listen on, reachable by its peers")
       ->capture_default_str();
+  app.add_option("--tensor-collectives", f->tensor_collectives,
+                 "auto: NCCL when every tensor rank of a stage has a GPU of its own and loads libnccl, else Gloo; "
+                 "gloo: always Gloo")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "gloo"}));
   app.add_option("--join-timeout", f->join_timeout_s, "seconds to wait for every rank of the group")
       ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--collective-timeout-ms", f->collective_timeout_ms,
@@ -46,6 +51,7 @@ inline void AddGroupFlags(CLI::App& app, GroupOptions* o, GroupFlags* f) {
 }
 
 inline void ApplyGroupFlags(const GroupFlags& f, GroupOptions* o) {
+  o->allow_nccl = f.tensor_collectives != "gloo";
   o->join_timeout = std::chrono::seconds(f.join_timeout_s);
   o->collective_timeout = std::chrono::milliseconds(f.collective_timeout_ms);
   o->probe_interval = std::chrono::milliseconds(f.probe_interval_ms);

@@ -12,6 +12,10 @@
 #include "worker/parallel/gloo_communicator.h"
 #include "worker/parallel/grpc_store.h"
 #include "worker/parallel/rendezvous_service.h"
+#include "worker/parallel/tensor_transport.h"
+#ifdef SHOAL_HAVE_NCCL
+#include "worker/parallel/nccl_communicator.h"
+#endif
 
 namespace shoal::worker {
 namespace {
@@ -187,8 +191,56 @@ absl::Status GroupMember::Connect(const GroupOptions& options) {
   for (int t = 0; t < layout_.tensor; ++t) tp.group_ranks.push_back(layout_.rank_of(stage, t));
   tp.hostname = options.host;
   tp.timeout = collective_timeout_;
+  std::string why_gloo = "one tensor rank";
+  if (layout_.tensor > 1) {
+    TensorRankDevice me;
+    me.gpu = options.gpu_identity;
+    me.allow_nccl = options.allow_nccl;
+#ifdef SHOAL_HAVE_NCCL
+    if (!me.gpu.empty()) NcclAvailable(&me.nccl_error);
+#else
+    me.nccl_error = "this build has no NCCL";
+#endif
+    ASSIGN_OR_RETURN(const std::vector<TensorRankDevice> all,
+                     ExchangeTensorDevices(tp.prefix, tp.rank, layout_.tensor, me, options.join_timeout));
+    why_gloo = WhyNotNccl(all);
+#ifdef SHOAL_HAVE_NCCL
+    if (why_gloo.empty()) {
+      ASSIGN_OR_RETURN(tensor_, NcclCommunicator::CreateThroughStore(*store_, tp.prefix + "/nccl-id", tp.rank,
+                                                                    tp.group_ranks, collective_timeout_,
+                                                                    options.cuda_device));
+      tensor_transport_ = "nccl";
+      spdlog::info("group rank={} tensor collectives over NCCL on GPU {}", rank_, me.gpu);
+      return absl::OkStatus();
+    }
+#endif
+  }
   ASSIGN_OR_RETURN(tensor_, GlooCommunicator::Create(*store_, tp));
+  tensor_transport_ = "gloo: " + why_gloo;
+  if (layout_.tensor > 1) spdlog::info("group rank={} tensor collectives over Gloo: {}", rank_, why_gloo);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<TensorRankDevice>> GroupMember::ExchangeTensorDevices(const std::string& prefix, int tp_rank,
+                                                                                 int tensor, const TensorRankDevice& me,
+                                                                                 std::chrono::milliseconds timeout) {
+  const std::string mine = me.Encode();
+  std::vector<TensorRankDevice> all;
+  try {
+    store_->set(fmt::format("{}/device/{}", prefix, tp_rank), std::vector<char>(mine.begin(), mine.end()));
+    std::vector<std::string> keys;
+    for (int t = 0; t < tensor; ++t) keys.push_back(fmt::format("{}/device/{}", prefix, t));
+    store_->wait(keys, timeout);
+    for (const std::string& key : keys) {
+      const std::vector<char> bytes = store_->get(key);
+      ASSIGN_OR_RETURN(TensorRankDevice d, TensorRankDevice::Decode(std::string_view(bytes.data(), bytes.size())));
+      all.push_back(std::move(d));
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        fmt::format("group rank {}: exchanging the tensor ranks' devices under '{}': {}", rank_, prefix, e.what()));
+  }
+  return all;
 }
 
 // Follower: holds the Attend stream; when it ends without a clean shutdown the leader is

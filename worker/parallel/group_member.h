@@ -18,6 +18,7 @@
 #include "shoal/v1/group.grpc.pb.h"
 #include "worker/parallel/communicator.h"
 #include "worker/parallel/group_layout.h"
+#include "worker/parallel/tensor_transport.h"
 
 namespace shoal::worker {
 
@@ -51,6 +52,13 @@ struct GroupOptions {
   // (shoal-worker's, when SHOAL_LEADER_ADDR points at its serving port); null = Join
   // serves one itself on leader_address's port.
   RendezvousService* rendezvous = nullptr;
+  // This rank's GPU, when its shard runs on one (the group runtime fills these from the
+  // model options): the device index and CudaDeviceIdentity's "hostname/PCI bus id".
+  int cuda_device = -1;
+  std::string gpu_identity;
+  // Tensor collectives over NCCL where the stage's ranks all can (tensor_transport.h), or
+  // always over Gloo (--tensor-collectives gloo).
+  bool allow_nccl = true;
   std::chrono::milliseconds join_timeout{120000};
   std::chrono::milliseconds collective_timeout{30000};
   std::chrono::milliseconds probe_interval{2000};
@@ -78,6 +86,8 @@ class GroupMember {
   ShardSpec shard() const { return layout_.shard_of(rank_); }
   Communicator& world() { return *world_; }
   Communicator& tensor_group() { return *tensor_; }
+  // "nccl", or "gloo" with why the stage's tensor collectives are not on NCCL.
+  const std::string& tensor_transport() const { return tensor_transport_; }
   std::chrono::milliseconds collective_timeout() const { return collective_timeout_; }
   std::chrono::milliseconds probe_interval() const { return probe_interval_; }
   int micro_batches() const { return micro_batches_; }
@@ -95,6 +105,10 @@ class GroupMember {
  private:
   GroupMember() = default;
   absl::Status Connect(const GroupOptions& options);
+  // Publishes this tensor rank's device through the store and reads every rank's.
+  absl::StatusOr<std::vector<TensorRankDevice>> ExchangeTensorDevices(const std::string& prefix, int tp_rank,
+                                                                             int tensor, const TensorRankDevice& me,
+                                                                             std::chrono::milliseconds timeout);
   void Attend();
 
   int rank_ = 0;
@@ -110,6 +124,7 @@ class GroupMember {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<class GrpcStore> store_;
   std::unique_ptr<Communicator> world_, tensor_;
+  std::string tensor_transport_;
   // Follower: the Attend stream, held for life.
   std::unique_ptr<grpc::ClientContext> attend_ctx_;
   std::thread attend_thread_;

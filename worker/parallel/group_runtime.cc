@@ -12,13 +12,26 @@
 #include "worker/kernels/cpu/thread_pool.h"
 
 namespace shoal::worker {
+namespace {
+
+// The group options with this rank's GPU, so the stage can choose NCCL or Gloo.
+GroupOptions WithDevice(GroupOptions options, const CausalLMOptions& lm) {
+  if (lm.device == Device::kCuda) {
+    options.cuda_device = lm.cuda_device;
+    options.gpu_identity = CudaDeviceIdentity(lm.cuda_device);
+  }
+  return options;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CreateGroupLeaderModel(const GroupOptions& options, const LoadedModel& model,
                                                                  ThreadPool* pool, CausalLMOptions lm_options,
                                                                  GroupCausalLM::FailureCallback on_failure) {
-  ASSIGN_OR_RETURN(std::unique_ptr<GroupMember> member, GroupMember::Join(options, model.config.num_layers));
+  ResolveCudaDevice(options.rank, &lm_options);
+  ASSIGN_OR_RETURN(std::unique_ptr<GroupMember> member,
+                   GroupMember::Join(WithDevice(options, lm_options), model.config.num_layers));
   lm_options.tensor_group = &member->tensor_group();
-  ResolveCudaDevice(member->rank(), &lm_options);
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> local, CreateCausalLM(model, member->shard(), pool, lm_options));
   spdlog::info("group leader shard weight_bytes={} kv_bytes_per_token={}", local->WeightBytes(),
                local->KvBytesPerBlock(1));
@@ -73,14 +86,14 @@ int RunFollower(const GroupOptions& options, const std::string& model_path, int 
     spdlog::error("group rank={} model load failed: {}", options.rank, model.status().ToString());
     return kExitStartupFailed;
   }
-  auto member = GroupMember::Join(options, model->config.num_layers);
+  ResolveCudaDevice(options.rank, &lm_options);
+  auto member = GroupMember::Join(WithDevice(options, lm_options), model->config.num_layers);
   if (!member.ok()) {
     spdlog::error("group rank={} join failed: {}", options.rank, member.status().ToString());
     return kExitStartupFailed;
   }
   ThreadPool pool(num_threads);
   lm_options.tensor_group = &(*member)->tensor_group();
-  ResolveCudaDevice(options.rank, &lm_options);
   auto local = CreateCausalLM(*model, (*member)->shard(), &pool, lm_options);
   if (!local.ok()) {
     spdlog::error("group rank={} model build failed: {}", options.rank, local.status().ToString());

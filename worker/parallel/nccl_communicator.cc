@@ -9,20 +9,42 @@
 #include <exception>
 #include <thread>
 
+#include "worker/parallel/nccl_library.h"
+
 namespace shoal::worker {
+namespace {
+
+// The loaded library; every caller got here through Create, which checked it loads.
+const NcclLibrary& Nccl() {
+  std::string why_not;
+  return *LoadNccl(&why_not);
+}
+
+}  // namespace
+
+bool NcclAvailable(std::string* why_not) { return LoadNccl(why_not) != nullptr; }
 
 absl::StatusOr<ncclUniqueId> NcclCommunicator::NewUniqueId() {
+  std::string why_not;
+  if (LoadNccl(&why_not) == nullptr) return absl::FailedPreconditionError(why_not);
   ncclUniqueId id;
-  if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) {
-    return absl::InternalError(fmt::format("ncclGetUniqueId: {}", ncclGetErrorString(r)));
+  if (ncclResult_t r = Nccl().get_unique_id(&id); r != ncclSuccess) {
+    return absl::InternalError(fmt::format("ncclGetUniqueId: {}", Nccl().get_error_string(r)));
   }
   return id;
 }
 
 absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const ncclUniqueId& id, int rank,
                                                                             std::vector<int> group_ranks,
-                                                                            std::chrono::milliseconds timeout) {
+                                                                            std::chrono::milliseconds timeout,
+                                                                            int cuda_device) {
+  std::string why_not;
+  if (LoadNccl(&why_not) == nullptr) return absl::FailedPreconditionError(why_not);
+  if (cudaSetDevice(cuda_device) != cudaSuccess) {
+    return absl::InvalidArgumentError(fmt::format("NCCL rank {}: cannot use CUDA device {}", rank, cuda_device));
+  }
   auto c = std::unique_ptr<NcclCommunicator>(new NcclCommunicator());
+  c->device_ = cuda_device;
   c->rank_ = rank;
   c->group_ranks_ = std::move(group_ranks);
   c->timeout_ = timeout;
@@ -33,14 +55,14 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const
   // Non-blocking init so a rank that never arrives turns into a timeout, not a hang.
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  ncclResult_t r = ncclCommInitRankConfig(&c->comm_, c->size(), id, rank, &config);
+  ncclResult_t r = Nccl().comm_init_rank_config(&c->comm_, c->size(), id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) return c->Check(r, "init");
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   ncclResult_t state = ncclInProgress;
   while (state == ncclInProgress) {
-    ncclCommGetAsyncError(c->comm_, &state);
+    Nccl().comm_get_async_error(c->comm_, &state);
     if (state == ncclInProgress && std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(c->comm_);
+      Nccl().comm_abort(c->comm_);
       c->comm_ = nullptr;
       return absl::DeadlineExceededError(fmt::format("NCCL rank {} of {}: init did not complete within {} ms", rank,
                                                      c->size(), timeout.count()));
@@ -53,7 +75,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const
 
 absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateThroughStore(
     gloo::rendezvous::Store& store, const std::string& key, int rank, std::vector<int> group_ranks,
-    std::chrono::milliseconds timeout) {
+    std::chrono::milliseconds timeout, int cuda_device) {
   ncclUniqueId id;
   try {
     if (rank == 0) {
@@ -74,11 +96,11 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateThroug
     return absl::UnavailableError(fmt::format("NCCL rank {}: exchanging the unique id under '{}': {}", rank, key,
                                               e.what()));
   }
-  return Create(id, rank, std::move(group_ranks), timeout);
+  return Create(id, rank, std::move(group_ranks), timeout, cuda_device);
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (comm_ != nullptr) broken_.ok() ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+  if (comm_ != nullptr) broken_.ok() ? Nccl().comm_destroy(comm_) : Nccl().comm_abort(comm_);
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -91,9 +113,9 @@ absl::Status NcclCommunicator::Enqueued(ncclResult_t r, const char* op) {
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   ncclResult_t state = ncclInProgress;
   while (state == ncclInProgress) {
-    ncclCommGetAsyncError(comm_, &state);
+    Nccl().comm_get_async_error(comm_, &state);
     if (state == ncclInProgress && std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(comm_);
+      Nccl().comm_abort(comm_);
       comm_ = nullptr;
       broken_ = absl::DeadlineExceededError(fmt::format("NCCL {} (rank {} of {}) was not enqueued within {} ms", op,
                                                         rank_, size(), timeout_.count()));
@@ -106,7 +128,7 @@ absl::Status NcclCommunicator::Enqueued(ncclResult_t r, const char* op) {
 
 absl::Status NcclCommunicator::Check(ncclResult_t r, const char* op) {
   if (r == ncclSuccess || r == ncclInProgress) return absl::OkStatus();
-  broken_ = absl::UnavailableError(fmt::format("NCCL {} (rank {} of {}): {}", op, rank_, size(), ncclGetErrorString(r)));
+  broken_ = absl::UnavailableError(fmt::format("NCCL {} (rank {} of {}): {}", op, rank_, size(), Nccl().get_error_string(r)));
   return broken_;
 }
 
@@ -120,14 +142,14 @@ absl::Status NcclCommunicator::Sync(const char* op) {
       return broken_;
     }
     ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(comm_, &async);
+    Nccl().comm_get_async_error(comm_, &async);
     if (async != ncclSuccess && async != ncclInProgress) {
-      ncclCommAbort(comm_);
+      Nccl().comm_abort(comm_);
       comm_ = nullptr;
       return Check(async, op);
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(comm_);
+      Nccl().comm_abort(comm_);
       comm_ = nullptr;
       broken_ = absl::DeadlineExceededError(
           fmt::format("NCCL {} (rank {} of {}) did not complete within {} ms", op, rank_, size(), timeout_.count()));
@@ -137,9 +159,18 @@ absl::Status NcclCommunicator::Sync(const char* op) {
   }
 }
 
-absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
+absl::Status NcclCommunicator::UseDevice() {
   if (!broken_.ok()) return broken_;
-  if (absl::Status st = Enqueued(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, ncclSum, comm_, stream_),
+  // cudaSetDevice is per thread: the engine steps on a thread of its own.
+  if (cudaSetDevice(device_) != cudaSuccess) {
+    broken_ = absl::InternalError(fmt::format("NCCL rank {}: cannot use CUDA device {}", rank_, device_));
+  }
+  return broken_;
+}
+
+absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
+  if (absl::Status st = Enqueued(Nccl().all_reduce(data.data(), data.data(), data.size(), ncclFloat32, ncclSum, comm_, stream_),
                               "all-reduce");
       !st.ok()) {
     return st;
@@ -148,9 +179,9 @@ absl::Status NcclCommunicator::AllReduceSum(std::span<float> data) {
 }
 
 absl::Status NcclCommunicator::AllGather(std::span<const float> in, std::span<float> out) {
-  if (!broken_.ok()) return broken_;
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
   if (out.size() != in.size() * size()) return absl::InvalidArgumentError("NCCL all-gather: output size");
-  if (absl::Status st = Enqueued(ncclAllGather(in.data(), out.data(), in.size(), ncclFloat32, comm_, stream_), "all-gather");
+  if (absl::Status st = Enqueued(Nccl().all_gather(in.data(), out.data(), in.size(), ncclFloat32, comm_, stream_), "all-gather");
       !st.ok()) {
     return st;
   }
@@ -158,9 +189,9 @@ absl::Status NcclCommunicator::AllGather(std::span<const float> in, std::span<fl
 }
 
 absl::Status NcclCommunicator::Broadcast(std::span<std::byte> data, int root) {
-  if (!broken_.ok()) return broken_;
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
   if (absl::Status st =
-          Enqueued(ncclBroadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_), "broadcast");
+          Enqueued(Nccl().broadcast(data.data(), data.data(), data.size(), ncclUint8, root, comm_, stream_), "broadcast");
       !st.ok()) {
     return st;
   }
@@ -172,25 +203,25 @@ absl::Status NcclCommunicator::Broadcast(std::span<std::byte> data, int root) {
 // a send whose peer first waits for that receive's data: GPU groups keep the pipeline's
 // hand-off on the Gloo world communicator, and use NCCL for the tensor group only.
 absl::Status NcclCommunicator::SendAsync(std::span<const std::byte> data, int dst, uint64_t) {
-  if (!broken_.ok()) return broken_;
-  return Enqueued(ncclSend(data.data(), data.size(), ncclUint8, dst, comm_, stream_), "send");
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
+  return Enqueued(Nccl().send(data.data(), data.size(), ncclUint8, dst, comm_, stream_), "send");
 }
 
 absl::Status NcclCommunicator::WaitSends() {
-  if (!broken_.ok()) return broken_;
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
   return Sync("send");
 }
 
 absl::Status NcclCommunicator::Recv(std::span<std::byte> data, int src, uint64_t) {
-  if (!broken_.ok()) return broken_;
-  if (absl::Status st = Enqueued(ncclRecv(data.data(), data.size(), ncclUint8, src, comm_, stream_), "recv"); !st.ok()) {
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
+  if (absl::Status st = Enqueued(Nccl().recv(data.data(), data.size(), ncclUint8, src, comm_, stream_), "recv"); !st.ok()) {
     return st;
   }
   return Sync("recv");
 }
 
 absl::Status NcclCommunicator::Barrier() {
-  if (!broken_.ok()) return broken_;
+  if (absl::Status st = UseDevice(); !st.ok()) return st;
   return AllReduceSum(std::span<float>(scratch_, 1));
 }
 

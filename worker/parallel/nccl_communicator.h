@@ -21,18 +21,25 @@ class Store;
 
 namespace shoal::worker {
 
+// Whether libnccl loads here (nccl_library.h); *why_not says why not.
+bool NcclAvailable(std::string* why_not);
+
 class NcclCommunicator final : public Communicator {
  public:
+  // FAILED_PRECONDITION "no NCCL: ..." where libnccl does not load.
   static absl::StatusOr<ncclUniqueId> NewUniqueId();
+  // The communicator lives on `cuda_device`, which every call makes current first.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(const ncclUniqueId& id, int rank,
                                                                   std::vector<int> group_ranks,
-                                                                  std::chrono::milliseconds timeout);
+                                                                  std::chrono::milliseconds timeout,
+                                                                  int cuda_device);
   // The unique id through the group's store (the leader's gRPC GroupRendezvous): member 0
   // creates it and publishes it under `key`, the others wait for it.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> CreateThroughStore(gloo::rendezvous::Store& store,
                                                                               const std::string& key, int rank,
                                                                               std::vector<int> group_ranks,
-                                                                              std::chrono::milliseconds timeout);
+                                                                              std::chrono::milliseconds timeout,
+                                                                              int cuda_device);
   ~NcclCommunicator() override;
 
   int rank() const override { return rank_; }
@@ -52,6 +59,8 @@ class NcclCommunicator final : public Communicator {
 
  private:
   NcclCommunicator() = default;
+  // Makes device_ current; the broken state if the communicator already failed.
+  absl::Status UseDevice();
   // Waits for the stream with the timeout; aborts the communicator on error or expiry.
   absl::Status Sync(const char* op);
   absl::Status Check(ncclResult_t r, const char* op);
@@ -60,6 +69,7 @@ class NcclCommunicator final : public Communicator {
 
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  int device_ = 0;
   int rank_ = 0;
   std::vector<int> group_ranks_;
   std::chrono::milliseconds timeout_{30000};

@@ -28,6 +28,15 @@ std::string DeviceDescription(int device) {
   return text;
 }
 
+std::string PciBusId(int device) {
+  char id[64] = {};
+  if (cudaDeviceGetPCIBusId(id, sizeof(id), device) != cudaSuccess) {
+    cudaGetLastError();  // not sticky, but leave no error behind for the next check
+    return "";
+  }
+  return id;
+}
+
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes > 0) SHOAL_CUDA_CHECK(cudaMalloc(&data_, bytes));
 }

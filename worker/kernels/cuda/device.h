@@ -16,6 +16,10 @@ int CudaDeviceCount(std::string* why_not);
 // "NVIDIA H200 (sm_90, 139.8 GiB)" for logs and benchmark output.
 std::string DeviceDescription(int device);
 
+// The device's PCI bus id ("0000:17:00.0"), which tells two ranks on one machine whether
+// they share a GPU whatever each one's CUDA_VISIBLE_DEVICES numbering; "" on error.
+std::string PciBusId(int device);
+
 // cudaMalloc'd bytes, freed with the buffer. Move-only.
 class DeviceBuffer {
  public:
