@@ -202,6 +202,10 @@ else
   note "SKIP memcheck: compute-sanitizer not found"
 fi
 
+# NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
+run_stage nccl_bench 90 "$bundle/bin/cuda-nccl-bench"
+grep -hE '^(skipped|gpus|allreduce|peer|ratio)' "$out/nccl_bench.log" 2>/dev/null | tee -a "$summary"
+
 # DeepSeek-V2-Lite's shape last: it is the first thing cut when time is short.
 run_stage decode_bench_deepseek 200 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench" \
   --shape deepseek-v2-lite
