@@ -111,6 +111,11 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
   size_t at = 0;
   for (float w : want) scale = std::max(scale, std::fabs(static_cast<double>(w)));
   for (size_t i = 0; i < got.size(); ++i) {
+    // A NaN compares false with everything: count it as an error of its own.
+    if (std::isnan(got[i]) != std::isnan(want[i])) {
+      ADD_FAILURE() << "element " << i << ": " << got[i] << " vs " << want[i];
+      return;
+    }
     const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
     if (e > worst) worst = e, at = i;
   }
@@ -378,6 +383,76 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
                      heads * latent, {7, scratch.as<float>()});
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dlgot), DType::kF32), Decode(Download(dlwant), DType::kF32), 1e-5);
+}
+
+// Prompt chunks through the tiled kernel and the rest through the per-row one (its rows
+// given as a list) give what the per-row kernel gives for every row: a 45-row chunk after
+// 10 cached positions (tiles of 32 + 13), a fresh 70-row prompt (32 + 32 + 6) and a decode
+// row, GQA 8 heads over 2, head_dim 64, 80 (padded lanes) and 256.
+TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  for (const int64_t hd : {int64_t{64}, int64_t{80}, int64_t{256}}) {
+    SCOPED_TRACE(hd);
+    const int64_t heads = 8, kv_heads = 2, width = kv_heads * hd;
+    const int block_size = 16, blocks_per_seq = 8;  // 128 positions per sequence
+    const int64_t num_blocks = 3 * blocks_per_seq;
+    std::vector<int32_t> tables;
+    for (int s = 0; s < 3; ++s) {
+      for (int b = 0; b < blocks_per_seq; ++b) tables.push_back(static_cast<int32_t>(b * 3 + (2 - s)));
+    }
+    struct Seq {
+      int64_t start, num_new;
+    };
+    const std::vector<Seq> seqs = {{10, 45}, {0, 70}, {90, 1}};
+    std::vector<int32_t> all_seq, q_seq, untiled;
+    std::vector<int64_t> all_pos, q_pos;
+    std::vector<QueryTile> tiles;
+    int64_t row = 0;
+    for (int s = 0; s < 3; ++s) {
+      for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
+      for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
+      if (seqs[s].num_new == 1) {
+        untiled.push_back(static_cast<int32_t>(row));
+      } else {
+        for (int64_t i = 0; i < seqs[s].num_new; i += kQueryTileRows) {
+          QueryTile tile;
+          tile.first_row = static_cast<int32_t>(row + i);
+          tile.num_rows = static_cast<int32_t>(std::min<int64_t>(kQueryTileRows, seqs[s].num_new - i));
+          tile.seq = s;
+          tile.first_pos = seqs[s].start + i;
+          tiles.push_back(tile);
+        }
+      }
+      row += seqs[s].num_new;
+    }
+    const int64_t n_all = static_cast<int64_t>(all_pos.size()), rows = row, ldq = heads * hd;
+    const std::vector<float> k = Random(n_all * width, 81), v = Random(n_all * width, 82);
+    DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
+    const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
+    DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
+    DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+    DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
+    WriteKv(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+            dk.as<float>(), width, dv.as<float>(), width);
+    DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+    const std::vector<float> q = Random(rows * ldq, 83);
+    DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
+    const DeviceRows all_rows{dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    PagedAttention(nullptr, cache, all_rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq);
+    SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
+    DeviceBuffer dtiles = Upload(tiles.data(), tiles.size() * sizeof(QueryTile));
+    DeviceBuffer duntiled = Upload(untiled.data(), untiled.size() * 4);
+    PagedAttentionTiled(nullptr, cache, all_rows, dtiles.as<QueryTile>(), static_cast<int64_t>(tiles.size()),
+                        dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
+    DeviceRows rest = all_rows;
+    rest.num_rows = static_cast<int64_t>(untiled.size());
+    rest.row_ids = duntiled.as<int32_t>();
+    PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
+  }
 }
 
 // Per-head products as MLA uses them, against a per-head reference: queries into latent

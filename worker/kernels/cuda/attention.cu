@@ -66,7 +66,8 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
                                 int64_t k_dim, int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq,
                                 int64_t num_heads, float scale, float* out, int64_t ldo, int splits,
                                 float* partials) {
-  const int64_t r = blockIdx.x, h = blockIdx.y;
+  const int64_t b = blockIdx.x, h = blockIdx.y;  // b: this launch's b-th row
+  const int64_t r = rows.row_ids != nullptr ? rows.row_ids[b] : b;
   const int z = blockIdx.z;
   const int64_t g = h / (num_heads / kv_heads);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -114,7 +115,7 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
   float total = 0.0f;
   for (int w = 0; w < kWarps; ++w) total += warp_m[w] == -INFINITY ? 0.0f : warp_l[w] * __expf(warp_m[w] - big);
   // A split's record: [max, sum, v_dim unnormalized outputs]; max -inf when it saw no key.
-  float* record = splits > 1 ? partials + ((r * num_heads + h) * splits + z) * (v_dim + 2) : nullptr;
+  float* record = splits > 1 ? partials + ((b * num_heads + h) * splits + z) * (v_dim + 2) : nullptr;
   if (record != nullptr && threadIdx.x == 0) {
     record[0] = big;
     record[1] = total;
@@ -134,10 +135,11 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
 
 // One block per (row, head): the splits' partial softmaxes rescaled to their largest max
 // and summed, then normalized.
-__global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num_heads, int64_t v_dim, float* out,
-                                  int64_t ldo) {
-  const int64_t r = blockIdx.x, h = blockIdx.y;
-  const float* records = partials + (r * num_heads + h) * splits * (v_dim + 2);
+__global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num_heads, int64_t v_dim,
+                                  const int32_t* row_ids, float* out, int64_t ldo) {
+  const int64_t b = blockIdx.x, h = blockIdx.y;
+  const int64_t r = row_ids != nullptr ? row_ids[b] : b;
+  const float* records = partials + (b * num_heads + h) * splits * (v_dim + 2);
   float big = -INFINITY;
   for (int z = 0; z < splits; ++z) big = fmaxf(big, records[z * (v_dim + 2)]);
   float total = 0.0f;
@@ -168,8 +170,69 @@ void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_si
   SHOAL_CUDA_CHECK_LAUNCH();
   if (splits == 1) return;
   const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
-  MergeSplitsKernel<<<merge_grid, 128, 0, stream>>>(split.partials, splits, num_heads, v_dim, out, ldo);
+  MergeSplitsKernel<<<merge_grid, 128, 0, stream>>>(split.partials, splits, num_heads, v_dim, rows.row_ids, out, ldo);
   SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+// One block of kQueryTileRows * 4 threads per (tile, head): thread t serves row t / 4 of
+// the tile and dimensions d = t % 4 + 4 i of it. Keys and values come through shared
+// memory kKeys at a time (kKeys * D = 4096 floats each, 32 KiB for both).
+template <typename T, int D>
+__global__ void TiledAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t head_dim,
+                                     DeviceRows rows, const QueryTile* tiles, const float* q, int64_t ldq,
+                                     int64_t num_heads, float scale, float* out, int64_t ldo) {
+  constexpr int kParts = 4, kDims = D / kParts, kKeys = 4096 / D;
+  __shared__ float ks[kKeys][D];
+  __shared__ float vs[kKeys][D];
+  const QueryTile tile = tiles[blockIdx.x];
+  const int64_t h = blockIdx.y, g = h / (num_heads / kv_heads);
+  const int row = threadIdx.x / kParts, part = threadIdx.x % kParts;
+  const bool active = row < tile.num_rows;
+  const int64_t r = tile.first_row + row, pos = tile.first_pos + row;  // this thread's query row
+  const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
+  const int64_t last = tile.first_pos + tile.num_rows - 1;  // the tile's last row sees keys 0..last
+
+  float qv[kDims], acc[kDims];
+  for (int i = 0; i < kDims; ++i) {
+    const int64_t d = part + kParts * i;
+    qv[i] = active && d < head_dim ? q[r * ldq + h * head_dim + d] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t base = 0; base <= last; base += kKeys) {
+    for (int e = threadIdx.x; e < kKeys * D; e += blockDim.x) {
+      const int j = e / D, d = e % D;
+      const int64_t p = base + j;
+      float kv = 0.0f, vv = 0.0f;
+      if (p <= last && d < head_dim) {
+        const int64_t at = SlotOffset(table, p, block_size, kv_heads, g, head_dim) + d;
+        kv = Load(kc, at);
+        vv = Load(vc, at);
+      }
+      ks[j][d] = kv;
+      vs[j][d] = vv;
+    }
+    __syncthreads();
+    for (int j = 0; j < kKeys; ++j) {
+      float s = 0.0f;
+      for (int i = 0; i < kDims; ++i) s += qv[i] * ks[j][part + kParts * i];
+      // The row's four threads are consecutive lanes: sum their parts.
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if (!active || base + j > pos) continue;  // causal (and idle rows)
+      const float m_new = fmaxf(m, s);
+      const float keep = __expf(m - m_new), p = __expf(s - m_new);
+      l = l * keep + p;
+      for (int i = 0; i < kDims; ++i) acc[i] = acc[i] * keep + p * vs[j][part + kParts * i];
+      m = m_new;
+    }
+    __syncthreads();  // before the next tile overwrites ks/vs
+  }
+  if (!active) return;
+  for (int i = 0; i < kDims; ++i) {
+    const int64_t d = part + kParts * i;
+    if (d < head_dim) out[r * ldo + h * head_dim + d] = acc[i] / l;
+  }
 }
 
 template <typename Fn>
@@ -224,6 +287,39 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
                                          cache.block_size, cache.num_kv_heads, cache.head_dim, cache.head_dim,
                                          cache.head_dim, rows, q, ldq, num_heads, scale, out, ldo, split);
   });
+}
+
+void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
+                         const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
+                         float scale, float* out, int64_t ldo) {
+  if (num_tiles == 0) return;
+  if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
+      num_heads % cache.num_kv_heads != 0) {
+    DieOnCudaError("PagedAttentionTiled", "head_dim above 256, or heads not a positive multiple of kv heads",
+                   __FILE__, __LINE__);
+  }
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(num_heads));
+  const int threads = kQueryTileRows * 4;
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const T* k = static_cast<const T*>(cache.k);
+    const T* v = static_cast<const T*>(cache.v);
+    // The head dimension padded to the kernel's: 64, 128 or 256.
+    if (cache.head_dim <= 64) {
+      TiledAttentionKernel<T, 64><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
+                                                                cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
+                                                                out, ldo);
+    } else if (cache.head_dim <= 128) {
+      TiledAttentionKernel<T, 128><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
+                                                                 cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
+                                                                 out, ldo);
+    } else {
+      TiledAttentionKernel<T, 256><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
+                                                                 cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
+                                                                 out, ldo);
+    }
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,

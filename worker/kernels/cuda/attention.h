@@ -33,7 +33,23 @@ struct DeviceRows {
   const int32_t* block_tables = nullptr;
   int64_t max_blocks_per_seq = 0;
   int64_t num_rows = 0;
+  // Attention only: when set, the launch serves rows row_ids[0 .. num_rows) of the step
+  // (the rows PagedAttentionTiled does not take); row_seq/row_pos stay indexed by row.
+  const int32_t* row_ids = nullptr;
 };
+
+// Consecutive query rows of one sequence at consecutive positions: rows [first_row,
+// first_row + num_rows) of the step, at positions first_pos.., of sequence seq (its block
+// table is rows.block_tables[seq]). A prompt chunk is cut into tiles of at most
+// kQueryTileRows.
+struct QueryTile {
+  int32_t first_row = 0;
+  int32_t num_rows = 0;
+  int32_t seq = 0;
+  int32_t unused = 0;
+  int64_t first_pos = 0;
+};
+constexpr int kQueryTileRows = 32;
 
 // One layer's MLA latent cache, [num_blocks, block_size, latent_dim + rope_dim] of f32,
 // f16 or bf16 (the CPU's PagedLatentLayer): per token the compressed latent c and the
@@ -79,6 +95,15 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                     const AttentionSplit& split = {});
+
+// PagedAttention for prompt chunks, a tile of query rows per block (FlashAttention-2's
+// loop order): each tile of keys and values is read from the cache into shared memory
+// once for all of the tile's rows, where the per-row kernel reads it once per row. Four
+// threads per row split head_dim; online softmax in f32, causal within the chunk. Writes
+// the tiles' rows of out only. head_dim at most kMaxHeadDim.
+void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
+                         const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
+                         float scale, float* out, int64_t ldo);
 
 // Each row's entry [c, k_pe] (entry() f32, row stride ld) into its position's slot.
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,

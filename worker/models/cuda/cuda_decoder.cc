@@ -255,13 +255,37 @@ absl::Status CudaDecoder::EnsureCapacity(int64_t T, int64_t R) {
 absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   const int64_t T = step_.num_tokens(), S = static_cast<int64_t>(step_.seqs.size());
   const int64_t R = static_cast<int64_t>(step_.logit_rows.size());
+  // Prompt chunks of kMinTiledRows or more rows go to the tiled attention kernel, in
+  // tiles of kQueryTileRows; the other rows (decode) to the per-row one, through a list
+  // of their row numbers when any were tiled.
+  tiles_.clear();
+  untiled_.clear();
+  for (int64_t s = 0; s < S; ++s) {
+    const cpu::AttentionSequence& q = step_.seqs[s];
+    if (q.num_tokens < kMinTiledRows) {
+      for (int64_t i = 0; i < q.num_tokens; ++i) untiled_.push_back(static_cast<int32_t>(q.first_row + i));
+      continue;
+    }
+    for (int64_t i = 0; i < q.num_tokens; i += cuda::kQueryTileRows) {
+      cuda::QueryTile t;
+      t.first_row = static_cast<int32_t>(q.first_row + i);
+      t.num_rows = static_cast<int32_t>(std::min<int64_t>(cuda::kQueryTileRows, q.num_tokens - i));
+      t.seq = static_cast<int32_t>(s);
+      t.first_pos = q.start_pos + i;
+      tiles_.push_back(t);
+    }
+  }
+  if (tiles_.empty()) untiled_.clear();  // every row: no list needed
+  const int64_t num_tiles = static_cast<int64_t>(tiles_.size()), num_untiled = static_cast<int64_t>(untiled_.size());
   auto aligned = [](size_t n) { return (n + 255) & ~size_t{255}; };
   const size_t tokens_at = 0;
   const size_t row_seq_at = tokens_at + aligned(T * 4);
   const size_t tables_at = row_seq_at + aligned(T * 4);
   const size_t logit_rows_at = tables_at + aligned(S * max_blocks * 4);
   const size_t positions_at = logit_rows_at + aligned(R * 4);
-  const size_t total = positions_at + aligned(T * 8);
+  const size_t tiles_at = positions_at + aligned(T * 8);
+  const size_t untiled_at = tiles_at + aligned(num_tiles * sizeof(cuda::QueryTile));
+  const size_t total = untiled_at + aligned(num_untiled * 4);
   max_blocks_ = max_blocks;
   if (total == 0) return absl::OkStatus();  // an empty step: nothing to copy (and maybe no buffers yet)
   if (total > staging_.bytes() || total > step_dev_.bytes()) {
@@ -284,15 +308,27 @@ absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   int32_t* logit_rows = reinterpret_cast<int32_t*>(h + logit_rows_at);
   for (int64_t r = 0; r < R; ++r) logit_rows[r] = static_cast<int32_t>(step_.logit_rows[r]);
   std::memcpy(h + positions_at, step_.positions.data(), T * 8);
-  if (total > 0) SHOAL_CUDA_CHECK(cudaMemcpyAsync(step_dev_.data(), h, total, cudaMemcpyHostToDevice, stream_.get()));
+  if (num_tiles > 0) std::memcpy(h + tiles_at, tiles_.data(), num_tiles * sizeof(cuda::QueryTile));
+  if (num_untiled > 0) std::memcpy(h + untiled_at, untiled_.data(), num_untiled * 4);
+  SHOAL_CUDA_CHECK(cudaMemcpyAsync(step_dev_.data(), h, total, cudaMemcpyHostToDevice, stream_.get()));
   const std::byte* d = step_dev_.as<std::byte>();
   d_tokens_ = reinterpret_cast<const int32_t*>(d + tokens_at);
   d_row_seq_ = reinterpret_cast<const int32_t*>(d + row_seq_at);
   d_tables_ = reinterpret_cast<const int32_t*>(d + tables_at);
   d_logit_rows_ = reinterpret_cast<const int32_t*>(d + logit_rows_at);
   d_positions_ = reinterpret_cast<const int64_t*>(d + positions_at);
-  max_blocks_ = max_blocks;
+  d_tiles_ = reinterpret_cast<const cuda::QueryTile*>(d + tiles_at);
+  d_untiled_ = reinterpret_cast<const int32_t*>(d + untiled_at);
   return absl::OkStatus();
+}
+
+cuda::DeviceRows CudaDecoder::untiled_rows(int64_t T) const {
+  cuda::DeviceRows r = rows(T);
+  if (!tiles_.empty()) {
+    r.num_rows = static_cast<int64_t>(untiled_.size());
+    r.row_ids = d_untiled_;
+  }
+  return r;
 }
 
 float* CudaDecoder::HostScratch(size_t bytes) {

@@ -116,6 +116,11 @@ class CudaDecoder : public CudaCausalLM {
     return {d_row_seq_, d_positions_, d_tables_, max_blocks_, num_tokens};
   }
   cudaStream_t stream() const { return stream_.get(); }
+  // The step's prompt chunks as tiles for cuda::PagedAttentionTiled, and the rows left
+  // for the per-row kernel (all of them when nothing was tiled).
+  const cuda::QueryTile* tiles() const { return d_tiles_; }
+  int64_t num_tiles() const { return static_cast<int64_t>(tiles_.size()); }
+  cuda::DeviceRows untiled_rows(int64_t num_tokens) const;
   // The split-K plan of this step's attention over num_heads heads of v_dim outputs
   // (cuda::AttentionSplits over the step's longest row), its scratch grown as needed.
   absl::StatusOr<cuda::AttentionSplit> AttentionSplitFor(int64_t num_tokens, int64_t num_heads, int64_t v_dim);
@@ -185,8 +190,8 @@ class CudaDecoder : public CudaCausalLM {
   std::vector<float> local_logits_, gathered_;  // a host communicator's gather
 
   // The step's index arrays, staged in pinned memory and copied in one transfer:
-  // tokens [T], row_seq [T], block tables [S, max_blocks], logit rows [R] (int32), then
-  // positions [T] (int64).
+  // tokens [T], row_seq [T], block tables [S, max_blocks], logit rows [R] (int32),
+  // positions [T] (int64), the query tiles and the untiled rows (int32).
   cuda::PinnedBuffer staging_;
   cuda::DeviceBuffer step_dev_;
   const int32_t* d_tokens_ = nullptr;
@@ -194,7 +199,13 @@ class CudaDecoder : public CudaCausalLM {
   const int32_t* d_tables_ = nullptr;
   const int32_t* d_logit_rows_ = nullptr;
   const int64_t* d_positions_ = nullptr;
+  const cuda::QueryTile* d_tiles_ = nullptr;
+  const int32_t* d_untiled_ = nullptr;
   int64_t max_blocks_ = 0;
+  // A sequence with this many new rows or more attends through the tiled kernel.
+  static constexpr int64_t kMinTiledRows = 8;
+  std::vector<cuda::QueryTile> tiles_;
+  std::vector<int32_t> untiled_;
   StepRows step_;
 };
 

@@ -202,9 +202,15 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
   const cuda::DeviceKvLayer cache = KvLayer(l);
   const cuda::DeviceRows rows = this->rows(T);
   cuda::WriteKv(s, cache, rows, qkv + q_width_, qkv_width_, qkv + q_width_ + kv_width_, qkv_width_);
-  ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(T, heads, hd));
-  cuda::PagedAttention(s, cache, rows, qkv, qkv_width_, heads, 1.0f / std::sqrt(static_cast<float>(hd)),
-                       attn_.as<float>(), q_width_, split);
+  // Prompt chunks tile by tile, the other rows one by one (split over positions when few).
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  cuda::PagedAttentionTiled(s, cache, rows, tiles(), num_tiles(), qkv, qkv_width_, heads, scale, attn_.as<float>(),
+                            q_width_);
+  const cuda::DeviceRows rest = untiled_rows(T);
+  if (rest.num_rows > 0) {
+    ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(rest.num_rows, heads, hd));
+    cuda::PagedAttention(s, cache, rest, qkv, qkv_width_, heads, scale, attn_.as<float>(), q_width_, split);
+  }
 
   // x += attn·Woᵀ
   const void* attn_in = attn_.data();
