@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "worker/kernels/cuda/launch_types.h"
 #include "worker/model/dtype.h"
 
 namespace shoal::worker::cuda {
@@ -37,19 +38,6 @@ struct DeviceRows {
   // (the rows PagedAttentionTiled does not take); row_seq/row_pos stay indexed by row.
   const int32_t* row_ids = nullptr;
 };
-
-// Consecutive query rows of one sequence at consecutive positions: rows [first_row,
-// first_row + num_rows) of the step, at positions first_pos.., of sequence seq (its block
-// table is rows.block_tables[seq]). A prompt chunk is cut into tiles of at most
-// kQueryTileRows.
-struct QueryTile {
-  int32_t first_row = 0;
-  int32_t num_rows = 0;
-  int32_t seq = 0;
-  int32_t unused = 0;
-  int64_t first_pos = 0;
-};
-constexpr int kQueryTileRows = 32;
 
 // One layer's MLA latent cache, [num_blocks, block_size, latent_dim + rope_dim] of f32,
 // f16 or bf16 (the CPU's PagedLatentLayer): per token the compressed latent c and the

@@ -7,31 +7,13 @@
 
 #include <cstdint>
 
+#include "worker/kernels/cuda/launch_types.h"
+
 namespace shoal::worker::cuda {
 
 // out[r] = argmax of logits row r ([num_rows, n] f32, row stride n), the lowest index on
 // ties (as std::max_element); NaNs are never chosen.
 void ArgmaxRows(cudaStream_t stream, const float* logits, int64_t num_rows, int64_t n, int32_t* out);
-
-// A token the penalties look at: every distinct token of the prompt and output (seen,
-// for the repetition penalty) with its count in the output (presence, frequency).
-struct PenaltyToken {
-  int32_t token = 0;
-  int32_t output_count = 0;
-};
-
-// One row's sampling, as the engine's SamplingOptions plus the row's draw.
-struct SamplingRow {
-  float temperature = 0.0f;  // <= 0: greedy
-  int32_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // 1: off
-  float min_p = 0.0f;        // 0: off
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  int32_t penalty_begin = 0, penalty_end = 0;  // this row's entries of `penalties`
-  double uniform = 0.0;                        // in [0, 1); unused when greedy
-};
 
 // For each of num_rows rows of logits ([num_rows, n] f32, overwritten as scratch; rows
 // and penalties are device arrays): penalties, temperature, top-k, top-p, min-p and the

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstring>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "worker/common/status_macros.h"
@@ -14,6 +13,7 @@
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
 #include "worker/models/cuda/device_weights.h"
+#include "worker/models/step_plan.h"
 #include "worker/models/linear.h"
 #include "worker/parallel/communicator.h"
 
@@ -255,27 +255,9 @@ absl::Status CudaDecoder::EnsureCapacity(int64_t T, int64_t R) {
 absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   const int64_t T = step_.num_tokens(), S = static_cast<int64_t>(step_.seqs.size());
   const int64_t R = static_cast<int64_t>(step_.logit_rows.size());
-  // Prompt chunks of kMinTiledRows or more rows go to the tiled attention kernel, in
-  // tiles of kQueryTileRows; the other rows (decode) to the per-row one, through a list
-  // of their row numbers when any were tiled.
-  tiles_.clear();
-  untiled_.clear();
-  for (int64_t s = 0; s < S; ++s) {
-    const cpu::AttentionSequence& q = step_.seqs[s];
-    if (q.num_tokens < kMinTiledRows) {
-      for (int64_t i = 0; i < q.num_tokens; ++i) untiled_.push_back(static_cast<int32_t>(q.first_row + i));
-      continue;
-    }
-    for (int64_t i = 0; i < q.num_tokens; i += cuda::kQueryTileRows) {
-      cuda::QueryTile t;
-      t.first_row = static_cast<int32_t>(q.first_row + i);
-      t.num_rows = static_cast<int32_t>(std::min<int64_t>(cuda::kQueryTileRows, q.num_tokens - i));
-      t.seq = static_cast<int32_t>(s);
-      t.first_pos = q.start_pos + i;
-      tiles_.push_back(t);
-    }
-  }
-  if (tiles_.empty()) untiled_.clear();  // every row: no list needed
+  // Prompt chunks of kMinTiledRows or more rows go to the tiled attention kernel; the
+  // other rows (decode) to the per-row one, through a list of their rows when any were tiled.
+  PlanQueryTiles(step_.seqs, kMinTiledRows, &tiles_, &untiled_);
   const int64_t num_tiles = static_cast<int64_t>(tiles_.size()), num_untiled = static_cast<int64_t>(untiled_.size());
   auto aligned = [](size_t n) { return (n + 255) & ~size_t{255}; };
   const size_t tokens_at = 0;
@@ -498,34 +480,9 @@ absl::Status CudaDecoder::ForwardSample(const ForwardBatch& batch, std::span<con
     return absl::InvalidArgumentError(
         fmt::format("{} sampling rows for {} sequences that want a token", rows.size(), wanted));
   }
-  // The rows' parameters and penalty tokens: every distinct token of prompt and output
-  // (the repetition penalty's set) with its count in the output, when a penalty is on.
-  std::vector<cuda::SamplingRow> params(rows.size());
+  std::vector<cuda::SamplingRow> params;
   std::vector<cuda::PenaltyToken> penalties;
-  std::unordered_map<int32_t, int32_t> output_counts;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const RowSampling& in = rows[i];
-    cuda::SamplingRow& p = params[i];
-    p.temperature = in.temperature;
-    p.top_k = in.top_k;
-    p.top_p = in.top_p;
-    p.min_p = in.min_p;
-    p.repetition_penalty = in.repetition_penalty;
-    p.presence_penalty = in.presence_penalty;
-    p.frequency_penalty = in.frequency_penalty;
-    p.uniform = in.uniform;
-    p.penalty_begin = static_cast<int32_t>(penalties.size());
-    if (in.repetition_penalty != 1.0f || in.presence_penalty != 0.0f || in.frequency_penalty != 0.0f) {
-      output_counts.clear();
-      const int64_t prompt = std::clamp<int64_t>(in.num_prompt_tokens, 0, static_cast<int64_t>(in.tokens.size()));
-      for (int64_t t = 0; t < static_cast<int64_t>(in.tokens.size()); ++t) {
-        int32_t& c = output_counts[in.tokens[t]];
-        if (t >= prompt) ++c;
-      }
-      for (const auto& [token, count] : output_counts) penalties.push_back({token, count});
-    }
-    p.penalty_end = static_cast<int32_t>(penalties.size());
-  }
+  PlanSampling(rows, &params, &penalties);
   ASSIGN_OR_RETURN(const int64_t R, RunStep(batch, {}));
   const size_t rows_bytes = params.size() * sizeof(cuda::SamplingRow);
   const size_t penalties_at = (rows_bytes + 255) & ~size_t{255};

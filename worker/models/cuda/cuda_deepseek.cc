@@ -18,6 +18,7 @@
 #include "worker/models/cuda/device_weights.h"
 #include "worker/models/deepseek_moe.h"
 #include "worker/models/linear.h"
+#include "worker/models/step_plan.h"
 
 namespace shoal::worker {
 namespace {
@@ -29,7 +30,8 @@ using cuda::PinnedBuffer;
 // not config.rms_norm_eps (as deepseek_mla.cc).
 constexpr float kLatentNormEps = 1e-6f;
 
-// num_experts_per_tok at most this (DeepSeek-V2/V3 use 6 and 8).
+// num_experts_per_tok at most this (DeepSeek-V2/V3 use 6 and 8): the slots of a token are
+// a short list.
 constexpr int64_t kMaxExpertsPerToken = 64;
 
 std::string LayerName(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
@@ -416,49 +418,20 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the previous layer's slot copy has landed
   const Routing r = RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
 
-  // Slots grouped by local expert: gather[i] is the token of the i-th gathered row,
-  // slot_row[t * k + j] the gathered row of the token's j-th choice (-1 elsewhere).
+  // Each local expert's tokens as consecutive rows; each token's slots in expert order.
   const int64_t slots = T * k, local = experts_.end - experts_.begin;
+  const ExpertSlots plan = PlanExpertSlots(r, T, experts_);
+  const int64_t gathered = plan.gathered();
   int32_t* gather = moe_host_.as<int32_t>();
-  int32_t* slot_row = gather + slots;
-  float* weights = reinterpret_cast<float*>(slot_row + slots);
-  std::vector<int64_t> count(local, 0), offset(local + 1, 0);
-  for (int64_t i = 0; i < slots; ++i) {
-    if (experts_.Contains(r.ids[i])) ++count[r.ids[i] - experts_.begin];
-  }
-  for (int64_t e = 0; e < local; ++e) offset[e + 1] = offset[e] + count[e];
-  std::vector<int64_t> next(offset.begin(), offset.end() - 1);
-  for (int64_t i = 0; i < slots; ++i) {
-    weights[i] = r.weights[i];
-    if (!experts_.Contains(r.ids[i])) {
-      slot_row[i] = -1;
-      continue;
-    }
-    const int64_t row = next[r.ids[i] - experts_.begin]++;
-    gather[row] = static_cast<int32_t>(i / k);
-    slot_row[i] = static_cast<int32_t>(row);
-  }
-  const int64_t gathered = offset[local];
-  // Each token's slots by expert id, the order the CPU adds its experts in.
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t order[kMaxExpertsPerToken];
-    for (int64_t j = 0; j < k; ++j) order[j] = j;
-    std::sort(order, order + k, [&](int64_t a, int64_t b) { return r.ids[t * k + a] < r.ids[t * k + b]; });
-    int32_t rows_sorted[kMaxExpertsPerToken];
-    float weights_sorted[kMaxExpertsPerToken];
-    for (int64_t j = 0; j < k; ++j) {
-      rows_sorted[j] = slot_row[t * k + order[j]];
-      weights_sorted[j] = weights[t * k + order[j]];
-    }
-    std::copy_n(rows_sorted, k, slot_row + t * k);
-    std::copy_n(weights_sorted, k, weights + t * k);
-  }
+  std::copy(plan.gather.begin(), plan.gather.end(), gather);
+  std::copy(plan.slot_rows.begin(), plan.slot_rows.end(), gather + slots);
+  std::copy(plan.slot_weights.begin(), plan.slot_weights.end(), reinterpret_cast<float*>(gather + 2 * slots));
   SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12, cudaMemcpyHostToDevice, s));
   if (gathered > gathered_capacity_) {
     // The stream is idle (synchronized above): nothing reads the old buffers.
-    for (DeviceBuffer* b : {&xg_, &eg_up_, &e_mlp_, &e_out_}) *b = DeviceBuffer();
-    gathered_capacity_ = 0;
     const int64_t n = std::max(gathered, 2 * gathered_capacity_), mi = d_.moe_intermediate_size;
+    for (DeviceBuffer* b : {&xg_, &eg_up_, &e_mlp_, &e_out_}) *b = DeviceBuffer();
+    gathered_capacity_ = 0;  // until every buffer is back
     const size_t e = ElementBytes(wdt_);
     RETURN_IF_ERROR(Allocate("expert inputs", n * hidden * e, &xg_));
     RETURN_IF_ERROR(Allocate("expert gate_up", n * 2 * mi * e, &eg_up_));
@@ -479,16 +452,16 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
     cuda::GatherRows(s, wdt_, xn_.data(), d_gather, xg_.data(), gathered, hidden);
     const int64_t mi = d_.moe_intermediate_size;
     for (int64_t e = 0; e < local; ++e) {
-      if (count[e] == 0) continue;
-      const int64_t o = offset[e];
-      gemm_.Run(wdt_, At(xg_, o * hidden), At(L.routed->gate_up, e * 2 * mi * hidden), count[e], hidden, 2 * mi,
+      if (plan.count[e] == 0) continue;
+      const int64_t o = plan.offset[e];
+      gemm_.Run(wdt_, At(xg_, o * hidden), At(L.routed->gate_up, e * 2 * mi * hidden), plan.count[e], hidden, 2 * mi,
                 wdt_, At(eg_up_, o * 2 * mi), false);
     }
     cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
     for (int64_t e = 0; e < local; ++e) {
-      if (count[e] == 0) continue;
-      const int64_t o = offset[e];
-      gemm_.Run(wdt_, At(e_mlp_, o * mi), At(L.routed->down, e * hidden * mi), count[e], mi, hidden, DType::kF32,
+      if (plan.count[e] == 0) continue;
+      const int64_t o = plan.offset[e];
+      gemm_.Run(wdt_, At(e_mlp_, o * mi), At(L.routed->down, e * hidden * mi), plan.count[e], mi, hidden, DType::kF32,
                 e_out_.as<float>() + o * hidden, false);
     }
   }
