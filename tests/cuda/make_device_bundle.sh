@@ -19,7 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-$here/build-cuda}
 bundle=$here/.devbundle
-binaries=(tests/cuda_kernels_test tests/cuda_decoder_test tests/cuda_group_test bench/cuda-decode-bench bench/cuda-nccl-bench)
+binaries=(tests/cuda_kernels_test tests/cuda_decoder_test tests/cuda_engine_test tests/cuda_group_test bench/cuda-decode-bench bench/cuda-nccl-bench)
 fixtures=(llama-tiny llama3-rope-tiny qwen2-tiny deepseek-v2-tiny deepseek-v2-lite-tiny deepseek-v3-tiny fp8_llama_tiny
           fp8_deepseek_v3_tiny)
 

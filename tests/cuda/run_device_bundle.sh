@@ -7,7 +7,7 @@
 #      then /usr/local/cuda*, python3's nvidia/* wheels, ldconfig, a bounded find) and
 #      prints what it found; LD_LIBRARY_PATH = the bundle's libs + those;
 #   2. prints nvidia-smi;
-#   3. runs cuda_kernels_test, cuda_decoder_test and cuda_group_test (GoogleTest XML into $OUT), the
+#   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there, then the
 #      benchmark at DeepSeek-V2-Lite's shape;
@@ -182,6 +182,7 @@ run_gtest() {
 
 run_gtest cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test"
 run_gtest cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test"
+run_gtest cuda_engine_test 60 "$bundle/bin/cuda_engine_test"
 # Forked groups of ranks, each shard on the GPU (Gloo between them: one GPU here).
 run_gtest cuda_group_test 120 "$bundle/bin/cuda_group_test"
 grep -hE 'weight bytes' "$out/cuda_group_test.log" 2>/dev/null | tee -a "$summary"
