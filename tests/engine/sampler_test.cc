@@ -141,6 +141,23 @@ TEST(Sampler, TemperatureOneFollowsTheDistribution) {
   EXPECT_NEAR(f[2], 0.1, 0.015);
 }
 
+// Below kGreedyTemperature the sampler is greedy and takes no draw: 1 / T would overflow
+// (1e-40 is subnormal) and turn every logit into an infinity or a NaN.
+TEST(Sampler, TemperaturesTooSmallToDivideByAreGreedyAndDrawNothing) {
+  for (float t : {1e-40f, 1e-7f, 9e-6f}) {
+    SamplingOptions o;
+    o.temperature = t;
+    EXPECT_TRUE(Sampler::IsGreedy(o)) << t;
+    std::mt19937_64 rng(9), untouched(9);
+    std::vector<float> l = {0.5f, 3.0f, -1.0f, 3.0f};
+    EXPECT_EQ(Sampler::Sample(l, o, {}, 0, &rng, false, 0).token_id, 1) << t;
+    EXPECT_EQ(rng(), untouched()) << "a greedy choice consumed a draw";
+  }
+  SamplingOptions o;
+  o.temperature = 1e-5f;
+  EXPECT_FALSE(Sampler::IsGreedy(o));
+}
+
 TEST(Sampler, LowTemperatureSharpens) {
   SamplingOptions o;
   o.temperature = 0.5f;  // p^2 renormalized: 0.907, 0.074, 0.019

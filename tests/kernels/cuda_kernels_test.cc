@@ -452,6 +452,13 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
     PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
     SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
     ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
+    // The untiled rows split over positions too (decode beside a prompt: the step's usual
+    // shape), the scratch sized for the listed rows only.
+    DeviceBuffer scratch(AttentionPartialFloats(rest.num_rows, heads, 7, hd) * 4);
+    PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq,
+                   {7, scratch.as<float>()});
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
   }
 }
 
@@ -763,8 +770,8 @@ TEST(CudaDecoderKernels, ArgmaxRowsMatchesMaxElementWithTies) {
 
 // The engine sampler's rules on the GPU: for rows of every kind (greedy with penalties,
 // plain temperature, top-k, top-p, both with min-p, penalties with top-p, top-k 1, many
-// tied logits under top-k and top-p, an odd vocabulary past the block width) and 48
-// draws each, SampleRows picks exactly Sampler::Sample's token from the same draw; a
+// tied logits under top-k and top-p, a temperature too small to divide by, an odd
+// vocabulary past the block width), each with its own penalty tokens, and 48 draws each, SampleRows picks exactly Sampler::Sample's token from the same draw; a
 // row with a NaN answers -1.
 TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   SKIP_WITHOUT_GPU();
@@ -785,15 +792,26 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
       {opts(1.2f, 50, 0.8f, 0.05f)},              {opts(1.0f, 0, 1, 0.1f)},
       {opts(0.8f, 0, 0.95f, 0, 1.3f, 0.5f, 0.2f)}, {opts(1.0f, 1, 1, 0)},
       {opts(1.0f, 10, 0.5f, 0), true},            {opts(0.5f, 0, 0.7f, 0), true},
+      {opts(1e-7f, 0, 1, 0, 1.1f, 0.1f, 0.2f)},  // below kGreedyTemperature: greedy, no draw
   };
-  // 20 prompt tokens and 10 output tokens with repeats, for the penalties.
-  const std::vector<int32_t> tokens = {5,  9,   5,   400, 17, 2,  2,  2,  900, 31, 31, 77, 5000, 3, 3,
-                                       44, 12,  4,   4,   8,  9,  9,  17, 1000, 2, 31, 31, 31,   7, 4999};
+  // 20 prompt tokens and 10 output tokens with repeats, for the penalties; each case
+  // shifts them, so every row reads its own range of penalty tokens.
+  const std::vector<int32_t> base_tokens = {5,  9,  5, 400, 17, 2, 2,  2,  900, 31, 31, 77, 5000, 3, 3,
+                                            44, 12, 4, 4,   8,  9, 9, 17, 1000, 2,  31, 31, 31,   7, 4999};
   const int64_t num_prompt = 20;
-  std::map<int32_t, int32_t> counts;  // distinct tokens, with their output counts
-  for (size_t i = 0; i < tokens.size(); ++i) counts[tokens[i]] += static_cast<int64_t>(i) >= num_prompt ? 1 : 0;
+  std::vector<std::vector<int32_t>> case_tokens;
   std::vector<PenaltyToken> penalties;
-  for (auto [t, c] : counts) penalties.push_back({t, c});
+  std::vector<std::pair<int32_t, int32_t>> case_range;
+  for (size_t c = 0; c < cases.size(); ++c) {
+    std::vector<int32_t> tokens = base_tokens;
+    for (int32_t& t : tokens) t = static_cast<int32_t>((t + 37 * c) % n);
+    std::map<int32_t, int32_t> counts;  // distinct tokens, with their output counts
+    for (size_t i = 0; i < tokens.size(); ++i) counts[tokens[i]] += static_cast<int64_t>(i) >= num_prompt ? 1 : 0;
+    const int32_t begin = static_cast<int32_t>(penalties.size());
+    for (auto [t, count] : counts) penalties.push_back({t, count});
+    case_range.push_back({begin, static_cast<int32_t>(penalties.size())});
+    case_tokens.push_back(std::move(tokens));
+  }
 
   constexpr int kDraws = 48;
   const int64_t rows = static_cast<int64_t>(cases.size()) * kDraws + 1;  // + the NaN row
@@ -810,14 +828,14 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
       const int64_t r = static_cast<int64_t>(c) * kDraws + d;
       std::copy(row.begin(), row.end(), logits.begin() + r * n);
       std::vector<float> scratch = row;
-      want[r] = Sampler::Sample(scratch, cases[c].o, tokens, num_prompt, &host_rng, false, 0).token_id;
+      want[r] = Sampler::Sample(scratch, cases[c].o, case_tokens[c], num_prompt, &host_rng, false, 0).token_id;
       const SamplingOptions& o = cases[c].o;
       SamplingRow& p = params[r];
       p.temperature = o.temperature, p.top_k = o.top_k, p.top_p = o.top_p, p.min_p = o.min_p;
       p.repetition_penalty = o.repetition_penalty, p.presence_penalty = o.presence_penalty;
       p.frequency_penalty = o.frequency_penalty;
-      p.penalty_begin = 0, p.penalty_end = static_cast<int32_t>(penalties.size());
-      if (o.temperature > 0) p.uniform = Sampler::Uniform(&draws);
+      p.penalty_begin = case_range[c].first, p.penalty_end = case_range[c].second;
+      if (!Sampler::IsGreedy(o)) p.uniform = Sampler::Uniform(&draws);
     }
   }
   logits[(rows - 1) * n + 77] = std::nanf("");

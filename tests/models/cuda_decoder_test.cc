@@ -466,7 +466,7 @@ TEST_P(CudaDecoder, DeviceSamplingChoosesTheHostSamplersTokens) {
       row.temperature = o.temperature, row.top_k = o.top_k, row.top_p = o.top_p, row.min_p = o.min_p;
       row.repetition_penalty = o.repetition_penalty, row.presence_penalty = o.presence_penalty;
       row.frequency_penalty = o.frequency_penalty;
-      if (o.temperature > 0) row.uniform = Sampler::Uniform(&device_rng);
+      if (!Sampler::IsGreedy(o)) row.uniform = Sampler::Uniform(&device_rng);
       row.tokens = device_tokens;
       row.num_prompt_tokens = prompt;
       std::vector<int32_t> chosen;

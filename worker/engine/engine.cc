@@ -377,7 +377,7 @@ void EngineImpl::RunStep() {
       r.presence_penalty = o.presence_penalty;
       r.frequency_penalty = o.frequency_penalty;
       // The draw Sampler::Sample would take from the sequence's RNG, taken now.
-      if (o.temperature > 0.0f) r.uniform = Sampler::Uniform(&seq.rng);
+      if (!Sampler::IsGreedy(o)) r.uniform = Sampler::Uniform(&seq.rng);
       r.tokens = seq.tokens;
       r.num_prompt_tokens = seq.num_prompt_tokens;
       rows.push_back(r);

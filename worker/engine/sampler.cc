@@ -1,5 +1,7 @@
 #include "worker/engine/sampler.h"
 
+#include "worker/kernels/cuda/launch_types.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -7,6 +9,10 @@
 #include <unordered_set>
 
 namespace shoal::worker {
+
+// The GPU sampler (worker/kernels/cuda/sampling.cu) draws the same line.
+static_assert(kGreedyTemperature == cuda::kGreedyTemperature);
+
 namespace {
 
 int32_t Argmax(std::span<const float> v) {
@@ -65,7 +71,9 @@ void Sampler::ApplyPenalties(std::span<float> logits, const SamplingOptions& opt
     for (int32_t t : prompt_and_output.subspan(num_prompt_tokens)) ++counts[t];
     for (auto [t, c] : counts) {
       if (t < 0 || t >= vocab) continue;
-      logits[t] -= options.presence_penalty + options.frequency_penalty * static_cast<float>(c);
+      // One fused multiply-add, written out: the compiler would fuse it or not by flags, and
+      // the GPU sampler (sampling.cu) rounds exactly this way.
+      logits[t] -= std::fma(options.frequency_penalty, static_cast<float>(c), options.presence_penalty);
     }
   }
 }
@@ -140,7 +148,7 @@ SampleResult Sampler::Sample(std::span<float> logits, const SamplingOptions& opt
                              int top_logprobs) {
   ApplyPenalties(logits, options, prompt_and_output, num_prompt_tokens);
   SampleResult result;
-  if (options.temperature <= 0.0f) {
+  if (IsGreedy(options)) {
     result.token_id = Argmax(logits);
   } else {
     const float inv_t = 1.0f / options.temperature;

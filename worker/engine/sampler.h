@@ -6,7 +6,8 @@
 //      tokens: a positive logit is divided by the penalty, a negative one multiplied),
 //      then presence and frequency (OpenAI style, over output tokens only:
 //      logit -= presence * [count > 0] + frequency * count);
-//   2. temperature: logits / T (T == 0 means greedy: argmax, lowest id on ties);
+//   2. temperature: logits / T (T below kGreedyTemperature, 0 included, means greedy:
+//      argmax, lowest id on ties; smaller temperatures would overflow 1 / T);
 //   3. truncation, each relative to the distribution after step 2: top-k, then top-p
 //      (smallest set of most likely tokens whose mass reaches p), then min-p (drop tokens
 //      below min_p * the largest probability);
@@ -21,6 +22,10 @@
 #include "worker/engine/request.h"
 
 namespace shoal::worker {
+
+// Temperatures below this sample greedily (as vLLM's 1e-5): 1 / T would be huge or
+// infinite and the distribution is one token anyway.
+inline constexpr float kGreedyTemperature = 1e-5f;
 
 struct SampleResult {
   int32_t token_id = 0;
@@ -45,7 +50,9 @@ class Sampler {
   static std::vector<float> TruncatedProbs(std::span<const float> logits, int32_t top_k,
                                            float top_p, float min_p);
   // A uniform double in [0, 1) from 53 bits of `rng`: the same on every standard library.
+  // Sample takes exactly one for every token it does not choose greedily.
   static double Uniform(std::mt19937_64* rng);
+  static bool IsGreedy(const SamplingOptions& options) { return !(options.temperature >= kGreedyTemperature); }
 };
 
 }  // namespace shoal::worker

@@ -172,7 +172,8 @@ void DeepseekMoe::Forward(ThreadPool* pool, const float* xn, int64_t T, float* h
       float* dst = h + (mine[i] / r.k) * H;
       const float w = r.weights[mine[i]];
       const float* src = out_.data() + i * H;
-      for (int64_t j = 0; j < H; ++j) dst[j] += w * src[j];
+      // Fused, written out (the GPU's AddWeightedRows rounds the same way).
+      for (int64_t j = 0; j < H; ++j) dst[j] = std::fma(w, src[j], dst[j]);
     }
   }
 }

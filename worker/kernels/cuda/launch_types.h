@@ -27,9 +27,12 @@ struct PenaltyToken {
   int32_t output_count = 0;
 };
 
+// Below this temperature a row samples greedily (the engine's kGreedyTemperature).
+constexpr float kGreedyTemperature = 1e-5f;
+
 // One row's sampling, as the engine's SamplingOptions plus the row's draw.
 struct SamplingRow {
-  float temperature = 0.0f;  // <= 0: greedy
+  float temperature = 0.0f;  // below kGreedyTemperature: greedy
   int32_t top_k = 0;         // 0: off
   float top_p = 1.0f;        // 1: off
   float min_p = 0.0f;        // 0: off

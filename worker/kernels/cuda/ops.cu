@@ -139,8 +139,8 @@ __global__ void AddWeightedRowsKernel(const float* src, const int32_t* slot_rows
   float acc = dst[idx];
   for (int64_t j = 0; j < k; ++j) {
     const int32_t row = slot_rows[t * k + j];
-    // Unfused, one slot at a time: the host's `h += w * out` per expert, rounded as it rounds.
-    if (row >= 0) acc = __fadd_rn(acc, __fmul_rn(slot_weights[t * k + j], src[static_cast<int64_t>(row) * n + c]));
+    // One fused multiply-add per slot: the host's std::fma per expert (deepseek_moe.cc).
+    if (row >= 0) acc = __fmaf_rn(slot_weights[t * k + j], src[static_cast<int64_t>(row) * n + c], acc);
   }
   dst[idx] = acc;
 }

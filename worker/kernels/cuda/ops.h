@@ -52,8 +52,8 @@ void GatherRows(cudaStream_t stream, DType t, const void* src, const int32_t* ro
                 int64_t n);
 
 // dst[t] += slot_weights[t*k + j] * src[slot_rows[t*k + j]] for j = 0..k-1 in turn, for
-// each of num_tokens rows of n f32 (each product and sum rounded, as the CPU's per-expert
-// `h += w * out`); a slot row of -1 adds nothing (its expert lives on another rank). The
+// each of num_tokens rows of n f32 (one fused multiply-add per slot, as the CPU's
+// per-expert std::fma); a slot row of -1 adds nothing (its expert lives on another rank). The
 // routed experts' outputs back into the residual stream, deterministic (no atomics).
 void AddWeightedRows(cudaStream_t stream, const float* src, const int32_t* slot_rows, const float* slot_weights,
                      int64_t k, float* dst, int64_t num_tokens, int64_t n);

@@ -98,11 +98,11 @@ __device__ T BlockExclusiveScan(T v, T* total) {
 
 __device__ __forceinline__ uint32_t Bits(float p) { return __float_as_uint(p); }
 
-// The largest bit pattern b (probabilities are >= 0, so patterns order as values) such
-// that keep(b) holds, where keep is monotone (true at 0, false past b*). 31 rounds.
+// The largest bit pattern b <= hi (probabilities are >= 0, so patterns order as values)
+// such that keep(b) holds, where keep is monotone (true at 0). At most 31 rounds.
 template <typename Keep>
-__device__ uint32_t LargestPattern(Keep keep) {
-  uint32_t lo = 0, hi = 0x7f800000u;  // keep(lo) holds; search (lo, hi]
+__device__ uint32_t LargestPattern(uint32_t hi, Keep keep) {
+  uint32_t lo = 0;  // keep(lo) holds; search (lo, hi]
   while (lo < hi) {
     const uint32_t mid = lo + (hi - lo + 1) / 2;
     if (keep(mid)) {
@@ -149,8 +149,8 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
     float v = l[t.token];
     if (P.repetition_penalty != 1.0f) v = v > 0 ? v / P.repetition_penalty : v * P.repetition_penalty;
     if (t.output_count > 0 && (P.presence_penalty != 0.0f || P.frequency_penalty != 0.0f)) {
-      // Unfused, as the host computes it (an FMA would round once where the host rounds twice).
-      v = __fsub_rn(v, __fadd_rn(P.presence_penalty, __fmul_rn(P.frequency_penalty, static_cast<float>(t.output_count))));
+      // One fused multiply-add, as the host writes it (std::fma in sampler.cc).
+      v = __fsub_rn(v, __fmaf_rn(P.frequency_penalty, static_cast<float>(t.output_count), P.presence_penalty));
     }
     l[t.token] = v;
   }
@@ -193,7 +193,7 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
     if (threadIdx.x == 0) out[r] = -1;
     return;
   }
-  if (P.temperature <= 0.0f) {
+  if (!(P.temperature >= kGreedyTemperature)) {  // Sampler::IsGreedy
     if (threadIdx.x == 0) out[r] = static_cast<int32_t>(arg);
     return;
   }
@@ -201,6 +201,7 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
   // 2. temperature and softmax: p = exp(l / T - max) / sum (sum in double), in place.
   const float inv_t = 1.0f / P.temperature;
   const float mx = __fmul_rn(l[arg], inv_t);  // rounding is monotone: the max of the scaled row
+  __syncthreads();  // every thread has read l[arg] before the loop below overwrites it
   double part = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const float e = expf(__fsub_rn(__fmul_rn(l[i], inv_t), mx));  // unfused, as the host
@@ -217,7 +218,7 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
   const bool use_k = P.top_k > 0 && P.top_k < n, use_p = P.top_p < 1.0f;
   if (use_k) {
     const int64_t k = P.top_k;
-    const uint32_t cut = LargestPattern([&](uint32_t b) {
+    const uint32_t cut = LargestPattern(Bits(pmax), [&](uint32_t b) {
       int64_t c = 0;
       for (int64_t i = threadIdx.x; i < n; i += blockDim.x) c += Bits(p[i]) >= b ? 1 : 0;
       return BlockSum<int64_t>(c) >= k;
@@ -246,7 +247,9 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
     };
     // The smallest probability of the kept prefix: the largest cut whose mass at or above
     // it reaches the target (0 when rounding leaves even the whole set short: keep all).
-    const uint32_t cut = LargestPattern([&](uint32_t b) { return b == 0 || mass_from(b, false) >= target; });
+    // No cut above the largest probability: with a target of 0 it keeps the argmax alone.
+    const uint32_t cut =
+        LargestPattern(Bits(pmax), [&](uint32_t b) { return b == 0 || mass_from(b, false) >= target; });
     if (cut > 0) {
       const double above = mass_from(cut, true);
       const double at = static_cast<double>(__uint_as_float(cut));
