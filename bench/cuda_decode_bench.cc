@@ -18,7 +18,12 @@
 // layer at batch 1; at batch N the expected number of distinct experts under uniform
 // routing, E (1 - (1 - k/E)^N), which random weights approximate.
 //
-//   build-cuda/bench/cuda-decode-bench [--shape S] [--context 1024] [--decode-steps 64] [--batch 64]
+// --weights fp8 (DeepSeek shape) keeps the matrices FP8 on the GPU, one byte a weight plus
+// a block scale per 128, as DeepSeek-V3 ships them (random codes; kv_b, embedding and head
+// stay bf16).
+//
+//   build-cuda/bench/cuda-decode-bench [--shape S] [--weights bf16|fp8] [--context 1024] [--decode-steps 64]
+//                                      [--batch 64]
 //
 // Without a GPU it prints "skipped: no GPU: ..." and exits 0.
 #include <CLI/CLI.hpp>
@@ -128,12 +133,13 @@ ModelConfig DeepseekV2Lite() {
 
 // Weight bytes a step at batch `batch` does not read: the routed experts no token chose
 // (expected number under uniform routing; exact at batch 1).
-double UnreadExpertBytes(const ModelConfig& c, int batch) {
+double UnreadExpertBytes(const ModelConfig& c, int batch, double bytes_per_weight) {
   const DeepseekConfig& d = c.deepseek;
   if (!IsDeepseek(c.arch) || d.n_routed_experts == 0) return 0.0;
   const double E = static_cast<double>(d.n_routed_experts), k = static_cast<double>(d.num_experts_per_tok);
   const double touched = batch == 1 ? k : E * (1.0 - std::pow(1.0 - k / E, batch));
-  const double expert_bytes = 3.0 * c.hidden_size * d.moe_intermediate_size * 2;  // bf16 gate, up, down
+  // gate, up and down: bf16, or FP8 codes with a 4-byte scale per 128 of them
+  const double expert_bytes = 3.0 * c.hidden_size * d.moe_intermediate_size * bytes_per_weight;
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) moe_layers += d.IsMoeLayer(l) ? 1 : 0;
   return moe_layers * (E - touched) * expert_bytes;
@@ -219,6 +225,9 @@ int Run(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed decode steps before each measurement");
   app.add_option("--prefill-chunk", prefill_chunk, "most tokens per prefill step");
   app.add_option("--layers", layers, "decoder layers (0: the real shape's; fewer for a quick run)");
+  std::string weights = "bf16";
+  app.add_option("--weights", weights, "bf16, or fp8 (deepseek-v2-lite: its matrices FP8 on the GPU, as V3 ships)")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -234,7 +243,7 @@ int Run(int argc, char** argv) {
   if (layers > 0) config.num_layers = layers;
   CausalLMOptions options;
   options.device = Device::kCuda;
-  options.device_weight_dtype = DType::kBF16;
+  options.device_weight_dtype = weights == "fp8" ? DType::kF8E4M3 : DType::kBF16;
   options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
   auto lm_or = CreateRandomCudaCausalLM(config, options, 1234);
   if (!lm_or.ok()) {
@@ -250,18 +259,19 @@ int Run(int argc, char** argv) {
     return 1;
   }
   const double weight_bytes = static_cast<double>(lm.WeightBytes());
+  const double weight_bytes_per = weights == "fp8" ? 1.0 + 4.0 / 128 : 2.0;
   // A step reads every weight once, except the (untied) embedding table: one row a token.
   const double embed_bytes = static_cast<double>(config.vocab_size) * config.hidden_size * 2;
   const double step_weight_bytes = weight_bytes - (config.tie_word_embeddings ? 0.0 : embed_bytes) -
-                                   UnreadExpertBytes(config, 1);
+                                   UnreadExpertBytes(config, 1, weight_bytes_per);
   const double kv_bytes_per_position = static_cast<double>(lm.KvBytesPerBlock(block_size)) / block_size;
   if (IsDeepseek(config.arch)) {
     const DeepseekConfig& d = config.deepseek;
     fmt::print("shape: {} hidden {} layers {} MLA heads {} latent {}+{} experts {} (top {}) +{} shared of {} vocab {}, "
-               "bf16 weights, bf16 latent cache\n",
+               "{} weights, bf16 latent cache\n",
                shape, config.hidden_size, config.num_layers, config.num_heads, d.kv_lora_rank, d.qk_rope_head_dim,
                d.n_routed_experts, d.num_experts_per_tok, d.n_shared_experts, d.moe_intermediate_size,
-               config.vocab_size);
+               config.vocab_size, weights);
   } else {
     fmt::print("shape: {} qwen2 hidden {} layers {} heads {}/{} head_dim {} intermediate {} vocab {}, bf16 weights, "
                "bf16 KV\n",
@@ -305,7 +315,7 @@ int Run(int argc, char** argv) {
     const double sb = Decode(lm, many, batch_steps);
     if (sb < 0) return 1;
     const double tpsb = static_cast<double>(batch) * batch_steps / sb;
-    const double step_bytes = step_weight_bytes + UnreadExpertBytes(config, 1) - UnreadExpertBytes(config, batch) +
+    const double step_bytes = step_weight_bytes + UnreadExpertBytes(config, 1, weight_bytes_per) - UnreadExpertBytes(config, batch, weight_bytes_per) +
                               batch * ctx * kv_bytes_per_position;
     fmt::print("decode_b{}_tokens_per_s: {:.1f}\n", batch, tpsb);
     fmt::print("decode_b{}_ms_per_step: {:.3f}\n", batch, 1e3 * sb / batch_steps);

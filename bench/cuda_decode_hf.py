@@ -48,6 +48,8 @@ def main():
     # Accepted so the wrapper can pass the C++ bench's flags to both; transformers prefills
     # each batch in one forward.
     p.add_argument("--prefill-chunk", type=int, default=8192)
+    # Shoal's --weights fp8 keeps FP8 matrices on the GPU; the peer stays bf16 either way.
+    p.add_argument("--weights", default="bf16", choices=["bf16", "fp8"])
     args = p.parse_args()
     try:
         import torch

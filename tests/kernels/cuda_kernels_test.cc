@@ -18,6 +18,7 @@
 
 #include "worker/engine/sampler.h"
 #include "worker/kernels/cpu/attention.h"
+#include "worker/kernels/cpu/fp8_matmul.h"
 #include "worker/kernels/cpu/mla_attention.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/thread_pool.h"
@@ -25,6 +26,7 @@
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/fp8.h"
 #include "worker/kernels/cuda/gemm.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
@@ -853,6 +855,55 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   std::map<int32_t, int> seen;
   for (int d = 0; d < kDraws; ++d) ++seen[got[1 * kDraws + d]];
   EXPECT_GT(seen.size(), 1u);
+}
+
+// FP8 weights read in place: every e4m3 code (NaNs excepted) under per-row block scales,
+// a width that is not a multiple of 16 (the scalar tail) and one that is (16-byte loads),
+// 1, 3 and 8 rows of x in each activation type, y written and accumulated; and the
+// widened matrix, exactly code * scale.
+TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937 rng(91);
+  for (const int64_t cols : {int64_t{200}, int64_t{384}}) {
+    SCOPED_TRACE(cols);
+    const int64_t rows = 37, scale_cols = Fp8ScaleCols(cols);
+    std::vector<uint8_t> codes(rows * cols);
+    for (uint8_t& c : codes) {
+      do {
+        c = static_cast<uint8_t>(rng());
+      } while ((c & 0x7f) == 0x7f);  // no NaN
+    }
+    std::vector<float> scales(rows * scale_cols);
+    for (float& sc : scales) sc = std::uniform_real_distribution<float>(1e-3f, 2e-2f)(rng);
+    std::vector<float> w(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        w[r * cols + c] = cpu::E4M3ToFloat(codes[r * cols + c]) * scales[r * scale_cols + c / kFp8ScaleBlock];
+      }
+    }
+    DeviceBuffer dcodes = Upload(codes.data(), codes.size()), dscales = Upload(scales.data(), scales.size() * 4);
+    const Fp8Matrix m{dcodes.as<uint8_t>(), dscales.as<float>(), rows, cols};
+    DeviceBuffer dw(rows * cols * 4);
+    Fp8Dequantize(nullptr, m, DType::kF32, dw.data());
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(Decode(Download(dw), DType::kF32), w);
+    for (const int64_t T : {int64_t{1}, int64_t{3}, kFp8GemvMaxRows}) {
+      SCOPED_TRACE(T);
+      const Typed x = Round(Random(T * cols, 92 + static_cast<uint32_t>(T)), t);
+      std::vector<float> want = ReferenceGemm(x.values, w, T, cols, rows);
+      const std::vector<float> y0 = Random(T * rows, 93);
+      DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dy = Upload(y0.data(), y0.size() * 4);
+      Fp8Gemv(nullptr, m, t, dx.data(), T, DType::kF32, dy.data(), /*accumulate=*/false);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
+      dy.CopyFromHost(y0.data(), y0.size() * 4);
+      Fp8Gemv(nullptr, m, t, dx.data(), T, DType::kF32, dy.data(), /*accumulate=*/true);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
+      ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
+    }
+  }
 }
 
 TEST(CudaDecoderKernels, FillUniformIsInRangeDeterministicAndCentred) {

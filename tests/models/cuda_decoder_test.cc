@@ -506,6 +506,46 @@ TEST_P(CudaFp8Decoder, F32LogitsAndGreedyTokensMatchCpuAndTransformers) {
 INSTANTIATE_TEST_SUITE_P(Transformers, CudaFp8Decoder, ::testing::Values("fp8_llama_tiny", "fp8_deepseek_v3_tiny"),
                          FixtureName);
 
+// DeepSeek's FP8 matrices kept at one byte a weight on the GPU (device weight dtype
+// F8_E4M3, activations bf16): decode steps multiply from the codes (Fp8Gemv), the prompt
+// step widens them for cuBLAS; every teacher-forced step within the bf16 tolerance of
+// the CPU model, with fewer weight bytes than the same model widened to bf16.
+TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  testing::OracleExpectation expected;
+  std::string error;
+  ASSERT_TRUE(testing::ReadOracleExpectation("fp8_deepseek_v3_tiny", &expected, &error)) << error;
+  auto model = LoadModel(expected.dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(2);
+  auto cpu = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+  auto fp8 = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kF8E4M3, DType::kF32));
+  auto bf16 = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kBF16, DType::kF32));
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  std::printf("fp8_deepseek_v3_tiny weight bytes on the GPU: fp8 %zu, bf16 %zu\n", (*fp8)->WeightBytes(),
+              (*bf16)->WeightBytes());
+  EXPECT_LT((*fp8)->WeightBytes(), (*bf16)->WeightBytes() * 3 / 4);
+  ASSERT_TRUE((*cpu)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  ASSERT_TRUE((*fp8)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  const auto want = ForcedLogits(**cpu, expected.prompt, expected.greedy);
+  const auto got = ForcedLogits(**fp8, expected.prompt, expected.greedy);
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0;
+  for (size_t s = 0; s < want.size(); ++s) {
+    const double err = RelativeError(got[s].data(), want[s]);
+    worst = std::max(worst, err);
+    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
+  }
+  std::printf("fp8_deepseek_v3_tiny fp8 weights: worst relative error %.3e vs CPU\n", worst);
+  // Llama has no FP8 storage: refused by name.
+  auto llama = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/fp8_llama_tiny");
+  ASSERT_TRUE(llama.ok()) << llama.status();
+  EXPECT_EQ(CreateCausalLM(*llama, ShardSpec{}, nullptr, OnCuda(DType::kF8E4M3, DType::kF16)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Bytes of a `type` tensor of n elements with sensible values: random codes under small
 // scales for the quantized blocks, which is all the dequantization needs to be checked.
 std::string RandomGgufData(uint32_t type, uint64_t n, std::mt19937& rng, float scale, float offset) {

@@ -62,8 +62,9 @@ int Run(int argc, char** argv) {
                  "with --device cuda: the GPU index; -1 = the group rank modulo the visible GPUs (0 alone)")
       ->capture_default_str()->check(CLI::Range(-1, 1023));
   app.add_option("--device-weight-dtype", device_weight_dtype,
-                 "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds")
-      ->capture_default_str()->check(CLI::IsMember({"bf16", "f32"}));
+                 "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds; "
+                 "fp8: DeepSeek's FP8 matrices stay FP8 (one byte a weight), the rest bf16")
+      ->capture_default_str()->check(CLI::IsMember({"bf16", "f32", "fp8"}));
   app.add_option("--kv-cache-memory-fraction", runtime_options.kv_cache_memory_fraction,
                  "with --device cuda: the KV cache takes this fraction of the GPU memory left free by the weights "
                  "(instead of --kv-cache-mb); 0 = use --kv-cache-mb")
@@ -98,7 +99,9 @@ int Run(int argc, char** argv) {
                                                               : shoal::worker::DType::kF16;
   runtime_options.device = device == "cuda" ? shoal::worker::Device::kCuda : shoal::worker::Device::kCpu;
   runtime_options.device_weight_dtype =
-      device_weight_dtype == "f32" ? shoal::worker::DType::kF32 : shoal::worker::DType::kBF16;
+      device_weight_dtype == "f32"   ? shoal::worker::DType::kF32
+      : device_weight_dtype == "fp8" ? shoal::worker::DType::kF8E4M3
+                                     : shoal::worker::DType::kBF16;
   runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
   shoal::InitLogging(log_level);
   if (absl::Status st = shoal::worker::ApplyGroupEnv(&group_options); !st.ok()) {

@@ -10,6 +10,7 @@
 
 #include "worker/common/status_macros.h"
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/fp8.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
 #include "worker/models/cuda/device_weights.h"
@@ -47,9 +48,12 @@ absl::Status CheckCudaShard(const ModelConfig& c, const std::string& source, Sha
     return absl::InvalidArgumentError(
         fmt::format("{}: tensor rank {} of {} is out of range", source, shard->tp_rank, shard->tp_size));
   }
-  if (options.device_weight_dtype != DType::kBF16 && options.device_weight_dtype != DType::kF32) {
-    return absl::InvalidArgumentError(fmt::format("{}: device weight dtype {}: the CUDA model keeps weights in BF16 or F32",
-                                                  source, DTypeName(options.device_weight_dtype)));
+  if (options.device_weight_dtype != DType::kBF16 && options.device_weight_dtype != DType::kF32 &&
+      !(options.device_weight_dtype == DType::kF8E4M3 && IsDeepseek(c.arch))) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: device weight dtype {}: the CUDA model keeps weights in BF16 or F32 (or, for DeepSeek, F8_E4M3: "
+        "FP8 checkpoint matrices stay FP8)",
+        source, DTypeName(options.device_weight_dtype)));
   }
   if (options.kv_cache_dtype != DType::kF16 && options.kv_cache_dtype != DType::kBF16 &&
       options.kv_cache_dtype != DType::kF32) {
@@ -78,7 +82,8 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
       shard_(shard),
       device_(options.cuda_device),
       tp_(options.tensor_group),
-      wdt_(options.device_weight_dtype),
+      wdt_(options.device_weight_dtype == DType::kF8E4M3 ? DType::kBF16 : options.device_weight_dtype),
+      keep_fp8_(options.device_weight_dtype == DType::kF8E4M3),
       kv_dtype_(options.kv_cache_dtype),
       num_layers_(shard.end_layer - shard.first_layer),
       gemm_(stream_.get()) {
@@ -108,11 +113,11 @@ absl::Status CudaDecoder::AllocateWeight(const std::string& what, size_t bytes, 
   return absl::OkStatus();
 }
 
-absl::Status CudaDecoder::AllocateWeights() {
+absl::Status CudaDecoder::AllocateWeights(const WeightStore* store) {
   const size_t e = ElementBytes(wdt_);
   const int64_t hidden = config_.hidden_size;
   if (first_stage()) RETURN_IF_ERROR(AllocateWeight("model.embed_tokens.weight", vocab_rows_ * hidden * e, &embed_));
-  RETURN_IF_ERROR(AllocateLayerWeights());
+  RETURN_IF_ERROR(AllocateLayerWeights(store));
   if (last_stage()) {
     RETURN_IF_ERROR(AllocateWeight("model.norm.weight", hidden * 4, &final_norm_));
     // Tied embeddings read the embedding table, or, on a stage without it, a copy of its slice.
@@ -141,7 +146,7 @@ absl::Status CudaDecoder::LoadWeights(const WeightStore& store) {
 }
 
 absl::Status CudaDecoder::Load(const WeightStore& store) {
-  RETURN_IF_ERROR(AllocateWeights());
+  RETURN_IF_ERROR(AllocateWeights(&store));
   RETURN_IF_ERROR(LoadWeights(store));
   RETURN_IF_ERROR(GrowRope(std::min<int64_t>(config_.max_position_embeddings, 4096)));
   // cudaMemcpy from pageable memory may return before its DMA lands, on the legacy stream
@@ -151,22 +156,60 @@ absl::Status CudaDecoder::Load(const WeightStore& store) {
 }
 
 absl::Status CudaDecoder::InitRandom(uint64_t seed) {
-  RETURN_IF_ERROR(AllocateWeights());
-  cudaStream_t s = stream_.get();
-  auto fill = [&](const DeviceBuffer& b, DType t, float bound) {
-    if (b.bytes() == 0) return;
-    cuda::FillUniform(s, t, b.data(), static_cast<int64_t>(b.bytes() / ElementBytes(t)), seed++, -bound, bound);
-  };
-  auto ones = [&](const DeviceBuffer& b) {
-    if (b.bytes() == 0) return;
-    cuda::FillUniform(s, DType::kF32, b.data(), static_cast<int64_t>(b.bytes() / 4), 0, 1.0f, 1.0f);
-  };
-  fill(embed_, wdt_, 1.0f);
-  FillRandomLayerWeights(fill, ones);
-  ones(final_norm_);
-  fill(lm_head_, wdt_, 1.0f / std::sqrt(static_cast<float>(config_.hidden_size)));
+  RETURN_IF_ERROR(AllocateWeights(nullptr));
+  fill_seed_ = seed;
+  FillUniform(embed_, wdt_, 1.0f);
+  FillRandomLayerWeights();
+  FillOnes(final_norm_);
+  FillUniform(lm_head_, wdt_, 1.0f / std::sqrt(static_cast<float>(config_.hidden_size)));
   RETURN_IF_ERROR(GrowRope(std::min<int64_t>(config_.max_position_embeddings, 4096)));
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  return absl::OkStatus();
+}
+
+void CudaDecoder::FillUniform(const DeviceBuffer& b, DType t, float bound) {
+  if (b.bytes() == 0) return;
+  cuda::FillUniform(stream_.get(), t, b.data(), static_cast<int64_t>(b.bytes() / ElementBytes(t)), fill_seed_++,
+                    -bound, bound);
+}
+
+void CudaDecoder::FillUniform(const DeviceMatrix& m, float bound) {
+  if (m.dtype != DType::kF8E4M3) return FillUniform(m.data, m.dtype, bound);
+  cuda::Fp8FillUniform(stream_.get(), m.data.as<uint8_t>(), m.scales.as<float>(), m.rows, m.cols, fill_seed_++, bound);
+}
+
+void CudaDecoder::FillOnes(const DeviceBuffer& b) {
+  if (b.bytes() == 0) return;
+  cuda::FillUniform(stream_.get(), DType::kF32, b.data(), static_cast<int64_t>(b.bytes() / 4), 0, 1.0f, 1.0f);
+}
+
+absl::Status CudaDecoder::AllocateWeightMatrix(const WeightStore* store, const std::string& name,
+                                               const MatrixSlice& slice, int64_t rows, DeviceMatrix* out) {
+  const DType t = keep_fp8_ && KeepsFp8(store, name, slice) ? DType::kF8E4M3 : wdt_;
+  RETURN_IF_ERROR(AllocateMatrix(name, rows, slice.cols, t, out));
+  weight_bytes_ += out->bytes();
+  return absl::OkStatus();
+}
+
+absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DType y_type, void* y,
+                               bool accumulate) {
+  if (w.dtype != DType::kF8E4M3) {
+    gemm_.Run(wdt_, x, w.data, T, w.cols, w.rows, y_type, y, accumulate);
+    return absl::OkStatus();
+  }
+  const cuda::Fp8Matrix m{static_cast<const uint8_t*>(w.data), w.scales, w.rows, w.cols};
+  if (T <= cuda::kFp8GemvMaxRows) {
+    cuda::Fp8Gemv(stream_.get(), m, wdt_, x, T, y_type, y, accumulate);
+    return absl::OkStatus();
+  }
+  const size_t bytes = static_cast<size_t>(w.rows) * w.cols * ElementBytes(wdt_);
+  if (bytes > fp8_scratch_.bytes()) {
+    SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // enqueued GEMMs may still read the old one
+    fp8_scratch_ = DeviceBuffer();
+    RETURN_IF_ERROR(Allocate("FP8 matrix widened for a GEMM", bytes, &fp8_scratch_));
+  }
+  cuda::Fp8Dequantize(stream_.get(), m, wdt_, fp8_scratch_.data());
+  gemm_.Run(wdt_, x, fp8_scratch_.data(), T, w.cols, w.rows, y_type, y, accumulate);
   return absl::OkStatus();
 }
 

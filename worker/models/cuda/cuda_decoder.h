@@ -22,6 +22,7 @@
 #include "worker/model/model_config.h"
 #include "worker/model/weight_store.h"
 #include "worker/models/cuda/cuda_causal_lm.h"
+#include "worker/models/cuda/device_weights.h"
 #include "worker/models/decoder_step.h"
 
 namespace shoal::worker {
@@ -63,6 +64,7 @@ class CudaDecoder : public CudaCausalLM {
   // for benchmarks; then the rope tables. Synchronizes the device before returning.
   absl::Status Load(const WeightStore& store);
   absl::Status InitRandom(uint64_t seed);
+  // (InitRandom draws every weight from seed, seed + 1, ...)
 
   const ModelConfig& config() const override { return config_; }
   const ShardSpec& shard() const override { return shard_; }
@@ -83,13 +85,12 @@ class CudaDecoder : public CudaCausalLM {
 
  protected:
   // --- what an architecture supplies ---
-  // Device memory for its layers' weights (through AllocateWeight), unfilled.
-  virtual absl::Status AllocateLayerWeights() = 0;
+  // Device memory for its layers' weights (through AllocateWeight), unfilled. `store` is
+  // the checkpoint the weights will come from (which matrices are FP8), null for random.
+  virtual absl::Status AllocateLayerWeights(const WeightStore* store) = 0;
   virtual absl::Status LoadLayerWeights(const WeightStore& store) = 0;
-  // Random weights of the layers' shapes; `fill` draws a buffer of `t` uniform in ±bound
-  // (each call a new seed), `ones` sets an f32 buffer to 1.
-  virtual void FillRandomLayerWeights(const std::function<void(const cuda::DeviceBuffer&, DType, float)>& fill,
-                                      const std::function<void(const cuda::DeviceBuffer&)>& ones) = 0;
+  // Random weights of the layers' shapes, through FillUniform / FillOnes.
+  virtual void FillRandomLayerWeights() = 0;
   // Cache bytes per token of one layer (every layer the same).
   virtual size_t KvBytesPerToken() const = 0;
   // The rope tables cover at least `positions` positions (through UploadRope).
@@ -101,6 +102,17 @@ class CudaDecoder : public CudaCausalLM {
 
   // --- what the base offers them ---
   absl::Status AllocateWeight(const std::string& what, size_t bytes, cuda::DeviceBuffer* out);
+  // A weight matrix of the device weight type, or FP8 when the options keep FP8
+  // (device_weight_dtype kF8E4M3) and KeepsFp8 says the checkpoint's slice can stay so.
+  absl::Status AllocateWeightMatrix(const WeightStore* store, const std::string& name, const MatrixSlice& slice,
+                                    int64_t rows, DeviceMatrix* out);
+  // y[T, w.rows] = x[T, w.cols] · Wᵀ (+ y), x of the weight type: cuBLAS, or for an FP8
+  // matrix Fp8Gemv on a few rows and cuBLAS over the matrix widened into a scratch on more.
+  absl::Status Gemm(const MatrixView& w, const void* x, int64_t num_tokens, DType y_type, void* y, bool accumulate);
+  // Random weights: uniform in ±bound (each call its own seed), or 1 (norms).
+  void FillUniform(const cuda::DeviceBuffer& b, DType t, float bound);
+  void FillUniform(const DeviceMatrix& m, float bound);
+  void FillOnes(const cuda::DeviceBuffer& b);
   // cos/sin [positions, half] f32 of the model's rope table onto the device, on the stream.
   absl::Status UploadRope(const float* cos, const float* sin, int64_t positions, int64_t half);
   // Local layer l's share of the cache: kv_layer_bytes_ bytes at kv_layer(l).
@@ -139,6 +151,7 @@ class CudaDecoder : public CudaCausalLM {
   int device_;
   Communicator* tp_;  // tensor ranks of this stage; null when tp_size == 1
   DType wdt_;         // weights and GEMM inputs: kBF16 or kF32
+  bool keep_fp8_;     // FP8 checkpoint matrices stay FP8 (device_weight_dtype kF8E4M3; wdt_ is then bf16)
   DType kv_dtype_;    // kF16, kBF16 or kF32
   int64_t num_layers_ = 0;  // of this pipeline stage
   int64_t num_blocks_ = 0;
@@ -152,7 +165,7 @@ class CudaDecoder : public CudaCausalLM {
   int64_t rope_positions_ = 0;
 
  private:
-  absl::Status AllocateWeights();
+  absl::Status AllocateWeights(const WeightStore* store);
   absl::Status LoadWeights(const WeightStore& store);
   // Everything of a step up to where it leaves the GPU, enqueued on the stream: a stage
   // that is not the last ends with its hidden states in x_; the last with the logits of
@@ -175,6 +188,8 @@ class CudaDecoder : public CudaCausalLM {
   size_t weight_bytes_ = 0;
 
   cuda::DeviceBuffer attn_partials_;  // split-K scratch (AttentionSplitFor)
+  cuda::DeviceBuffer fp8_scratch_;    // an FP8 matrix widened for cuBLAS (Gemm)
+  uint64_t fill_seed_ = 0;
   cuda::DeviceBuffer kv_;  // the stage's layers' caches, kv_layer_bytes_ each
   size_t kv_layer_bytes_ = 0;
 

@@ -39,19 +39,21 @@ std::string LayerName(int64_t i, const char* suffix) { return fmt::format("model
 // A SwiGLU MLP with gate and up stacked into one matrix: a dense layer's, the shared
 // experts', or (`count` of them back to back) the routed experts of this rank.
 struct SwiGluWeights {
-  DeviceBuffer gate_up;  // [count][2 features, hidden]: gate rows, then up
-  DeviceBuffer down;     // [count][hidden, features]
+  DeviceMatrix gate_up;  // [count][2 features, hidden]: gate rows, then up
+  DeviceMatrix down;     // [count][hidden, features]
   int64_t features = 0;  // of one MLP on this rank
 };
 
+// The matrices may stay FP8 (DeviceMatrix); kv_b_proj is always the weight type, since the
+// absorbed form multiplies its per-head slices in one batched cuBLAS GEMM.
 struct MlaWeights {
-  DeviceBuffer q_a;       // [q_lora_rank, hidden], whole on every rank; empty without q_lora_rank
+  DeviceMatrix q_a;       // [q_lora_rank, hidden], whole on every rank; empty without q_lora_rank
   DeviceBuffer q_a_norm;  // f32 [q_lora_rank]
-  DeviceBuffer q;         // q_b_proj [heads * qk, q_lora_rank] or q_proj [heads * qk, hidden]: this rank's heads
-  DeviceBuffer kv_a;      // [kv_lora_rank + rope, hidden], whole
+  DeviceMatrix q;         // q_b_proj [heads * qk, q_lora_rank] or q_proj [heads * qk, hidden]: this rank's heads
+  DeviceMatrix kv_a;      // [kv_lora_rank + rope, hidden], whole
   DeviceBuffer kv_a_norm; // f32 [kv_lora_rank]
   DeviceBuffer kv_b;      // [heads * (nope + v), kv_lora_rank]: per head W_uk rows then W_uv rows
-  DeviceBuffer o;         // [hidden, heads * v]: this rank's columns
+  DeviceMatrix o;         // [hidden, heads * v]: this rank's columns
 };
 
 struct DeepseekLayerWeights {
@@ -92,25 +94,27 @@ class CudaDeepseekModel final : public CudaDecoder {
   }
 
  private:
-  absl::Status AllocateLayerWeights() override;
+  absl::Status AllocateLayerWeights(const WeightStore* store) override;
   absl::Status LoadLayerWeights(const WeightStore& store) override;
-  void FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
-                              const std::function<void(const DeviceBuffer&)>& ones) override;
+  void FillRandomLayerWeights() override;
   // Per token and layer: the latent and the rotary key, shared by all heads.
   size_t KvBytesPerToken() const override { return entry_ * ElementBytes(kv_dtype_); }
   absl::Status GrowRope(int64_t positions) override;
   absl::Status AllocateLayerActivations(int64_t tokens) override;
   absl::Status RunLayer(int64_t l, int64_t num_tokens) override;
 
-  absl::Status AllocateSwiGlu(const std::string& what, int64_t count, int64_t features, SwiGluWeights* w);
+  // `count` MLPs of `features` each on this rank (of full_features in the file, split by
+  // tp), whose first one's tensors start with `first` ("model.layers.3.mlp.experts.0.").
+  absl::Status AllocateSwiGlu(const WeightStore* store, const std::string& first, int64_t count, int64_t features,
+                              int64_t full_features, ShardOf tp, SwiGluWeights* w);
   // MLP `prefix` ("model.layers.<i>.mlp." or "...shared_experts.") into w's `index`-th
   // slot, features split by `tp` (whole for a routed expert).
   absl::Status LoadSwiGlu(const WeightStore& store, const std::string& prefix, int64_t full_features, ShardOf tp,
                           int64_t index, const SwiGluWeights& w);
   absl::Status Attention(const MlaWeights& w, int64_t l, int64_t T);
   // Rows [0, T) of xn_ through MLP `index` of w into out (f32 [T, hidden]).
-  void RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out, bool accumulate,
-                 void* gate_up, void* mlp);
+  absl::Status RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out,
+                         bool accumulate, void* gate_up, void* mlp);
   absl::Status Moe(const DeepseekLayerWeights& L, int64_t T);
   cuda::DeviceLatentLayer LatentLayer(int64_t l) const {
     return {kv_layer(l), num_blocks_, block_size_, d_.kv_lora_rank, d_.qk_rope_head_dim, kv_dtype_};
@@ -156,19 +160,22 @@ class CudaDeepseekModel final : public CudaDecoder {
   PinnedBuffer logits_host_, moe_host_;
 };
 
-absl::Status CudaDeepseekModel::AllocateSwiGlu(const std::string& what, int64_t count, int64_t features,
+absl::Status CudaDeepseekModel::AllocateSwiGlu(const WeightStore* store, const std::string& first, int64_t count,
+                                                int64_t features, int64_t full_features, ShardOf tp,
                                                 SwiGluWeights* w) {
-  const size_t e = ElementBytes(wdt_);
   const int64_t hidden = config_.hidden_size;
   w->features = features;
-  RETURN_IF_ERROR(AllocateWeight(what + "gate_up", count * 2 * features * hidden * e, &w->gate_up));
-  return AllocateWeight(what + "down_proj.weight", count * hidden * features * e, &w->down);
+  MatrixSlice gate_up = MatrixSlice::Columns(full_features, hidden, tp);
+  RETURN_IF_ERROR(AllocateWeightMatrix(store, first + "gate_proj.weight", gate_up, count * 2 * features, &w->gate_up));
+  return AllocateWeightMatrix(store, first + "down_proj.weight", MatrixSlice::Rows(hidden, full_features, tp),
+                              count * hidden, &w->down);
 }
 
-absl::Status CudaDeepseekModel::AllocateLayerWeights() {
+absl::Status CudaDeepseekModel::AllocateLayerWeights(const WeightStore* store) {
   const ModelConfig& c = config_;
   const size_t e = ElementBytes(wdt_);
-  const int64_t hidden = c.hidden_size, rank = d_.kv_lora_rank;
+  const int64_t hidden = c.hidden_size, H = c.num_heads, rank = d_.kv_lora_rank;
+  const ShardOf tp{shard_.tp_rank, shard_.tp_size};
   layers_.resize(num_layers_);
   for (int64_t l = 0; l < num_layers_; ++l) {
     const int64_t i = shard_.first_layer + l;
@@ -177,32 +184,40 @@ absl::Status CudaDeepseekModel::AllocateLayerWeights() {
     RETURN_IF_ERROR(AllocateWeight(LayerName(i, "input_layernorm.weight"), hidden * 4, &L.attn_norm));
     if (d_.q_lora_rank) {
       const int64_t qr = *d_.q_lora_rank;
-      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_a_proj.weight"), qr * hidden * e, &a.q_a));
+      RETURN_IF_ERROR(AllocateWeightMatrix(store, LayerName(i, "self_attn.q_a_proj.weight"),
+                                           MatrixSlice::Whole(qr, hidden), qr, &a.q_a));
       RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_a_layernorm.weight"), qr * 4, &a.q_a_norm));
-      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_b_proj.weight"), heads_ * qk_ * qr * e, &a.q));
+      RETURN_IF_ERROR(AllocateWeightMatrix(store, LayerName(i, "self_attn.q_b_proj.weight"),
+                                           MatrixSlice::Columns(H * qk_, qr, tp), heads_ * qk_, &a.q));
     } else {
-      RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.q_proj.weight"), heads_ * qk_ * hidden * e, &a.q));
+      RETURN_IF_ERROR(AllocateWeightMatrix(store, LayerName(i, "self_attn.q_proj.weight"),
+                                           MatrixSlice::Columns(H * qk_, hidden, tp), heads_ * qk_, &a.q));
     }
-    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_a_proj_with_mqa.weight"), entry_ * hidden * e, &a.kv_a));
+    RETURN_IF_ERROR(AllocateWeightMatrix(store, LayerName(i, "self_attn.kv_a_proj_with_mqa.weight"),
+                                         MatrixSlice::Whole(entry_, hidden), entry_, &a.kv_a));
     RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_a_layernorm.weight"), rank * 4, &a.kv_a_norm));
     RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.kv_b_proj.weight"),
                                    heads_ * (d_.qk_nope_head_dim + d_.v_head_dim) * rank * e, &a.kv_b));
-    RETURN_IF_ERROR(AllocateWeight(LayerName(i, "self_attn.o_proj.weight"), hidden * heads_ * d_.v_head_dim * e, &a.o));
+    RETURN_IF_ERROR(AllocateWeightMatrix(store, LayerName(i, "self_attn.o_proj.weight"),
+                                         MatrixSlice::Rows(hidden, H * d_.v_head_dim, tp), hidden, &a.o));
     RETURN_IF_ERROR(AllocateWeight(LayerName(i, "post_attention_layernorm.weight"), hidden * 4, &L.mlp_norm));
     if (!d_.IsMoeLayer(i)) {
       L.dense.emplace();
-      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp."), 1, dense_features_, &*L.dense));
+      RETURN_IF_ERROR(AllocateSwiGlu(store, LayerName(i, "mlp."), 1, dense_features_, c.intermediate_size, tp,
+                                     &*L.dense));
       continue;
     }
     RETURN_IF_ERROR(AllocateWeight(LayerName(i, "mlp.gate.weight"), d_.n_routed_experts * hidden * 4, &L.router));
     if (experts_.end > experts_.begin) {
       L.routed.emplace();
-      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp.experts."), experts_.end - experts_.begin,
-                                     d_.moe_intermediate_size, &*L.routed));
+      RETURN_IF_ERROR(AllocateSwiGlu(store, fmt::format("{}experts.{}.", LayerName(i, "mlp."), experts_.begin),
+                                     experts_.end - experts_.begin, d_.moe_intermediate_size,
+                                     d_.moe_intermediate_size, ShardOf{}, &*L.routed));
     }
     if (d_.n_shared_experts > 0) {
       L.shared.emplace();
-      RETURN_IF_ERROR(AllocateSwiGlu(LayerName(i, "mlp.shared_experts."), 1, shared_features_, &*L.shared));
+      RETURN_IF_ERROR(AllocateSwiGlu(store, LayerName(i, "mlp.shared_experts."), 1, shared_features_,
+                                     d_.moe_intermediate_size * d_.n_shared_experts, tp, &*L.shared));
     }
   }
   return absl::OkStatus();
@@ -212,10 +227,9 @@ absl::Status CudaDeepseekModel::LoadSwiGlu(const WeightStore& store, const std::
                                             int64_t index, const SwiGluWeights& w) {
   const int64_t hidden = config_.hidden_size, n = w.features;
   const MatrixSlice gate_up = MatrixSlice::Columns(full, hidden, tp);
-  RETURN_IF_ERROR(UploadMatrix(store, p + "gate_proj.weight", gate_up, wdt_, w.gate_up, index * 2 * n));
-  RETURN_IF_ERROR(UploadMatrix(store, p + "up_proj.weight", gate_up, wdt_, w.gate_up, index * 2 * n + n));
-  return UploadMatrix(store, p + "down_proj.weight", MatrixSlice::Rows(hidden, full, tp), wdt_, w.down,
-                      index * hidden);
+  RETURN_IF_ERROR(UploadMatrix(store, p + "gate_proj.weight", gate_up, w.gate_up, index * 2 * n));
+  RETURN_IF_ERROR(UploadMatrix(store, p + "up_proj.weight", gate_up, w.gate_up, index * 2 * n + n));
+  return UploadMatrix(store, p + "down_proj.weight", MatrixSlice::Rows(hidden, full, tp), w.down, index * hidden);
 }
 
 absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
@@ -230,22 +244,22 @@ absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
     if (d_.q_lora_rank) {
       const int64_t qr = *d_.q_lora_rank;
       RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_a_proj.weight"), MatrixSlice::Whole(qr, hidden),
-                                   wdt_, a.q_a, 0));
+                                   a.q_a, 0));
       RETURN_IF_ERROR(UploadVector(store, LayerName(i, "self_attn.q_a_layernorm.weight"), qr, a.q_a_norm));
       RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_b_proj.weight"),
-                                   MatrixSlice::Columns(H * qk_, qr, tp), wdt_, a.q, 0));
+                                   MatrixSlice::Columns(H * qk_, qr, tp), a.q, 0));
     } else {
       RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.q_proj.weight"),
-                                   MatrixSlice::Columns(H * qk_, hidden, tp), wdt_, a.q, 0));
+                                   MatrixSlice::Columns(H * qk_, hidden, tp), a.q, 0));
     }
     RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.kv_a_proj_with_mqa.weight"),
-                                 MatrixSlice::Whole(entry_, hidden), wdt_, a.kv_a, 0));
+                                 MatrixSlice::Whole(entry_, hidden), a.kv_a, 0));
     RETURN_IF_ERROR(UploadVector(store, LayerName(i, "self_attn.kv_a_layernorm.weight"), rank, a.kv_a_norm));
     RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.kv_b_proj.weight"),
                                  MatrixSlice::Columns(H * (d_.qk_nope_head_dim + d_.v_head_dim), rank, tp), wdt_,
                                  a.kv_b, 0));
     RETURN_IF_ERROR(UploadMatrix(store, LayerName(i, "self_attn.o_proj.weight"),
-                                 MatrixSlice::Rows(hidden, H * d_.v_head_dim, tp), wdt_, a.o, 0));
+                                 MatrixSlice::Rows(hidden, H * d_.v_head_dim, tp), a.o, 0));
     RETURN_IF_ERROR(UploadVector(store, LayerName(i, "post_attention_layernorm.weight"), hidden, L.mlp_norm));
     if (L.dense) {
       RETURN_IF_ERROR(LoadSwiGlu(store, LayerName(i, "mlp."), c.intermediate_size, tp, 0, *L.dense));
@@ -270,28 +284,27 @@ absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
   return absl::OkStatus();
 }
 
-void CudaDeepseekModel::FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
-                                               const std::function<void(const DeviceBuffer&)>& ones) {
+void CudaDeepseekModel::FillRandomLayerWeights() {
   const ModelConfig& c = config_;
   auto bound = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
   auto swiglu = [&](const std::optional<SwiGluWeights>& w, int64_t full_features) {
     if (!w) return;
-    fill(w->gate_up, wdt_, bound(c.hidden_size));
-    fill(w->down, wdt_, bound(full_features));
+    FillUniform(w->gate_up, bound(c.hidden_size));
+    FillUniform(w->down, bound(full_features));
   };
   for (DeepseekLayerWeights& L : layers_) {
     MlaWeights& a = L.attn;
-    ones(L.attn_norm);
-    fill(a.q_a, wdt_, bound(c.hidden_size));
-    ones(a.q_a_norm);
-    fill(a.q, wdt_, bound(d_.q_lora_rank ? *d_.q_lora_rank : c.hidden_size));
-    fill(a.kv_a, wdt_, bound(c.hidden_size));
-    ones(a.kv_a_norm);
-    fill(a.kv_b, wdt_, bound(d_.kv_lora_rank));
-    fill(a.o, wdt_, bound(c.num_heads * d_.v_head_dim));
-    ones(L.mlp_norm);
+    FillOnes(L.attn_norm);
+    FillUniform(a.q_a, bound(c.hidden_size));
+    FillOnes(a.q_a_norm);
+    FillUniform(a.q, bound(d_.q_lora_rank ? *d_.q_lora_rank : c.hidden_size));
+    FillUniform(a.kv_a, bound(c.hidden_size));
+    FillOnes(a.kv_a_norm);
+    FillUniform(a.kv_b, wdt_, bound(d_.kv_lora_rank));
+    FillUniform(a.o, bound(c.num_heads * d_.v_head_dim));
+    FillOnes(L.mlp_norm);
     swiglu(L.dense, c.intermediate_size);
-    fill(L.router, DType::kF32, bound(c.hidden_size));
+    FillUniform(L.router, DType::kF32, bound(c.hidden_size));
     if (L.router.bytes() > 0 && d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
       L.router_bias.assign(d_.n_routed_experts, 0.0f);
     }
@@ -343,12 +356,12 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
   return absl::OkStatus();
 }
 
-void CudaDeepseekModel::RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out,
-                                  bool accumulate, void* gate_up, void* mlp) {
+absl::Status CudaDeepseekModel::RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T,
+                                           float* out, bool accumulate, void* gate_up, void* mlp) {
   const int64_t hidden = config_.hidden_size, n = w.features;
-  gemm_.Run(wdt_, in, At(w.gate_up, index * 2 * n * hidden), T, hidden, 2 * n, wdt_, gate_up, false);
+  RETURN_IF_ERROR(Gemm(w.gate_up.Rows(index * 2 * n, 2 * n), in, T, wdt_, gate_up, false));
   cuda::SiluMulRows(stream(), wdt_, gate_up, mlp, T, n);
-  gemm_.Run(wdt_, mlp, At(w.down, index * hidden * n), T, n, hidden, DType::kF32, out, accumulate);
+  return Gemm(w.down.Rows(index * hidden, hidden), mlp, T, DType::kF32, out, accumulate);
 }
 
 // h += o_proj(MLA(xn)) for the step's T rows, absorbed (see the class comment); the new
@@ -361,14 +374,14 @@ absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_
   float* ckv = ckv_.as<float>();
   if (d_.q_lora_rank) {
     const int64_t qr = *d_.q_lora_rank;
-    gemm_.Run(wdt_, xn_.data(), w.q_a.data(), T, hidden, qr, DType::kF32, qa_.data(), false);
+    RETURN_IF_ERROR(Gemm(w.q_a.All(), xn_.data(), T, DType::kF32, qa_.data(), false));
     cuda::RmsNormStrided(s, qa_.as<float>(), qr, w.q_a_norm.as<float>(), wdt_, qa_n_.data(), qr, T, qr,
                          kLatentNormEps);
-    gemm_.Run(wdt_, qa_n_.data(), w.q.data(), T, qr, H * qk_, DType::kF32, q, false);
+    RETURN_IF_ERROR(Gemm(w.q.All(), qa_n_.data(), T, DType::kF32, q, false));
   } else {
-    gemm_.Run(wdt_, xn_.data(), w.q.data(), T, hidden, H * qk_, DType::kF32, q, false);
+    RETURN_IF_ERROR(Gemm(w.q.All(), xn_.data(), T, DType::kF32, q, false));
   }
-  gemm_.Run(wdt_, xn_.data(), w.kv_a.data(), T, hidden, entry_, DType::kF32, ckv, false);
+  RETURN_IF_ERROR(Gemm(w.kv_a.All(), xn_.data(), T, DType::kF32, ckv, false));
   cuda::RmsNormStrided(s, ckv, entry_, w.kv_a_norm.as<float>(), DType::kF32, ckv, entry_, T, rank, kLatentNormEps);
   cuda::ApplyRope(s, DType::kF32, q + nope, T, H * qk_, d_positions(), H, qk_, rope, rope_cos_.as<float>(),
                   rope_sin_.as<float>(), d_.rope_interleave);
@@ -401,7 +414,7 @@ absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_
   }
   gemm_.RunBatched(wdt_, {o_in, H * rank, rank}, {At(w.kv_b, nope * rank), rank, head_rows * rank},
                    /*w_out_by_in=*/true, T, rank, v, wdt_, attn_.data(), H * v, v, H, false);
-  gemm_.Run(wdt_, attn_.data(), w.o.data(), T, H * v, hidden, DType::kF32, row_out(), /*accumulate=*/alone());
+  RETURN_IF_ERROR(Gemm(w.o.All(), attn_.data(), T, DType::kF32, row_out(), /*accumulate=*/alone()));
   if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
   return absl::OkStatus();
 }
@@ -443,7 +456,7 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   // The shared experts first, as the CPU: alone they add into the residual; with tensor
   // ranks they start the partial sum (which must start at zero without them).
   if (L.shared) {
-    RunSwiGlu(*L.shared, 0, xn_.data(), T, out, /*accumulate=*/alone(), gate_up_.data(), mlp_.data());
+    RETURN_IF_ERROR(RunSwiGlu(*L.shared, 0, xn_.data(), T, out, /*accumulate=*/alone(), gate_up_.data(), mlp_.data()));
   } else if (!alone()) {
     SHOAL_CUDA_CHECK(cudaMemsetAsync(out, 0, T * hidden * sizeof(float), s));
   }
@@ -454,15 +467,15 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
     for (int64_t e = 0; e < local; ++e) {
       if (plan.count[e] == 0) continue;
       const int64_t o = plan.offset[e];
-      gemm_.Run(wdt_, At(xg_, o * hidden), At(L.routed->gate_up, e * 2 * mi * hidden), plan.count[e], hidden, 2 * mi,
-                wdt_, At(eg_up_, o * 2 * mi), false);
+      RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan.count[e], wdt_,
+                           At(eg_up_, o * 2 * mi), false));
     }
     cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
     for (int64_t e = 0; e < local; ++e) {
       if (plan.count[e] == 0) continue;
       const int64_t o = plan.offset[e];
-      gemm_.Run(wdt_, At(e_mlp_, o * mi), At(L.routed->down, e * hidden * mi), plan.count[e], mi, hidden, DType::kF32,
-                e_out_.as<float>() + o * hidden, false);
+      RETURN_IF_ERROR(Gemm(L.routed->down.Rows(e * hidden, hidden), At(e_mlp_, o * mi), plan.count[e], DType::kF32,
+                           e_out_.as<float>() + o * hidden, false));
     }
   }
   cuda::AddWeightedRows(s, e_out_.as<float>(), moe_dev_.as<int32_t>() + slots,
@@ -483,7 +496,8 @@ absl::Status CudaDeepseekModel::RunLayer(int64_t l, int64_t T) {
   cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
   if (!L.dense) cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), DType::kF32, xn32_.data(), T, hidden, eps);
   if (L.dense) {
-    RunSwiGlu(*L.dense, 0, xn_.data(), T, row_out(), /*accumulate=*/alone(), gate_up_.data(), mlp_.data());
+    RETURN_IF_ERROR(
+        RunSwiGlu(*L.dense, 0, xn_.data(), T, row_out(), /*accumulate=*/alone(), gate_up_.data(), mlp_.data()));
     if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
     return absl::OkStatus();
   }

@@ -54,10 +54,9 @@ class CudaLlamaModel final : public CudaDecoder {
   }
 
  private:
-  absl::Status AllocateLayerWeights() override;
+  absl::Status AllocateLayerWeights(const WeightStore* store) override;
   absl::Status LoadLayerWeights(const WeightStore& store) override;
-  void FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
-                              const std::function<void(const DeviceBuffer&)>& ones) override;
+  void FillRandomLayerWeights() override;
   // K then V of every kv head of this rank.
   size_t KvBytesPerToken() const override { return 2 * kv_width_ * ElementBytes(kv_dtype_); }
   absl::Status GrowRope(int64_t positions) override;
@@ -87,7 +86,7 @@ class CudaLlamaModel final : public CudaDecoder {
   DeviceBuffer mlp_;      // wdt_ [T, intermediate]
 };
 
-absl::Status CudaLlamaModel::AllocateLayerWeights() {
+absl::Status CudaLlamaModel::AllocateLayerWeights(const WeightStore*) {
   const ModelConfig& c = config_;
   const size_t e = ElementBytes(wdt_);
   const int64_t hidden = c.hidden_size;
@@ -142,18 +141,17 @@ absl::Status CudaLlamaModel::LoadLayerWeights(const WeightStore& store) {
   return absl::OkStatus();
 }
 
-void CudaLlamaModel::FillRandomLayerWeights(const std::function<void(const DeviceBuffer&, DType, float)>& fill,
-                                            const std::function<void(const DeviceBuffer&)>& ones) {
+void CudaLlamaModel::FillRandomLayerWeights() {
   const ModelConfig& c = config_;
   const float in_hidden = 1.0f / std::sqrt(static_cast<float>(c.hidden_size));
   for (CudaLayer& L : layers_) {
-    ones(L.attn_norm);
-    fill(L.qkv, wdt_, in_hidden);
-    fill(L.qkv_bias, DType::kF32, 0.1f);
-    fill(L.o, wdt_, 1.0f / std::sqrt(static_cast<float>(c.num_heads * c.head_dim)));
-    ones(L.mlp_norm);
-    fill(L.gate_up, wdt_, in_hidden);
-    fill(L.down, wdt_, 1.0f / std::sqrt(static_cast<float>(c.intermediate_size)));
+    FillOnes(L.attn_norm);
+    FillUniform(L.qkv, wdt_, in_hidden);
+    FillUniform(L.qkv_bias, DType::kF32, 0.1f);
+    FillUniform(L.o, wdt_, 1.0f / std::sqrt(static_cast<float>(c.num_heads * c.head_dim)));
+    FillOnes(L.mlp_norm);
+    FillUniform(L.gate_up, wdt_, in_hidden);
+    FillUniform(L.down, wdt_, 1.0f / std::sqrt(static_cast<float>(c.intermediate_size)));
   }
 }
 

@@ -13,6 +13,7 @@
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/fp8.h"
 
 namespace shoal::worker {
 
@@ -65,7 +66,7 @@ absl::Status UploadMatrix(const WeightStore& store, const std::string& name, con
     return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}]", store.Source(),
                                                   name, fmt::join(t->shape, ", "), m.full_rows, m.full_cols));
   }
-  const float* scales = nullptr;
+  const std::byte* scales_bytes = nullptr;  // the mapped f32 block scales, maybe unaligned
   int64_t scale_stride = 0;
   if (t->dtype == DType::kF8E4M3) {
     const std::string sname = name + "_scale_inv";  // "<...>.weight" -> "<...>.weight_scale_inv"
@@ -76,7 +77,7 @@ absl::Status UploadMatrix(const WeightStore& store, const std::string& name, con
       return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' is F8_E4M3 and needs F32 block scales '{}' of [{}, {}]",
                                                     store.Source(), name, sname, srows, scale_stride));
     }
-    scales = reinterpret_cast<const float*>(s->data);
+    scales_bytes = reinterpret_cast<const std::byte*>(s->data);
   } else if (!cpu::MatmulSupports(t->dtype)) {
     return absl::InvalidArgumentError(
         fmt::format("{}: tensor '{}' has dtype {}, which the CUDA model cannot load", store.Source(), name,
@@ -95,9 +96,11 @@ absl::Status UploadMatrix(const WeightStore& store, const std::string& name, con
     for (int64_t r = 0; r < n; ++r) {
       const int64_t row = m.row_begin + r0 + r;
       // Whole rows: quantized blocks and FP8 scale blocks span columns of other shards.
-      if (scales != nullptr) {
+      if (scales_bytes != nullptr) {
         const uint8_t* codes = reinterpret_cast<const uint8_t*>(t->row(row));
-        const float* srow = scales + (row / cpu::kFp8BlockSize) * scale_stride;
+        std::vector<float> srow(scale_stride);
+        std::memcpy(srow.data(), scales_bytes + (row / cpu::kFp8BlockSize) * scale_stride * sizeof(float),
+                    scale_stride * sizeof(float));
         for (int64_t c = 0; c < m.full_cols; ++c) f[c] = cpu::E4M3ToFloat(codes[c]) * srow[c / cpu::kFp8BlockSize];
       } else {
         cpu::DequantizeRow(t->dtype, t->row(row), f.data(), m.full_cols);
@@ -122,6 +125,71 @@ absl::Status UploadVector(const WeightStore& store, const std::string& name, int
   std::vector<float> f(full_n);
   cpu::DequantizeRow(t->dtype, t->data, f.data(), full_n);
   SHOAL_CUDA_CHECK(cudaMemcpy(dst.as<float>() + offset, f.data() + begin, n * sizeof(float), cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+size_t DeviceMatrix::bytes() const { return data.bytes() + scales.bytes(); }
+
+MatrixView DeviceMatrix::Rows(int64_t row_begin, int64_t n) const {
+  MatrixView v{nullptr, nullptr, dtype, n, cols};
+  if (dtype == DType::kF8E4M3) {
+    v.data = data.as<std::byte>() + row_begin * cols;
+    v.scales = scales.as<float>() + row_begin * cuda::Fp8ScaleCols(cols);
+  } else {
+    v.data = data.as<std::byte>() + row_begin * cols * ElementBytes(dtype);
+  }
+  return v;
+}
+
+bool KeepsFp8(const WeightStore* store, const std::string& name, const MatrixSlice& m) {
+  if (store == nullptr) return true;  // random weights of an FP8 model's shape
+  const TensorView* t = store->Find(name);
+  // A column slice must start on a scale block for its rows of block scales to be whole.
+  return t != nullptr && t->dtype == DType::kF8E4M3 && m.col_begin % cuda::kFp8ScaleBlock == 0;
+}
+
+absl::Status AllocateMatrix(const std::string& what, int64_t rows, int64_t cols, DType dtype, DeviceMatrix* m) {
+  m->dtype = dtype;
+  m->rows = rows;
+  m->cols = cols;
+  if (dtype != DType::kF8E4M3) return Allocate(what, rows * cols * ElementBytes(dtype), &m->data);
+  RETURN_IF_ERROR(Allocate(what, rows * cols, &m->data));
+  return Allocate(what + " scales", rows * cuda::Fp8ScaleCols(cols) * sizeof(float), &m->scales);
+}
+
+absl::Status UploadMatrix(const WeightStore& store, const std::string& name, const MatrixSlice& m,
+                          const DeviceMatrix& dst, int64_t row_offset) {
+  if (dst.dtype != DType::kF8E4M3) return UploadMatrix(store, name, m, dst.dtype, dst.data, row_offset);
+  ASSIGN_OR_RETURN(const TensorView* t, store.Get(name));
+  const std::string sname = name + "_scale_inv";
+  const int64_t srows = (m.full_rows + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
+  const int64_t sstride = (m.full_cols + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
+  const TensorView* s = store.Find(sname);
+  if (t->dtype != DType::kF8E4M3 || t->shape != std::vector<int64_t>{m.full_rows, m.full_cols} || s == nullptr ||
+      s->dtype != DType::kF32 || s->shape != std::vector<int64_t>{srows, sstride}) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor '{}' must be F8_E4M3 [{}, {}] with F32 block scales '{}' of [{}, {}] to stay FP8 on the GPU",
+        store.Source(), name, m.full_rows, m.full_cols, sname, srows, sstride));
+  }
+  if (m.col_begin % cpu::kFp8BlockSize != 0 || row_offset + m.rows > dst.rows || m.cols != dst.cols) {
+    return absl::InternalError(fmt::format("tensor '{}': slice does not fit its FP8 device matrix", name));
+  }
+  // Codes copied as they are; each row gets its own row of the slice's block scales.
+  const int64_t scale_cols = cuda::Fp8ScaleCols(m.cols), first_block = m.col_begin / cpu::kFp8BlockSize;
+  std::vector<uint8_t> codes(m.rows * m.cols);
+  std::vector<float> scales(m.rows * scale_cols), block_row(sstride);
+  const auto* sbytes = reinterpret_cast<const std::byte*>(s->data);
+  for (int64_t r = 0; r < m.rows; ++r) {
+    const int64_t row = m.row_begin + r;
+    std::memcpy(codes.data() + r * m.cols, reinterpret_cast<const uint8_t*>(t->row(row)) + m.col_begin, m.cols);
+    std::memcpy(block_row.data(), sbytes + (row / cpu::kFp8BlockSize) * sstride * sizeof(float),
+                sstride * sizeof(float));
+    std::copy_n(block_row.begin() + first_block, scale_cols, scales.begin() + r * scale_cols);
+  }
+  SHOAL_CUDA_CHECK(cudaMemcpy(dst.data.as<uint8_t>() + row_offset * m.cols, codes.data(), codes.size(),
+                              cudaMemcpyHostToDevice));
+  SHOAL_CUDA_CHECK(cudaMemcpy(dst.scales.as<float>() + row_offset * scale_cols, scales.data(),
+                              scales.size() * sizeof(float), cudaMemcpyHostToDevice));
   return absl::OkStatus();
 }
 

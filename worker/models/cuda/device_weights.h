@@ -60,4 +60,36 @@ inline absl::Status UploadVector(const WeightStore& store, const std::string& na
   return UploadVector(store, name, n, 0, n, dst, 0);
 }
 
+// Rows of a device weight matrix, for a GEMM (CudaDecoder::Gemm): elements of `dtype`,
+// or FP8 codes with one row of block scales per weight row (worker/kernels/cuda/fp8.h).
+struct MatrixView {
+  const void* data = nullptr;
+  const float* scales = nullptr;  // FP8 only
+  DType dtype = DType::kBF16;
+  int64_t rows = 0, cols = 0;
+};
+
+// A weight matrix on the device in the device weight type, or kept FP8 as the checkpoint
+// ships it (one byte a weight: DeepSeek-V3's 671 B parameters fit where bf16's do not).
+struct DeviceMatrix {
+  cuda::DeviceBuffer data;
+  cuda::DeviceBuffer scales;  // FP8: f32 [rows, Fp8ScaleCols(cols)]
+  DType dtype = DType::kBF16;
+  int64_t rows = 0, cols = 0;
+  size_t bytes() const;
+  MatrixView Rows(int64_t row_begin, int64_t rows) const;
+  MatrixView All() const { return Rows(0, rows); }
+};
+
+// Whether matrix `name`'s slice can stay FP8: the checkpoint holds it as F8_E4M3 and a
+// column slice starts on a scale block (true without a store: random FP8 weights).
+bool KeepsFp8(const WeightStore* store, const std::string& name, const MatrixSlice& m);
+
+absl::Status AllocateMatrix(const std::string& what, int64_t rows, int64_t cols, DType dtype, DeviceMatrix* m);
+
+// The slice into dst, row_offset rows in: dequantized to dst.dtype, or for an FP8 matrix
+// its codes and block scales as they are (INVALID_ARGUMENT unless the tensor is FP8).
+absl::Status UploadMatrix(const WeightStore& store, const std::string& name, const MatrixSlice& m,
+                          const DeviceMatrix& dst, int64_t row_offset);
+
 }  // namespace shoal::worker
