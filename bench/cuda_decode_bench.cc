@@ -225,6 +225,8 @@ int Run(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed decode steps before each measurement");
   app.add_option("--prefill-chunk", prefill_chunk, "most tokens per prefill step");
   app.add_option("--layers", layers, "decoder layers (0: the real shape's; fewer for a quick run)");
+  bool graphs = false;
+  app.add_flag("--cuda-graphs", graphs, "decode steps replay captured CUDA graphs (llama/qwen2 shapes)");
   std::string weights = "bf16";
   app.add_option("--weights", weights, "bf16, or fp8 (deepseek-v2-lite: its matrices FP8 on the GPU, as V3 ships)")
       ->check(CLI::IsMember({"bf16", "fp8"}));
@@ -244,6 +246,7 @@ int Run(int argc, char** argv) {
   CausalLMOptions options;
   options.device = Device::kCuda;
   options.device_weight_dtype = weights == "fp8" ? DType::kF8E4M3 : DType::kBF16;
+  options.cuda_graphs = graphs;
   options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
   auto lm_or = CreateRandomCudaCausalLM(config, options, 1234);
   if (!lm_or.ok()) {
@@ -304,6 +307,7 @@ int Run(int argc, char** argv) {
   fmt::print("decode_b1_roofline_tokens_per_s: {:.1f}\n", bandwidth / bytes1);
   fmt::print("decode_b1_fraction_of_roofline: {:.3f}\n", tps1 * bytes1 / bandwidth);
 
+  if (graphs) fmt::print("decode_graph_launches: {}\n", lm.graph_launches());
   if (batch > 0) {
     std::vector<Sequence> many = MakeSequences(batch, context, blocks_per_seq, 2, config.vocab_size);
     t0 = std::chrono::steady_clock::now();

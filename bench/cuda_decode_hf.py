@@ -50,6 +50,7 @@ def main():
     p.add_argument("--prefill-chunk", type=int, default=8192)
     # Shoal's --weights fp8 keeps FP8 matrices on the GPU; the peer stays bf16 either way.
     p.add_argument("--weights", default="bf16", choices=["bf16", "fp8"])
+    p.add_argument("--cuda-graphs", action="store_true")  # Shoal's; the peer runs eagerly
     args = p.parse_args()
     try:
         import torch

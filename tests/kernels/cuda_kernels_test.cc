@@ -865,7 +865,9 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937 rng(91);
-  for (const int64_t cols : {int64_t{200}, int64_t{384}}) {
+  // 200 and 1000: the scalar tail; 384 and 1040: 16-byte loads, 1040 past one 512-column
+  // sweep of the warp and with a partial last block.
+  for (const int64_t cols : {int64_t{200}, int64_t{384}, int64_t{1000}, int64_t{1040}}) {
     SCOPED_TRACE(cols);
     const int64_t rows = 37, scale_cols = Fp8ScaleCols(cols);
     std::vector<uint8_t> codes(rows * cols);
@@ -888,6 +890,21 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
     Fp8Dequantize(nullptr, m, DType::kF32, dw.data());
     SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
     EXPECT_EQ(Decode(Download(dw), DType::kF32), w);
+    // Widened into the activation type, and a view of rows [5, 37) (how experts are read).
+    DeviceBuffer dwt(rows * cols * ElementBytes(t));
+    Fp8Dequantize(nullptr, m, t, dwt.data());
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(Decode(Download(dwt), t), Round(w, t).values);
+    const Fp8Matrix tail{dcodes.as<uint8_t>() + 5 * cols, dscales.as<float>() + 5 * scale_cols, rows - 5, cols};
+    {
+      const Typed x = Round(Random(2 * cols, 95), t);
+      const std::vector<float> w_tail(w.begin() + 5 * cols, w.end());
+      const std::vector<float> want = ReferenceGemm(x.values, w_tail, 2, cols, rows - 5);
+      DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dy(2 * (rows - 5) * 4);
+      Fp8Gemv(nullptr, tail, t, dx.data(), 2, DType::kF32, dy.data(), /*accumulate=*/false);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
+    }
     for (const int64_t T : {int64_t{1}, int64_t{3}, kFp8GemvMaxRows}) {
       SCOPED_TRACE(T);
       const Typed x = Round(Random(T * cols, 92 + static_cast<uint32_t>(T)), t);
@@ -902,6 +919,14 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
       ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
+      // y in the activation type (gate_up), written and accumulated.
+      const Typed yt0 = Round(y0, t);
+      DeviceBuffer dyt = Upload(yt0.bytes.data(), yt0.bytes.size());
+      Fp8Gemv(nullptr, m, t, dx.data(), T, t, dyt.data(), /*accumulate=*/true);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<float> want_t = ReferenceGemm(x.values, w, T, cols, rows);
+      for (size_t i = 0; i < want_t.size(); ++i) want_t[i] += yt0.values[i];
+      ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
     }
   }
 }

@@ -44,9 +44,12 @@
 #include "worker/engine/sampler.h"
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cpu/thread_pool.h"
+#include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/fp8.h"
 #include "worker/model/loaded_model.h"
 #include "worker/models/causal_lm.h"
+#include "worker/models/cuda/device_weights.h"
 #include "worker/parallel/gloo_communicator.h"
 
 namespace shoal::worker {
@@ -506,6 +509,53 @@ TEST_P(CudaFp8Decoder, F32LogitsAndGreedyTokensMatchCpuAndTransformers) {
 INSTANTIATE_TEST_SUITE_P(Transformers, CudaFp8Decoder, ::testing::Values("fp8_llama_tiny", "fp8_deepseek_v3_tiny"),
                          FixtureName);
 
+// An FP8 matrix uploaded as codes with per-row block scales and widened on the GPU is, bit
+// for bit, the same matrix dequantized on the host and uploaded as f32: a whole matrix, a
+// column slice starting on the second scale block (a row-parallel shard), a row slice not
+// starting on a block (a column-parallel shard), stacked at a row offset.
+TEST(CudaFp8Weights, Fp8UploadsWidenToTheHostsDequantizedMatrix) {
+  SKIP_WITHOUT_GPU();
+  auto model = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/fp8_deepseek_v3_tiny");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const WeightStore& store = *model->weights;
+  const std::string name = "model.layers.0.mlp.down_proj.weight";  // [192, 256] F8_E4M3, dense layer
+  const TensorView* t = store.Find(name);
+  ASSERT_NE(t, nullptr);
+  ASSERT_EQ(t->dtype, DType::kF8E4M3);
+  const int64_t R = t->shape[0], C = t->shape[1];
+  struct Case {
+    const char* what;
+    MatrixSlice slice;
+    int64_t row_offset;
+  };
+  const std::vector<Case> cases = {{"whole", MatrixSlice::Whole(R, C), 0},
+                                   {"columns from 128", MatrixSlice::Rows(R, C, ShardOf{1, 2}), 0},
+                                   {"rows from 96", MatrixSlice::Columns(R, C, ShardOf{1, 2}), 7}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const int64_t rows = c.row_offset + c.slice.rows, cols = c.slice.cols;
+    ASSERT_TRUE(KeepsFp8(&store, name, c.slice));
+    DeviceMatrix fp8, f32;
+    ASSERT_TRUE(AllocateMatrix("fp8", rows, cols, DType::kF8E4M3, &fp8).ok());
+    ASSERT_TRUE(AllocateMatrix("f32", rows, cols, DType::kF32, &f32).ok());
+    ASSERT_TRUE(UploadMatrix(store, name, c.slice, fp8, c.row_offset).ok());
+    ASSERT_TRUE(UploadMatrix(store, name, c.slice, f32, c.row_offset).ok());
+    cuda::DeviceBuffer widened(rows * cols * 4);
+    const MatrixView v = fp8.Rows(c.row_offset, c.slice.rows);
+    cuda::Fp8Dequantize(nullptr, {static_cast<const uint8_t*>(v.data), v.scales, v.rows, v.cols}, DType::kF32,
+                        widened.as<float>() + c.row_offset * cols);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> got(rows * cols), want(rows * cols);
+    widened.CopyToHost(got.data(), got.size() * 4);
+    f32.data.CopyToHost(want.data(), want.size() * 4);
+    for (int64_t i = c.row_offset * cols; i < rows * cols; ++i) ASSERT_EQ(got[i], want[i]) << "element " << i;
+  }
+  // A column slice off a scale block cannot stay FP8.
+  MatrixSlice off = MatrixSlice::Whole(R, C);
+  off.col_begin = 64, off.cols = 64;
+  EXPECT_FALSE(KeepsFp8(&store, name, off));
+}
+
 // DeepSeek's FP8 matrices kept at one byte a weight on the GPU (device weight dtype
 // F8_E4M3, activations bf16): decode steps multiply from the codes (Fp8Gemv), the prompt
 // step widens them for cuBLAS; every teacher-forced step within the bf16 tolerance of
@@ -539,6 +589,14 @@ TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
     EXPECT_LE(err, kBf16Tolerance) << "step " << s;
   }
   std::printf("fp8_deepseek_v3_tiny fp8 weights: worst relative error %.3e vs CPU\n", worst);
+  // Against the same model widened to bf16 on the GPU: the prompt step widens the FP8
+  // matrices into bf16 for cuBLAS, the very weights the bf16 model holds; decode steps
+  // multiply from the codes in f32 (closer to the CPU, so a little off the bf16 model).
+  ASSERT_TRUE((*bf16)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  const auto widened = ForcedLogits(**bf16, expected.prompt, expected.greedy);
+  ASSERT_EQ(widened.size(), got.size());
+  EXPECT_LE(RelativeError(got[0].data(), widened[0]), 1e-5) << "the prompt step";
+  for (size_t s = 1; s < got.size(); ++s) EXPECT_LE(RelativeError(got[s].data(), widened[s]), 3e-2) << "step " << s;
   // Llama has no FP8 storage: refused by name.
   auto llama = LoadModel(testing::SourceDir() + "/tests/oracle/fixtures/fp8_llama_tiny");
   ASSERT_TRUE(llama.ok()) << llama.status();

@@ -30,7 +30,7 @@ struct CausalLMOptions {
   // kF32 (exact f32 attention, e.g. for comparing against f32 reference implementations).
   // On CUDA also kBF16.
   DType kv_cache_dtype = DType::kF16;
-  // kCuda: the model's shard on one GPU (worker/models/cuda; llama and qwen2), in a build with
+  // kCuda: the model's shard on one GPU (worker/models/cuda; llama, qwen2, DeepSeek), in a build with
   // the CUDA backend. Otherwise CreateCausalLM fails with FAILED_PRECONDITION ("built
   // without CUDA", or "no GPU: ..." where the driver finds none).
   Device device = Device::kCpu;
@@ -38,8 +38,12 @@ struct CausalLMOptions {
   // (GGUF quantized blocks and f16 are dequantized on the host at load). kBF16 (speed: half
   // the bytes a decode step reads) or kF32 (exact checks against the CPU model); the
   // activations entering each GEMM have the same type, the residual stream and attention
-  // are f32.
+  // are f32. For DeepSeek also kF8E4M3: the checkpoint's FP8 matrices stay FP8 (one byte
+  // a weight), everything else bf16.
   DType device_weight_dtype = DType::kBF16;
+  // kCuda only: decode steps of a shape seen before replay a captured CUDA graph instead
+  // of launching their kernels one by one (llama and qwen2 as a whole model on one GPU).
+  bool cuda_graphs = false;
   // kCuda only: which of the visible GPUs the model lives on (a rank of a group on a
   // machine with several takes its own; see worker/parallel/group_flags.h).
   int cuda_device = 0;

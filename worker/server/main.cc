@@ -65,6 +65,9 @@ int Run(int argc, char** argv) {
                  "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds; "
                  "fp8: DeepSeek's FP8 matrices stay FP8 (one byte a weight), the rest bf16")
       ->capture_default_str()->check(CLI::IsMember({"bf16", "f32", "fp8"}));
+  app.add_flag("--cuda-graphs", runtime_options.cuda_graphs,
+               "with --device cuda: decode steps of a shape seen before replay a captured CUDA graph (llama and "
+               "qwen2 alone on a GPU)");
   app.add_option("--kv-cache-memory-fraction", runtime_options.kv_cache_memory_fraction,
                  "with --device cuda: the KV cache takes this fraction of the GPU memory left free by the weights "
                  "(instead of --kv-cache-mb); 0 = use --kv-cache-mb")
@@ -121,6 +124,7 @@ int Run(int argc, char** argv) {
     const shoal::worker::CausalLMOptions lm_options{.kv_cache_dtype = runtime_options.kv_cache_dtype,
                                                     .device = runtime_options.device,
                                                     .device_weight_dtype = runtime_options.device_weight_dtype,
+                                                    .cuda_graphs = runtime_options.cuda_graphs,
                                                     .cuda_device = runtime_options.cuda_device};
     return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, lm_options,
                                       health, std::chrono::milliseconds(static_cast<int64_t>((grace_seconds + 10) * 1000)));

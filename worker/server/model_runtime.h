@@ -34,6 +34,7 @@ struct ModelRuntimeOptions {
   Device device = Device::kCpu;        // kCuda: the model on GPU cuda_device, see CausalLMOptions
   DType device_weight_dtype = DType::kBF16;
   int cuda_device = -1;  // CausalLMOptions.cuda_device; -1 = ResolveCudaDevice's choice
+  bool cuda_graphs = false;  // CausalLMOptions.cuda_graphs
   // > 0 (GPU models only): the KV cache gets this fraction of the device memory still free
   // after the weights are loaded, instead of engine.kv_cache_bytes. The rest is left for
   // the activations and cuBLAS workspaces.

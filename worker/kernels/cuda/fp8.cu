@@ -59,17 +59,26 @@ __global__ void Fp8GemvKernel(Fp8Matrix w, const X* x, int64_t num_rows, Y* y, b
   float acc[kFp8GemvMaxRows] = {};
   const bool vector = w.cols % 16 == 0 && (reinterpret_cast<uintptr_t>(row) % 16) == 0;
   for (int64_t i0 = static_cast<int64_t>(lane) * 16; i0 < w.cols; i0 += 32 * 16) {
-    uint8_t codes[16];
+    alignas(16) uint8_t codes[16];
     if (vector) {
       *reinterpret_cast<uint4*>(codes) = *reinterpret_cast<const uint4*>(row + i0);
     } else {
       for (int j = 0; j < 16; ++j) codes[j] = i0 + j < w.cols ? row[i0 + j] : 0;
     }
+    // The 16 columns share one block scale (16 divides kFp8ScaleBlock).
+    const float scale = scales[i0 / kFp8ScaleBlock];
     const int n = w.cols - i0 < 16 ? static_cast<int>(w.cols - i0) : 16;
-    for (int j = 0; j < n; ++j) {
-      const int64_t i = i0 + j;
-      const float wv = E4M3(codes[j]) * scales[i / kFp8ScaleBlock];
-      for (int64_t t = 0; t < num_rows; ++t) acc[t] += wv * Load(x, t * w.cols + i);
+    if (n == 16) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const float wv = E4M3(codes[j]) * scale;
+        for (int64_t t = 0; t < num_rows; ++t) acc[t] += wv * Load(x, t * w.cols + i0 + j);
+      }
+    } else {
+      for (int j = 0; j < n; ++j) {
+        const float wv = E4M3(codes[j]) * scale;
+        for (int64_t t = 0; t < num_rows; ++t) acc[t] += wv * Load(x, t * w.cols + i0 + j);
+      }
     }
   }
   for (int64_t t = 0; t < num_rows; ++t) {

@@ -20,6 +20,7 @@ struct CublasApi {
   cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
                             const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
                             cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;  // optional
   cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                                             const void*, const void*, cudaDataType, int, long long, const void*,
                                             cudaDataType, int, long long, const void*, void*, cudaDataType, int,
@@ -55,6 +56,7 @@ const LoadedCublas& Cublas() {
     resolve(&l->api.set_stream, "cublasSetStream_v2");
     resolve(&l->api.gemm_ex, "cublasGemmEx");
     resolve(&l->api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    l->api.set_workspace = reinterpret_cast<decltype(&cublasSetWorkspace_v2)>(dlsym(h, "cublasSetWorkspace_v2"));
     return l;
   }();
   return *loaded;
@@ -87,6 +89,10 @@ bool LoadCublas(std::string* why_not) {
 CublasGemm::CublasGemm(cudaStream_t stream) {
   SHOAL_CUBLAS_CHECK(Api().create(&handle_));
   SHOAL_CUBLAS_CHECK(Api().set_stream(handle_, stream));
+}
+
+bool CublasGemm::SetWorkspace(void* workspace, size_t bytes) {
+  return Api().set_workspace != nullptr && Api().set_workspace(handle_, workspace, bytes) == CUBLAS_STATUS_SUCCESS;
 }
 
 CublasGemm::~CublasGemm() {

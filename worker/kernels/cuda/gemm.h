@@ -34,6 +34,10 @@ class CublasGemm {
   void Run(DType ab, const void* x, const void* w, int64_t num_tokens, int64_t in, int64_t out, DType y_type,
            void* y, bool accumulate);
 
+  // Gives cuBLAS its workspace (device memory outliving the handle), so a GEMM captured
+  // into a CUDA graph allocates nothing; false when this cuBLAS lacks the call.
+  bool SetWorkspace(void* workspace, size_t bytes);
+
   // A matrix of each batch entry b: data + b * stride elements, rows ld elements apart.
   struct Strided {
     const void* data = nullptr;

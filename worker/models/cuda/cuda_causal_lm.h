@@ -19,6 +19,8 @@ class CudaCausalLM : public CausalLM {
   // one int32 per row comes back to the host (what the benchmark times; the engine's
   // sampler needs the logits).
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
+  // Steps that replayed a captured CUDA graph (CausalLMOptions.cuda_graphs), for tests and logs.
+  virtual int64_t graph_launches() const = 0;
 };
 
 // The shard of `model` (llama, qwen2, deepseek_v2 or deepseek_v3) on GPU

@@ -1,6 +1,7 @@
 #include "worker/models/cuda/cuda_decoder.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
@@ -89,9 +90,19 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
       gemm_(stream_.get()) {
   vocab_rows_ = config.vocab_size / shard.tp_size;
   vocab_begin_ = vocab_rows_ * shard.tp_rank;
+  if (options.cuda_graphs) {
+    // A workspace of its own, so cuBLAS allocates nothing inside a capture.
+    constexpr size_t kWorkspaceBytes = 32u << 20;
+    graphs_enabled_ = DeviceBuffer::TryAllocate(kWorkspaceBytes, &cublas_workspace_) &&
+                      gemm_.SetWorkspace(cublas_workspace_.data(), kWorkspaceBytes);
+    if (!graphs_enabled_) spdlog::warn("CUDA graphs off for this model: no cuBLAS workspace");
+  }
 }
 
-CudaDecoder::~CudaDecoder() { Quiesce(); }
+CudaDecoder::~CudaDecoder() {
+  Quiesce();
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+}
 
 void CudaDecoder::Quiesce() const noexcept {
   cudaSetDevice(device_);
@@ -148,6 +159,7 @@ absl::Status CudaDecoder::LoadWeights(const WeightStore& store) {
 absl::Status CudaDecoder::Load(const WeightStore& store) {
   RETURN_IF_ERROR(AllocateWeights(&store));
   RETURN_IF_ERROR(LoadWeights(store));
+  RETURN_IF_ERROR(ReserveFp8Scratch());
   RETURN_IF_ERROR(GrowRope(std::min<int64_t>(config_.max_position_embeddings, 4096)));
   // cudaMemcpy from pageable memory may return before its DMA lands, on the legacy stream
   // the model's own stream does not wait for.
@@ -157,6 +169,7 @@ absl::Status CudaDecoder::Load(const WeightStore& store) {
 
 absl::Status CudaDecoder::InitRandom(uint64_t seed) {
   RETURN_IF_ERROR(AllocateWeights(nullptr));
+  RETURN_IF_ERROR(ReserveFp8Scratch());
   fill_seed_ = seed;
   FillUniform(embed_, wdt_, 1.0f);
   FillRandomLayerWeights();
@@ -183,12 +196,22 @@ void CudaDecoder::FillOnes(const DeviceBuffer& b) {
   cuda::FillUniform(stream_.get(), DType::kF32, b.data(), static_cast<int64_t>(b.bytes() / 4), 0, 1.0f, 1.0f);
 }
 
-absl::Status CudaDecoder::AllocateWeightMatrix(const WeightStore* store, const std::string& name,
+absl::Status CudaDecoder::AllocateWeightMatrix(const WeightStore* store, const std::vector<std::string>& names,
                                                const MatrixSlice& slice, int64_t rows, DeviceMatrix* out) {
-  const DType t = keep_fp8_ && KeepsFp8(store, name, slice) ? DType::kF8E4M3 : wdt_;
-  RETURN_IF_ERROR(AllocateMatrix(name, rows, slice.cols, t, out));
+  bool fp8 = keep_fp8_;
+  for (const std::string& name : names) fp8 = fp8 && KeepsFp8(store, name, slice);
+  RETURN_IF_ERROR(AllocateMatrix(names.front(), rows, slice.cols, fp8 ? DType::kF8E4M3 : wdt_, out));
   weight_bytes_ += out->bytes();
+  if (fp8) largest_fp8_matrix_ = std::max(largest_fp8_matrix_, static_cast<size_t>(rows * slice.cols));
   return absl::OkStatus();
+}
+
+absl::Status CudaDecoder::ReserveFp8Scratch() {
+  const size_t bytes = largest_fp8_matrix_ * ElementBytes(wdt_);
+  if (bytes <= fp8_scratch_.bytes()) return absl::OkStatus();
+  fp8_scratch_ = DeviceBuffer();
+  BuffersMoved();
+  return Allocate("FP8 matrix widened for a GEMM", bytes, &fp8_scratch_);
 }
 
 absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DType y_type, void* y,
@@ -206,6 +229,7 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
   if (bytes > fp8_scratch_.bytes()) {
     SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // enqueued GEMMs may still read the old one
     fp8_scratch_ = DeviceBuffer();
+    BuffersMoved();
     RETURN_IF_ERROR(Allocate("FP8 matrix widened for a GEMM", bytes, &fp8_scratch_));
   }
   cuda::Fp8Dequantize(stream_.get(), m, wdt_, fp8_scratch_.data());
@@ -228,6 +252,7 @@ absl::Status CudaDecoder::UploadRope(const float* cos, const float* sin, int64_t
   SHOAL_CUDA_CHECK(cudaMemcpyAsync(rope_cos_.data(), cos, bytes, cudaMemcpyHostToDevice, stream_.get()));
   SHOAL_CUDA_CHECK(cudaMemcpyAsync(rope_sin_.data(), sin, bytes, cudaMemcpyHostToDevice, stream_.get()));
   rope_positions_ = positions;
+  BuffersMoved();
   return absl::OkStatus();
 }
 
@@ -238,6 +263,7 @@ absl::StatusOr<cuda::AttentionSplit> CudaDecoder::AttentionSplitFor(int64_t T, i
     // Enqueued kernels may still read the old scratch.
     SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     attn_partials_ = DeviceBuffer();
+    BuffersMoved();
     RETURN_IF_ERROR(Allocate("attention split scratch", 2 * bytes, &attn_partials_));
   }
   return cuda::AttentionSplit{splits, splits > 1 ? attn_partials_.as<float>() : nullptr};
@@ -259,6 +285,7 @@ absl::Status CudaDecoder::AllocateKvCache(int64_t num_blocks, int block_size) {
   kv_layer_bytes_ = layer_bytes;
   num_blocks_ = num_blocks;
   block_size_ = block_size;
+  BuffersMoved();
   return absl::OkStatus();
 }
 
@@ -266,6 +293,7 @@ absl::Status CudaDecoder::EnsureCapacity(int64_t T, int64_t R) {
   const ModelConfig& c = config_;
   const size_t e = ElementBytes(wdt_);
   if (T > token_capacity_) {
+    BuffersMoved();
     // Freed first, so the new buffers may take their place.
     for (DeviceBuffer* b : {&x_, &xn_, &part_}) *b = DeviceBuffer();
     const int64_t n = std::max<int64_t>(T, 2 * token_capacity_);
@@ -277,6 +305,7 @@ absl::Status CudaDecoder::EnsureCapacity(int64_t T, int64_t R) {
     token_capacity_ = n;
   }
   if (R > row_capacity_ && last_stage()) {
+    BuffersMoved();
     for (DeviceBuffer* b : {&hn_, &logits_dev_, &gathered_dev_, &greedy_dev_}) *b = DeviceBuffer();
     logits_host_ = PinnedBuffer();
     greedy_host_ = PinnedBuffer();
@@ -314,6 +343,7 @@ absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   max_blocks_ = max_blocks;
   if (total == 0) return absl::OkStatus();  // an empty step: nothing to copy (and maybe no buffers yet)
   if (total > staging_.bytes() || total > step_dev_.bytes()) {
+    BuffersMoved();
     staging_ = PinnedBuffer();
     step_dev_ = DeviceBuffer();
     RETURN_IF_ERROR(Allocate("step index arrays", 2 * total, &step_dev_));
@@ -406,9 +436,22 @@ absl::StatusOr<int64_t> CudaDecoder::RunStep(const ForwardBatch& batch, std::spa
   for (const cpu::AttentionSequence& q : step_.seqs) {
     max_blocks = std::max<int64_t>(max_blocks, (q.start_pos + q.num_tokens + block_size_ - 1) / block_size_);
   }
+  // With graphs, block tables are laid out a power of two wide, so a shape's graph serves
+  // the next block_size * that positions rather than one block's worth.
+  if (graphs_enabled_) max_blocks = int64_t{1} << static_cast<int>(std::ceil(std::log2(static_cast<double>(max_blocks))));
   RETURN_IF_ERROR(EnsureCapacity(T, R));
   RETURN_IF_ERROR(StageStep(max_blocks));
+  // Decode steps of a whole model (every row a sequence's next token) may go through a graph.
+  if (graphs_enabled_ && first_stage() && last_stage() && StepsCapturable() && T > 0 && R == T && tiles_.empty() &&
+      RunStepThroughGraph(T, R)) {
+    return R;
+  }
+  RETURN_IF_ERROR(EnqueueStep(T, R, hidden_in));
+  return last_stage() ? R : int64_t{0};
+}
 
+absl::Status CudaDecoder::EnqueueStep(int64_t T, int64_t R, std::span<const float> hidden_in) {
+  const ModelConfig& c = config_;
   cudaStream_t s = stream_.get();
   if (first_stage()) {
     RETURN_IF_ERROR(Embed(T));
@@ -417,12 +460,65 @@ absl::StatusOr<int64_t> CudaDecoder::RunStep(const ForwardBatch& batch, std::spa
     SHOAL_CUDA_CHECK(cudaMemcpyAsync(x_.data(), hidden_in.data(), hidden_in.size_bytes(), cudaMemcpyHostToDevice, s));
   }
   for (int64_t l = 0; l < num_layers_; ++l) RETURN_IF_ERROR(RunLayer(l, T));
-  if (!last_stage()) return int64_t{0};
+  if (!last_stage()) return absl::OkStatus();
   // Final norm and vocabulary projection only for the rows the caller samples from.
   cuda::RmsNormRows(s, x_.as<float>(), d_logit_rows_, final_norm_.as<float>(), wdt_, hn_.data(), R, c.hidden_size,
                     static_cast<float>(c.rms_norm_eps));
   gemm_.Run(wdt_, hn_.data(), lm_head(), R, c.hidden_size, vocab_rows_, DType::kF32, logits_dev_.data(), false);
-  return R;
+  return absl::OkStatus();
+}
+
+bool CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
+  cudaStream_t s = stream_.get();
+  const auto key = std::make_tuple(T, max_blocks_, cuda::AttentionSplits(T, attention_heads_, step_.max_pos));
+  auto it = graphs_.find(key);
+  if (it != graphs_.end() && it->second.epoch == buffers_epoch_) {
+    const cudaError_t e = cudaGraphLaunch(it->second.exec, s);
+    if (e == cudaSuccess) {
+      ++graph_launches_;
+      return true;
+    }
+    DisableGraphs(std::string("cudaGraphLaunch: ") + cudaGetErrorString(e));
+    return false;  // nothing was enqueued: the caller runs the step
+  }
+  // Run the step as usual; when that moved no buffer, capture the same work for the next
+  // step of this shape (capturing records the launches without running them).
+  const uint64_t epoch = buffers_epoch_;
+  if (absl::Status st = EnqueueStep(T, R, {}); !st.ok()) {
+    DisableGraphs(st.ToString());  // the step's own error comes back when the caller reruns it
+    return false;
+  }
+  if (buffers_epoch_ != epoch) return true;
+  if (cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal); e != cudaSuccess) {
+    DisableGraphs(std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(e));
+    return true;
+  }
+  const absl::Status enqueued = EnqueueStep(T, R, {});
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(s, &graph);
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t made = cudaErrorUnknown;
+  if (enqueued.ok() && ended == cudaSuccess && buffers_epoch_ == epoch) made = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (made != cudaSuccess) {
+    cudaGetLastError();  // leave no capture error behind for the next launch check
+    DisableGraphs(!enqueued.ok() ? enqueued.ToString()
+                  : ended != cudaSuccess ? std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ended)
+                                         : std::string("cudaGraphInstantiate failed or a buffer moved while capturing"));
+    return true;
+  }
+  CapturedStep& slot = graphs_[key];
+  if (slot.exec != nullptr) cudaGraphExecDestroy(slot.exec);
+  slot = {exec, epoch};
+  return true;
+}
+
+void CudaDecoder::DisableGraphs(const std::string& why) {
+  if (!graphs_enabled_) return;
+  graphs_enabled_ = false;
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+  graphs_.clear();
+  spdlog::warn("CUDA graphs off for this model: {}", why);
 }
 
 absl::Status CudaDecoder::CollectLogits(int64_t R, std::vector<float>* logits) {

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <tuple>
 #include <span>
 #include <string>
 #include <vector>
@@ -82,6 +84,7 @@ class CudaDecoder : public CudaCausalLM {
                              std::vector<int32_t>* tokens) override;
   size_t WeightBytes() const override { return weight_bytes_; }
   size_t FreeDeviceBytes() const override;
+  int64_t graph_launches() const override { return graph_launches_; }
 
  protected:
   // --- what an architecture supplies ---
@@ -99,13 +102,24 @@ class CudaDecoder : public CudaCausalLM {
   virtual absl::Status AllocateLayerActivations(int64_t tokens) = 0;
   // Local layer l over the step's T rows: x_ += its attention and its MLP.
   virtual absl::Status RunLayer(int64_t l, int64_t num_tokens) = 0;
+  // Whether a step's layers enqueue device work only (no host synchronization, no
+  // collective), so it can be captured into a CUDA graph.
+  virtual bool StepsCapturable() const { return false; }
 
   // --- what the base offers them ---
   absl::Status AllocateWeight(const std::string& what, size_t bytes, cuda::DeviceBuffer* out);
   // A weight matrix of the device weight type, or FP8 when the options keep FP8
   // (device_weight_dtype kF8E4M3) and KeepsFp8 says the checkpoint's slice can stay so.
   absl::Status AllocateWeightMatrix(const WeightStore* store, const std::string& name, const MatrixSlice& slice,
-                                    int64_t rows, DeviceMatrix* out);
+                                    int64_t rows, DeviceMatrix* out) {
+    return AllocateWeightMatrix(store, std::vector<std::string>{name}, slice, rows, out);
+  }
+  // The same for a matrix stacking several tensors (each sliced alike): FP8 only when all are.
+  absl::Status AllocateWeightMatrix(const WeightStore* store, const std::vector<std::string>& names,
+                                    const MatrixSlice& slice, int64_t rows, DeviceMatrix* out);
+  // Makes sure the FP8 widening scratch fits every FP8 matrix allocated so far (called
+  // once the weights are in, so a long step never allocates it after the KV cache).
+  absl::Status ReserveFp8Scratch();
   // y[T, w.rows] = x[T, w.cols] · Wᵀ (+ y), x of the weight type: cuBLAS, or for an FP8
   // matrix Fp8Gemv on a few rows and cuBLAS over the matrix widened into a scratch on more.
   absl::Status Gemm(const MatrixView& w, const void* x, int64_t num_tokens, DType y_type, void* y, bool accumulate);
@@ -133,6 +147,8 @@ class CudaDecoder : public CudaCausalLM {
   const cuda::QueryTile* tiles() const { return d_tiles_; }
   int64_t num_tiles() const { return static_cast<int64_t>(tiles_.size()); }
   cuda::DeviceRows untiled_rows(int64_t num_tokens) const;
+  // A buffer a captured step reads was reallocated: captured graphs are stale.
+  void BuffersMoved() { ++buffers_epoch_; }
   // The split-K plan of this step's attention over num_heads heads of v_dim outputs
   // (cuda::AttentionSplits over the step's longest row), its scratch grown as needed.
   absl::StatusOr<cuda::AttentionSplit> AttentionSplitFor(int64_t num_tokens, int64_t num_heads, int64_t v_dim);
@@ -154,6 +170,7 @@ class CudaDecoder : public CudaCausalLM {
   bool keep_fp8_;     // FP8 checkpoint matrices stay FP8 (device_weight_dtype kF8E4M3; wdt_ is then bf16)
   DType kv_dtype_;    // kF16, kBF16 or kF32
   int64_t num_layers_ = 0;  // of this pipeline stage
+  int64_t attention_heads_ = 0;  // query heads of this rank, set by the architecture (graph keys)
   int64_t num_blocks_ = 0;
   int block_size_ = 0;
   CudaStream stream_;  // every kernel, GEMM and copy of the model, in order (before gemm_, which uses it)
@@ -172,6 +189,12 @@ class CudaDecoder : public CudaCausalLM {
   // its want_logits rows in logits_dev_ ([R, vocab_rows_] f32: this rank's vocabulary
   // slice). Returns R.
   absl::StatusOr<int64_t> RunStep(const ForwardBatch& batch, std::span<const float> hidden_in);
+  // The device work of a staged step: embedding (or hidden_in), layers, final norm and head.
+  absl::Status EnqueueStep(int64_t num_tokens, int64_t num_logit_rows, std::span<const float> hidden_in);
+  // A decode step through a CUDA graph: replays the one captured for this shape, or runs
+  // the step and captures it for next time. False when graphs are off (after a failure).
+  bool RunStepThroughGraph(int64_t num_tokens, int64_t num_logit_rows);
+  void DisableGraphs(const std::string& why);
   absl::Status StageStep(int64_t max_blocks);
   absl::Status EnsureCapacity(int64_t num_tokens, int64_t num_logit_rows);
   absl::Status Embed(int64_t num_tokens);
@@ -189,7 +212,19 @@ class CudaDecoder : public CudaCausalLM {
 
   cuda::DeviceBuffer attn_partials_;  // split-K scratch (AttentionSplitFor)
   cuda::DeviceBuffer fp8_scratch_;    // an FP8 matrix widened for cuBLAS (Gemm)
+  // CUDA graphs of decode steps, by (rows, block-table stride, attention splits), each
+  // valid while buffers_epoch_ is the one it was captured at.
+  struct CapturedStep {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t epoch = 0;
+  };
+  bool graphs_enabled_ = false;
+  std::map<std::tuple<int64_t, int64_t, int>, CapturedStep> graphs_;
+  uint64_t buffers_epoch_ = 0;
+  int64_t graph_launches_ = 0;
+  cuda::DeviceBuffer cublas_workspace_;
   uint64_t fill_seed_ = 0;
+  size_t largest_fp8_matrix_ = 0;  // elements of the largest FP8 matrix allocated
   cuda::DeviceBuffer kv_;  // the stage's layers' caches, kv_layer_bytes_ each
   size_t kv_layer_bytes_ = 0;
 

@@ -85,6 +85,7 @@ class CudaDeepseekModel final : public CudaDecoder {
         rope_(config.deepseek.qk_rope_head_dim, config.rope_theta, config.rope_scaling,
               std::min<int64_t>(config.max_position_embeddings, 4096)) {
     heads_ = config.num_heads / shard.tp_size;
+    attention_heads_ = heads_;
     qk_ = d_.qk_head_dim();
     entry_ = d_.kv_lora_rank + d_.qk_rope_head_dim;
     dense_features_ = config.intermediate_size / shard.tp_size;
@@ -165,10 +166,22 @@ absl::Status CudaDeepseekModel::AllocateSwiGlu(const WeightStore* store, const s
                                                 SwiGluWeights* w) {
   const int64_t hidden = config_.hidden_size;
   w->features = features;
-  MatrixSlice gate_up = MatrixSlice::Columns(full_features, hidden, tp);
-  RETURN_IF_ERROR(AllocateWeightMatrix(store, first + "gate_proj.weight", gate_up, count * 2 * features, &w->gate_up));
-  return AllocateWeightMatrix(store, first + "down_proj.weight", MatrixSlice::Rows(hidden, full_features, tp),
-                              count * hidden, &w->down);
+  const MatrixSlice gate_up = MatrixSlice::Columns(full_features, hidden, tp);
+  const MatrixSlice down = MatrixSlice::Rows(hidden, full_features, tp);
+  // A stacked matrix stays FP8 only when every tensor stacked into it can: the gate and
+  // up (or down) of each of the `count` MLPs, named from the first one's.
+  auto each = [&](const std::string& suffix) {
+    std::vector<std::string> names;
+    if (count == 1) return std::vector<std::string>{first + suffix};
+    const size_t dot = first.rfind('.', first.size() - 2);  // "...experts.<n>." -> the expert number
+    const int64_t begin = std::stoll(first.substr(dot + 1));
+    for (int64_t e = 0; e < count; ++e) names.push_back(fmt::format("{}{}.{}", first.substr(0, dot + 1), begin + e, suffix));
+    return names;
+  };
+  std::vector<std::string> gate_names = each("gate_proj.weight"), up_names = each("up_proj.weight");
+  gate_names.insert(gate_names.end(), up_names.begin(), up_names.end());
+  RETURN_IF_ERROR(AllocateWeightMatrix(store, gate_names, gate_up, count * 2 * features, &w->gate_up));
+  return AllocateWeightMatrix(store, each("down_proj.weight"), down, count * hidden, &w->down);
 }
 
 absl::Status CudaDeepseekModel::AllocateLayerWeights(const WeightStore* store) {

@@ -51,6 +51,7 @@ class CudaLlamaModel final : public CudaDecoder {
     kv_width_ = heads.num_kv_heads * config.head_dim;
     qkv_width_ = q_width_ + 2 * kv_width_;
     inter_ = config.intermediate_size / shard.tp_size;
+    attention_heads_ = heads.num_heads;
   }
 
  private:
@@ -62,6 +63,8 @@ class CudaLlamaModel final : public CudaDecoder {
   absl::Status GrowRope(int64_t positions) override;
   absl::Status AllocateLayerActivations(int64_t tokens) override;
   absl::Status RunLayer(int64_t l, int64_t num_tokens) override;
+  // Alone, a step is kernels and GEMMs only; tensor ranks all-reduce through the host.
+  bool StepsCapturable() const override { return tp_size() == 1; }
 
   // Layer l's K, then its V, each [num_blocks, block_size, kv_heads, head_dim].
   cuda::DeviceKvLayer KvLayer(int64_t l) const {
