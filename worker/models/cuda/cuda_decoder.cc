@@ -90,12 +90,18 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
       gemm_(stream_.get()) {
   vocab_rows_ = config.vocab_size / shard.tp_size;
   vocab_begin_ = vocab_rows_ * shard.tp_rank;
-  if (options.cuda_graphs) {
-    // A workspace of its own, so cuBLAS allocates nothing inside a capture.
-    constexpr size_t kWorkspaceBytes = 32u << 20;
-    graphs_enabled_ = DeviceBuffer::TryAllocate(kWorkspaceBytes, &cublas_workspace_) &&
-                      gemm_.SetWorkspace(cublas_workspace_.data(), kWorkspaceBytes);
-    if (!graphs_enabled_) spdlog::warn("CUDA graphs off for this model: no cuBLAS workspace");
+  graphs_requested_ = options.cuda_graphs;
+}
+
+void CudaDecoder::SetUpGraphs() {
+  if (!graphs_requested_ || !StepsCapturable() || !first_stage() || !last_stage()) return;
+  // A workspace of its own, so cuBLAS allocates nothing inside a capture.
+  constexpr size_t kWorkspaceBytes = 32u << 20;
+  graphs_enabled_ = DeviceBuffer::TryAllocate(kWorkspaceBytes, &cublas_workspace_) &&
+                    gemm_.SetWorkspace(cublas_workspace_.data(), kWorkspaceBytes);
+  if (!graphs_enabled_) {
+    cublas_workspace_ = DeviceBuffer();
+    spdlog::warn("CUDA graphs off for this model: no cuBLAS workspace");
   }
 }
 
@@ -161,6 +167,7 @@ absl::Status CudaDecoder::Load(const WeightStore& store) {
   RETURN_IF_ERROR(LoadWeights(store));
   RETURN_IF_ERROR(ReserveFp8Scratch());
   RETURN_IF_ERROR(GrowRope(std::min<int64_t>(config_.max_position_embeddings, 4096)));
+  SetUpGraphs();
   // cudaMemcpy from pageable memory may return before its DMA lands, on the legacy stream
   // the model's own stream does not wait for.
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
@@ -176,6 +183,7 @@ absl::Status CudaDecoder::InitRandom(uint64_t seed) {
   FillOnes(final_norm_);
   FillUniform(lm_head_, wdt_, 1.0f / std::sqrt(static_cast<float>(config_.hidden_size)));
   RETURN_IF_ERROR(GrowRope(std::min<int64_t>(config_.max_position_embeddings, 4096)));
+  SetUpGraphs();
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   return absl::OkStatus();
 }
@@ -227,6 +235,7 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
   }
   const size_t bytes = static_cast<size_t>(w.rows) * w.cols * ElementBytes(wdt_);
   if (bytes > fp8_scratch_.bytes()) {
+    if (capturing_) return absl::FailedPreconditionError("the FP8 scratch would grow inside a CUDA graph capture");
     SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // enqueued GEMMs may still read the old one
     fp8_scratch_ = DeviceBuffer();
     BuffersMoved();
@@ -260,6 +269,7 @@ absl::StatusOr<cuda::AttentionSplit> CudaDecoder::AttentionSplitFor(int64_t T, i
   const int splits = cuda::AttentionSplits(T, num_heads, step_.max_pos);
   const size_t bytes = cuda::AttentionPartialFloats(T, num_heads, splits, v_dim) * sizeof(float);
   if (bytes > attn_partials_.bytes()) {
+    if (capturing_) return absl::FailedPreconditionError("the split-K scratch would grow inside a CUDA graph capture");
     // Enqueued kernels may still read the old scratch.
     SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     attn_partials_ = DeviceBuffer();
@@ -442,9 +452,9 @@ absl::StatusOr<int64_t> CudaDecoder::RunStep(const ForwardBatch& batch, std::spa
   RETURN_IF_ERROR(EnsureCapacity(T, R));
   RETURN_IF_ERROR(StageStep(max_blocks));
   // Decode steps of a whole model (every row a sequence's next token) may go through a graph.
-  if (graphs_enabled_ && first_stage() && last_stage() && StepsCapturable() && T > 0 && R == T && tiles_.empty() &&
-      RunStepThroughGraph(T, R)) {
-    return R;
+  if (graphs_enabled_ && T > 0 && R == T && tiles_.empty()) {
+    ASSIGN_OR_RETURN(const bool done, RunStepThroughGraph(T, R));
+    if (done) return R;
   }
   RETURN_IF_ERROR(EnqueueStep(T, R, hidden_in));
   return last_stage() ? R : int64_t{0};
@@ -468,7 +478,7 @@ absl::Status CudaDecoder::EnqueueStep(int64_t T, int64_t R, std::span<const floa
   return absl::OkStatus();
 }
 
-bool CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
+absl::StatusOr<bool> CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
   cudaStream_t s = stream_.get();
   const auto key = std::make_tuple(T, max_blocks_, cuda::AttentionSplits(T, attention_heads_, step_.max_pos));
   auto it = graphs_.find(key);
@@ -478,44 +488,54 @@ bool CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
       ++graph_launches_;
       return true;
     }
+    cudaGetLastError();  // the launch's error, so the eager rerun's launch checks do not see it
     DisableGraphs(std::string("cudaGraphLaunch: ") + cudaGetErrorString(e));
     return false;  // nothing was enqueued: the caller runs the step
   }
   // Run the step as usual; when that moved no buffer, capture the same work for the next
   // step of this shape (capturing records the launches without running them).
   const uint64_t epoch = buffers_epoch_;
-  if (absl::Status st = EnqueueStep(T, R, {}); !st.ok()) {
-    DisableGraphs(st.ToString());  // the step's own error comes back when the caller reruns it
-    return false;
-  }
+  RETURN_IF_ERROR(EnqueueStep(T, R, {}));
   if (buffers_epoch_ != epoch) return true;
   if (cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal); e != cudaSuccess) {
+    cudaGetLastError();
     DisableGraphs(std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(e));
     return true;
   }
+  capturing_ = true;
   const absl::Status enqueued = EnqueueStep(T, R, {});
+  capturing_ = false;
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(s, &graph);
   cudaGraphExec_t exec = nullptr;
   cudaError_t made = cudaErrorUnknown;
-  if (enqueued.ok() && ended == cudaSuccess && buffers_epoch_ == epoch) made = cudaGraphInstantiate(&exec, graph, 0);
+  if (enqueued.ok() && ended == cudaSuccess) made = cudaGraphInstantiate(&exec, graph, 0);
   if (graph != nullptr) cudaGraphDestroy(graph);
   if (made != cudaSuccess) {
     cudaGetLastError();  // leave no capture error behind for the next launch check
     DisableGraphs(!enqueued.ok() ? enqueued.ToString()
                   : ended != cudaSuccess ? std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ended)
-                                         : std::string("cudaGraphInstantiate failed or a buffer moved while capturing"));
-    return true;
+                                         : std::string("cudaGraphInstantiate failed"));
+    return true;  // the eager run above did the step
   }
-  CapturedStep& slot = graphs_[key];
-  if (slot.exec != nullptr) cudaGraphExecDestroy(slot.exec);
-  slot = {exec, epoch};
+  graphs_[key] = {exec, epoch};
   return true;
+}
+
+void CudaDecoder::BuffersMoved() {
+  ++buffers_epoch_;
+  if (graphs_.empty()) return;
+  // Stale from now on: free them (once no launch of one can still be running).
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
+  graphs_.clear();
 }
 
 void CudaDecoder::DisableGraphs(const std::string& why) {
   if (!graphs_enabled_) return;
   graphs_enabled_ = false;
+  cudaStreamSynchronize(stream_.get());  // no launch of a graph still running (errors: already reported)
+  cudaGetLastError();
   for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
   graphs_.clear();
   spdlog::warn("CUDA graphs off for this model: {}", why);

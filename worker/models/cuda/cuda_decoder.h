@@ -147,8 +147,9 @@ class CudaDecoder : public CudaCausalLM {
   const cuda::QueryTile* tiles() const { return d_tiles_; }
   int64_t num_tiles() const { return static_cast<int64_t>(tiles_.size()); }
   cuda::DeviceRows untiled_rows(int64_t num_tokens) const;
-  // A buffer a captured step reads was reallocated: captured graphs are stale.
-  void BuffersMoved() { ++buffers_epoch_; }
+  // A buffer a captured step reads was reallocated: the captured graphs are stale (and
+  // freed). Never called inside a capture: growth there fails with a Status instead.
+  void BuffersMoved();
   // The split-K plan of this step's attention over num_heads heads of v_dim outputs
   // (cuda::AttentionSplits over the step's longest row), its scratch grown as needed.
   absl::StatusOr<cuda::AttentionSplit> AttentionSplitFor(int64_t num_tokens, int64_t num_heads, int64_t v_dim);
@@ -193,8 +194,14 @@ class CudaDecoder : public CudaCausalLM {
   absl::Status EnqueueStep(int64_t num_tokens, int64_t num_logit_rows, std::span<const float> hidden_in);
   // A decode step through a CUDA graph: replays the one captured for this shape, or runs
   // the step and captures it for next time. False when graphs are off (after a failure).
-  bool RunStepThroughGraph(int64_t num_tokens, int64_t num_logit_rows);
+  // Errors of the step itself come back as a Status; a graph problem turns graphs off.
+  // Kernel launch checks inside a capture still end the process (cuda_check.h), as they
+  // do outside one; a step's first run is eager, so a capture only records launches that
+  // just succeeded.
+  absl::StatusOr<bool> RunStepThroughGraph(int64_t num_tokens, int64_t num_logit_rows);
   void DisableGraphs(const std::string& why);
+  // Graphs for a model that can capture them (StepsCapturable, a whole model), once built.
+  void SetUpGraphs();
   absl::Status StageStep(int64_t max_blocks);
   absl::Status EnsureCapacity(int64_t num_tokens, int64_t num_logit_rows);
   absl::Status Embed(int64_t num_tokens);
@@ -218,7 +225,9 @@ class CudaDecoder : public CudaCausalLM {
     cudaGraphExec_t exec = nullptr;
     uint64_t epoch = 0;
   };
+  bool graphs_requested_ = false;  // CausalLMOptions.cuda_graphs
   bool graphs_enabled_ = false;
+  bool capturing_ = false;
   std::map<std::tuple<int64_t, int64_t, int>, CapturedStep> graphs_;
   uint64_t buffers_epoch_ = 0;
   int64_t graph_launches_ = 0;
