@@ -4,7 +4,8 @@
 # (no gRPC, Abseil, fmt, spdlog) runs them with tests/cuda/run_device_bundle.sh:
 #
 #   bin/       the cuda test binaries and cuda-decode-bench, stripped
-#   lib/       every shared library they load that is not glibc, libstdc++/libgcc or CUDA
+#   lib.tar.xz every shared library they load that is not glibc, libstdc++/libgcc or CUDA
+#              (xz: ICU's data alone is 31 MB; run_device_bundle.sh unpacks it)
 #              (found with ldd: Abseil, fmt, ...)
 #   lib-fallback/  this machine's libstdc++ and libgcc_s, used only where the GPU
 #              machine's are older than the binaries need
@@ -58,6 +59,9 @@ for f in "${fixtures[@]}"; do
   cp -r "$here/tests/oracle/fixtures/$f" "$bundle/src/tests/oracle/fixtures/"
 done
 cp "$here/bench/cuda_decode_hf.py" "$here/bench/cuda_decode_bench.sh" "$bundle/bench/"
+# The libraries compressed (53 MB -> 14 MB): the bundle must travel in under 64 MiB.
+tar -C "$bundle" -cJf "$bundle/lib.tar.xz" lib
+rm -rf "$bundle/lib"
 git -C "$here" rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || true
 git -C "$here" status --porcelain >>"$bundle/COMMIT" 2>/dev/null || true
 

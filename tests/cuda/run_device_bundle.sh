@@ -9,8 +9,9 @@
 #   2. prints nvidia-smi;
 #   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
-#      kernel test and part of the decoder test, when compute-sanitizer is there, then the
-#      benchmark at DeepSeek-V2-Lite's shape;
+#      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
+#      decode with CUDA graphs, NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
+#      DeepSeek-V2-Lite's shape;
 #   4. writes $OUT/summary.txt and prints it last.
 #
 #   tests/cuda/run_device_bundle.sh [BUNDLE]     # default .devbundle at the repo root
@@ -73,7 +74,14 @@ for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
     failed=1
   fi
 done
-lib_path=$bundle/lib
+# The bundle's own libraries travel compressed: unpacked once into a scratch directory.
+bundle_lib=$bundle/lib
+if [[ -f $bundle/lib.tar.xz ]]; then
+  bundle_lib=${TMPDIR:-/tmp}/shoal-bundle-lib-$$
+  mkdir -p "$bundle_lib"
+  tar -C "$bundle_lib" -xJf "$bundle/lib.tar.xz" --strip-components=1 || { echo "cannot unpack lib.tar.xz" >&2; exit 1; }
+fi
+lib_path=$bundle_lib
 for d in "${cuda_dirs[@]}"; do lib_path+=":$d"; done
 export LD_LIBRARY_PATH=$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export SHOAL_SOURCE_DIR=$bundle/src
@@ -81,7 +89,7 @@ export SHOAL_SOURCE_DIR=$bundle/src
 if ! "$bundle/bin/cuda_kernels_test" --gtest_list_tests >/dev/null 2>"$out/loader.err"; then
   if grep -q 'GLIBCXX\|CXXABI\|GCC_' "$out/loader.err"; then
     log "system libstdc++ too old; using the bundle's"
-    export LD_LIBRARY_PATH=$bundle/lib:$bundle/lib-fallback:${LD_LIBRARY_PATH#"$bundle/lib:"}
+    export LD_LIBRARY_PATH=$bundle_lib:$bundle/lib-fallback:${LD_LIBRARY_PATH#"$bundle_lib:"}
   else
     log "cuda_kernels_test does not start:"
     cat "$out/loader.err"
@@ -202,6 +210,11 @@ if [[ -n $sanitizer && -x $sanitizer ]]; then
 else
   note "SKIP memcheck: compute-sanitizer not found"
 fi
+
+# Batch-1 decode again with CUDA graphs (the ratio to the eager run above is their gain).
+run_stage decode_bench_graphs 150 "$bundle/bin/cuda-decode-bench" --cuda-graphs --batch 0
+grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs.log" 2>/dev/null | sed 's/^/graphs_/' |
+  tee -a "$summary"
 
 # NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
 run_stage nccl_bench 90 "$bundle/bin/cuda-nccl-bench"
