@@ -23,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "bench/model_shapes.h"
 #include "worker/common/splitmix.h"
 #include "worker/kernels/cpu/thread_pool.h"
 #include "worker/model/loaded_model.h"
@@ -33,37 +34,17 @@
 namespace shoal::worker {
 namespace {
 
+// DeepSeek-V2-Lite with every width cut (vocab 102400 -> 8192, hidden 2048 -> 1024,
+// dense 10944 -> 2736, experts 1408 -> 176) so a CPU run takes seconds; heads, MLA
+// dimensions, routing and YaRN as the real model.
 ModelConfig BenchConfig(int64_t layers) {
-  ModelConfig c;
-  c.arch = Arch::kDeepseekV2;
-  c.arch_name = "deepseek_v2";
-  c.vocab_size = 8192;        // V2-Lite: 102400
-  c.hidden_size = 1024;       // 2048
-  c.intermediate_size = 2736;  // 10944
-  c.num_layers = layers;      // 27
-  c.num_heads = 16;
-  c.num_kv_heads = 16;
-  c.head_dim = 192;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 10000;
+  ModelConfig c = DeepseekV2Lite();
+  c.vocab_size = 8192;
+  c.hidden_size = 1024;
+  c.intermediate_size = 2736;
+  c.num_layers = layers;
   c.max_position_embeddings = 4096;
-  c.rope_scaling.type = RopeScaling::Type::kYarn;
-  c.rope_scaling.factor = 40;
-  c.rope_scaling.original_max_position_embeddings = 4096;
-  c.rope_scaling.mscale = 0.707;
-  c.rope_scaling.mscale_all_dim = 0.707;
-  DeepseekConfig& d = c.deepseek;
-  d.kv_lora_rank = 512;
-  d.qk_nope_head_dim = 128;
-  d.qk_rope_head_dim = 64;
-  d.v_head_dim = 128;
-  d.n_routed_experts = 64;
-  d.n_shared_experts = 2;
-  d.num_experts_per_tok = 6;
-  d.moe_intermediate_size = 176;  // 1408
-  d.first_k_dense_replace = 1;
-  d.topk_method = DeepseekConfig::TopkMethod::kGreedy;
-  d.scoring_func = DeepseekConfig::ScoringFunc::kSoftmax;
+  c.deepseek.moe_intermediate_size = 176;
   return c;
 }
 

@@ -103,6 +103,19 @@ std::vector<std::byte> Download(const DeviceBuffer& b) {
   return out;
 }
 
+// A step's rows on the device: which sequence and position each is, over block tables
+// already uploaded.
+struct RowsOnDevice {
+  RowsOnDevice(const std::vector<int32_t>& seq, const std::vector<int64_t>& pos, const DeviceBuffer& tables,
+               int64_t blocks_per_seq)
+      : seq_buf(Upload(seq.data(), seq.size() * 4)), pos_buf(Upload(pos.data(), pos.size() * 8)) {
+    rows = {seq_buf.as<int32_t>(), pos_buf.as<int64_t>(), tables.as<int32_t>(), blocks_per_seq,
+            static_cast<int64_t>(seq.size())};
+  }
+  DeviceBuffer seq_buf, pos_buf;
+  DeviceRows rows;
+};
+
 double OutputTolerance(DType t, double f32_tolerance) {
   return f32_tolerance + (t == DType::kF32 ? 0.0 : t == DType::kF16 ? 1.0 / 1024 : 1.0 / 128);
 }
@@ -293,13 +306,13 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
   const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
   DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
-  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+  const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
   DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
-  WriteKv(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+  WriteKv(nullptr, cache, all_dev.rows,
           dk.as<float>(), width, dv.as<float>(), width);
-  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+  const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(q.size() * 4);
-  PagedAttention(nullptr, cache, {dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows},
+  PagedAttention(nullptr, cache, q_dev.rows,
                  dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
@@ -339,10 +352,10 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   q_seq = {0, 1, 2, 2, 2};
   const int64_t n_all = static_cast<int64_t>(all_pos.size()), rows = 5;
   DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
-  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
-  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
-  const DeviceRows all{dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all};
-  const DeviceRows queries{dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows};
+  const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
+  const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
+  const DeviceRows all = all_dev.rows;
+  const DeviceRows queries = q_dev.rows;
   EXPECT_EQ(AttentionSplits(1, 28, 1024), 4);
   EXPECT_EQ(AttentionSplits(64, 28, 1024), 1);
   EXPECT_EQ(AttentionSplits(1, 16, 0), 1);
@@ -433,14 +446,14 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
     DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
     const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
     DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
-    DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+    const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
     DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
-    WriteKv(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+    WriteKv(nullptr, cache, all_dev.rows,
             dk.as<float>(), width, dv.as<float>(), width);
-    DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+    const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
     const std::vector<float> q = Random(rows * ldq, 83);
     DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
-    const DeviceRows all_rows{dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows};
+    const DeviceRows all_rows = q_dev.rows;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     PagedAttention(nullptr, cache, all_rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq);
     SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
@@ -557,13 +570,13 @@ TEST_P(CudaKernels, MlaLatentAttentionMatchesCpuOverMixedRows) {
   DeviceBuffer dcache(num_blocks * block_size * entry * ElementBytes(t));
   const DeviceLatentLayer cache{dcache.data(), num_blocks, block_size, latent, rope, t};
   DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
-  DeviceBuffer dall_seq = Upload(all_seq.data(), all_seq.size() * 4), dall_pos = Upload(all_pos.data(), all_pos.size() * 8);
+  const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
   DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
-  WriteLatents(nullptr, cache, {dall_seq.as<int32_t>(), dall_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, n_all},
+  WriteLatents(nullptr, cache, all_dev.rows,
                dentries.as<float>(), entry);
-  DeviceBuffer dq_seq = Upload(q_seq.data(), q_seq.size() * 4), dq_pos = Upload(q_pos.data(), q_pos.size() * 8);
+  const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(want.size() * 4);
-  MlaLatentAttention(nullptr, cache, {dq_seq.as<int32_t>(), dq_pos.as<int64_t>(), dtables.as<int32_t>(), blocks_per_seq, rows},
+  MlaLatentAttention(nullptr, cache, q_dev.rows,
                      dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldo);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);

@@ -6,33 +6,12 @@
 #include <algorithm>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/elements.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-
-template <typename T>
-__device__ __forceinline__ float Load(const T* p, int64_t i) {
-  if constexpr (std::is_same_v<T, float>) {
-    return p[i];
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(p[i]);
-  } else {
-    return __bfloat162float(p[i]);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else {
-    return __float2bfloat16_rn(v);
-  }
-}
 
 // Element offset of (position, kv head) in a layer's cache.
 __device__ __forceinline__ int64_t SlotOffset(const int32_t* table, int64_t pos, int block_size, int64_t kv_heads,
@@ -237,12 +216,7 @@ __global__ void TiledAttentionKernel(const T* kc, const T* vc, int block_size, i
 
 template <typename Fn>
 void WithCacheType(DType t, Fn&& fn) {
-  switch (t) {
-    case DType::kF32: fn(float{}); return;
-    case DType::kF16: fn(__half{}); return;
-    case DType::kBF16: fn(__nv_bfloat16{}); return;
-    default: DieOnCudaError("KV cache type", DTypeName(t).data(), __FILE__, __LINE__);
-  }
+  WithFloatType(t, "KV cache type", fn);
 }
 
 }  // namespace

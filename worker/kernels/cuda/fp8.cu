@@ -8,31 +8,10 @@
 #include <type_traits>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/elements.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
-
-template <typename T>
-__device__ __forceinline__ float Load(const T* p, int64_t i) {
-  if constexpr (std::is_same_v<T, float>) {
-    return p[i];
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(p[i]);
-  } else {
-    return __bfloat162float(p[i]);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void Store(T* p, int64_t i, float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    p[i] = v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    p[i] = __float2half_rn(v);
-  } else {
-    p[i] = __float2bfloat16_rn(v);
-  }
-}
 
 // e4m3fn code -> its exact value (every e4m3 value is a half, so the conversion through
 // half is exact; 0x7f / 0xff are NaN, as on the CPU).
@@ -117,12 +96,7 @@ __global__ void Fp8FillKernel(uint8_t* codes, float* scales, int64_t n, int64_t 
 
 template <typename Fn>
 void WithType(DType t, Fn&& fn) {
-  switch (t) {
-    case DType::kF32: fn(float{}); return;
-    case DType::kF16: fn(__half{}); return;
-    case DType::kBF16: fn(__nv_bfloat16{}); return;
-    default: DieOnCudaError("FP8 operand type", DTypeName(t).data(), __FILE__, __LINE__);
-  }
+  WithFloatType(t, "FP8 operand type", fn);
 }
 
 }  // namespace

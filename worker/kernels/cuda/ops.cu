@@ -8,31 +8,10 @@
 #include <type_traits>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/elements.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
-
-template <typename T>
-__device__ __forceinline__ float Load(const T* p, int64_t i) {
-  if constexpr (std::is_same_v<T, float>) {
-    return p[i];
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(p[i]);
-  } else {
-    return __bfloat162float(p[i]);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void Store(T* p, int64_t i, float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    p[i] = v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    p[i] = __float2half_rn(v);
-  } else {
-    p[i] = __float2bfloat16_rn(v);
-  }
-}
 
 constexpr int kNormThreads = 256;
 
@@ -204,13 +183,7 @@ unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + thre
 // Calls fn(T{}) with the CUDA element type of `act`.
 template <typename Fn>
 void WithActivationType(DType act, Fn&& fn) {
-  switch (act) {
-    case DType::kF32: fn(float{}); return;
-    case DType::kF16: fn(__half{}); return;
-    case DType::kBF16: fn(__nv_bfloat16{}); return;
-    default:
-      DieOnCudaError("activation type", DTypeName(act).data(), __FILE__, __LINE__);
-  }
+  WithFloatType(act, "activation type", fn);
 }
 
 }  // namespace
