@@ -27,6 +27,8 @@ struct ServeFlags {
   int threads = 0;
   int kv_cache_mb = 0;
   std::string device = "cpu";
+  std::string device_weight_dtype = "bf16";
+  bool cuda_graphs = false;
   double kv_cache_memory_fraction = 0;
   int max_num_seqs = 0;
   int max_model_len = 0;
@@ -49,6 +51,16 @@ std::string DialAddress(const std::string& host, int port) {
   return fmt::format("{}:{}", dial_host, port);
 }
 
+// Where every rank's shard runs and how: the same for the leader and each follower (a
+// group is all on the CPU or all on GPUs).
+std::vector<std::string> DeviceArgs(const ServeFlags& f) {
+  std::vector<std::string> a;
+  if (f.device == "cpu") return a;
+  a = {"--device", f.device, "--device-weight-dtype", f.device_weight_dtype};
+  if (f.cuda_graphs) a.push_back("--cuda-graphs");
+  return a;
+}
+
 // The worker group: today one shoal-worker process (rank 0 of a 1x1 group). It listens on
 // loopback only: clients reach it through the router.
 ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
@@ -61,7 +73,8 @@ ChildSpec WorkerChild(const ServeFlags& f, int port, int metrics_port) {
   if (!f.served_name.empty()) c.argv.insert(c.argv.end(), {"--served-name", f.served_name});
   if (f.threads > 0) c.argv.insert(c.argv.end(), {"--threads", std::to_string(f.threads)});
   if (f.kv_cache_mb > 0) c.argv.insert(c.argv.end(), {"--kv-cache-mb", std::to_string(f.kv_cache_mb)});
-  if (f.device != "cpu") c.argv.insert(c.argv.end(), {"--device", f.device});
+  const std::vector<std::string> device = DeviceArgs(f);
+  c.argv.insert(c.argv.end(), device.begin(), device.end());
   if (f.kv_cache_memory_fraction > 0) {
     c.argv.insert(c.argv.end(), {"--kv-cache-memory-fraction", fmt::format("{}", f.kv_cache_memory_fraction)});
   }
@@ -92,6 +105,8 @@ std::vector<ChildSpec> GroupChildren(const ServeFlags& f, int port, int metrics_
               "--group-host", "127.0.0.1", "--threads", std::to_string(threads), "--log-level", f.log_level,
               "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"};  // health only, on any free port
     if (!f.model.empty()) c.argv.insert(c.argv.end(), {"--model", f.model});
+    const std::vector<std::string> device = DeviceArgs(f);
+    c.argv.insert(c.argv.end(), device.begin(), device.end());
     children.push_back(std::move(c));
   }
   ChildSpec leader = WorkerChild(per_rank, port, metrics_port);
@@ -204,8 +219,13 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU threads for the model; 0 = one per core");
   cmd->add_option("--kv-cache-mb", f->kv_cache_mb, "KV cache budget in MiB; 0 = the worker's default");
-  cmd->add_option("--device", f->device, "where the model runs: cpu, or cuda (llama/qwen2; a group's ranks spread over the visible GPUs)")
+  cmd->add_option("--device", f->device,
+                  "where the model runs: cpu, or cuda (llama/qwen2/DeepSeek; a group's ranks spread over the visible GPUs)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device-weight-dtype", f->device_weight_dtype,
+                  "with --device cuda: bf16, f32, or fp8 (DeepSeek's FP8 matrices stay FP8)")
+      ->capture_default_str()->check(CLI::IsMember({"bf16", "f32", "fp8"}));
+  cmd->add_flag("--cuda-graphs", f->cuda_graphs, "with --device cuda: decode steps replay captured CUDA graphs");
   cmd->add_option("--kv-cache-memory-fraction", f->kv_cache_memory_fraction,
                   "with --device cuda: KV cache = this fraction of the GPU memory the weights leave free")
       ->check(CLI::Range(0.0, 0.99));
