@@ -4,6 +4,8 @@
 // cuda label.
 #include "worker/models/step_plan.h"
 
+#include "worker/engine/sampler.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
@@ -12,6 +14,10 @@
 
 namespace shoal::worker {
 namespace {
+
+// The host and GPU samplers turn greedy at the same temperature (the engine draws a
+// uniform exactly when the host sampler would).
+static_assert(kGreedyTemperature == cuda::kGreedyTemperature);
 
 TEST(StepPlan, PromptChunksBecomeTilesAndEveryOtherRowIsListedOnce) {
   const std::vector<int32_t> table = {0};
@@ -95,7 +101,8 @@ TEST(StepPlan, ExpertSlotsGroupTokensByExpertAndKeepEachTokensExpertOrder) {
         r.weights.push_back(std::uniform_real_distribution<float>(0.1f, 1.0f)(rng));
       }
     }
-    const ExpertSlots plan = PlanExpertSlots(r, T, local);
+    ExpertSlots plan;
+    PlanExpertSlots(r, T, local, &plan);
     ASSERT_EQ(plan.count.size(), 4u);
     ASSERT_EQ(plan.offset.size(), 5u);
     ASSERT_EQ(plan.gathered(), plan.offset.back());

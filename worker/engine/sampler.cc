@@ -1,7 +1,5 @@
 #include "worker/engine/sampler.h"
 
-#include "worker/kernels/cuda/launch_types.h"
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -9,9 +7,6 @@
 #include <unordered_set>
 
 namespace shoal::worker {
-
-// The GPU sampler (worker/kernels/cuda/sampling.cu) draws the same line.
-static_assert(kGreedyTemperature == cuda::kGreedyTemperature);
 
 namespace {
 

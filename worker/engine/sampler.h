@@ -24,7 +24,8 @@
 namespace shoal::worker {
 
 // Temperatures below this sample greedily (as vLLM's 1e-5): 1 / T would be huge or
-// infinite and the distribution is one token anyway.
+// infinite and the distribution is one token anyway. The GPU sampler draws the same line
+// (cuda::kGreedyTemperature; tests/models/step_plan_test.cc holds them equal).
 inline constexpr float kGreedyTemperature = 1e-5f;
 
 struct SampleResult {

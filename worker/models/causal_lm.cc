@@ -40,11 +40,12 @@ int VisibleCudaDevices() {
 
 std::string CudaDeviceIdentity(int device) {
 #ifdef SHOAL_HAVE_CUDA
-  const std::string bus = cuda::PciBusId(device);
-  if (bus.empty()) return "";
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
-  return fmt::format("{}/{}", host, bus);
+  const std::string bus = cuda::PciBusId(device);
+  // Without its bus id a GPU is named by its index here: ranks that may share one then
+  // look alike and stay on Gloo, the safe side.
+  return bus.empty() ? fmt::format("{}/device-{}", host, device) : fmt::format("{}/{}", host, bus);
 #else
   (void)device;
   return "";

@@ -69,9 +69,9 @@ struct ForwardBatch {
 // How one want_logits row's next token is chosen, for a model that samples where its
 // logits are (ForwardSample): the engine's SamplingOptions, the sequence's tokens for the
 // penalties, and the row's uniform draw, taken by the caller from the sequence's RNG
-// exactly when the host sampler would take it (temperature > 0).
+// exactly when the host sampler would take it (Sampler::IsGreedy false).
 struct RowSampling {
-  float temperature = 0.0f;  // <= 0: greedy
+  float temperature = 0.0f;  // below kGreedyTemperature (launch_types.h): greedy
   int32_t top_k = 0;
   float top_p = 1.0f;
   float min_p = 0.0f;
@@ -140,8 +140,8 @@ int VisibleCudaDevices();
 void ResolveCudaDevice(int rank, CausalLMOptions* options);
 
 // "hostname/PCI bus id" of GPU `device` (the same GPU gives the same string in every
-// process of the machine), for a group to see which ranks share one; "" in a build
-// without CUDA or where the device does not answer.
+// process of the machine), for a group to see which ranks share one ("hostname/device-N"
+// when the driver gives no bus id); "" in a build without CUDA.
 std::string CudaDeviceIdentity(int device);
 
 // Builds the model named by model.config.arch over the shard, on options.device. `pool`

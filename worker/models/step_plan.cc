@@ -10,6 +10,10 @@ void PlanQueryTiles(std::span<const cpu::AttentionSequence> seqs, int64_t min_ro
                     std::vector<cuda::QueryTile>* tiles, std::vector<int32_t>* untiled) {
   tiles->clear();
   untiled->clear();
+  // A decode-only step (the common one) tiles nothing and lists nothing.
+  if (std::none_of(seqs.begin(), seqs.end(), [&](const cpu::AttentionSequence& q) { return q.num_tokens >= min_rows; })) {
+    return;
+  }
   for (size_t s = 0; s < seqs.size(); ++s) {
     const cpu::AttentionSequence& q = seqs[s];
     if (q.num_tokens < min_rows) {
@@ -25,7 +29,6 @@ void PlanQueryTiles(std::span<const cpu::AttentionSequence> seqs, int64_t min_ro
       tiles->push_back(t);
     }
   }
-  if (tiles->empty()) untiled->clear();
 }
 
 void PlanSampling(std::span<const RowSampling> rows, std::vector<cuda::SamplingRow>* params,
@@ -59,9 +62,9 @@ void PlanSampling(std::span<const RowSampling> rows, std::vector<cuda::SamplingR
   }
 }
 
-ExpertSlots PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local) {
+void PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local, ExpertSlots* plan) {
   const int64_t k = r.k, slots = T * k, experts = local.end - local.begin;
-  ExpertSlots out;
+  ExpertSlots& out = *plan;
   out.count.assign(experts, 0);
   out.offset.assign(experts + 1, 0);
   for (int64_t i = 0; i < slots; ++i) {
@@ -69,8 +72,10 @@ ExpertSlots PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local) {
   }
   for (int64_t e = 0; e < experts; ++e) out.offset[e + 1] = out.offset[e] + out.count[e];
   out.gather.resize(out.offset[experts]);
-  std::vector<int32_t> row_of(slots, -1);
-  std::vector<int64_t> next(out.offset.begin(), out.offset.end() - 1);
+  std::vector<int32_t>& row_of = out.row_of;
+  row_of.assign(slots, -1);
+  std::vector<int64_t>& next = out.next;
+  next.assign(out.offset.begin(), out.offset.end() - 1);
   for (int64_t i = 0; i < slots; ++i) {
     if (!local.Contains(r.ids[i])) continue;
     const int64_t row = next[r.ids[i] - local.begin]++;
@@ -79,7 +84,8 @@ ExpertSlots PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local) {
   }
   out.slot_rows.resize(slots);
   out.slot_weights.resize(slots);
-  std::vector<int64_t> order(k);
+  std::vector<int64_t>& order = out.order;
+  order.resize(k);
   for (int64_t t = 0; t < T; ++t) {
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return r.ids[t * k + a] < r.ids[t * k + b]; });
@@ -88,7 +94,6 @@ ExpertSlots PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local) {
       out.slot_weights[t * k + j] = r.weights[t * k + order[j]];
     }
   }
-  return out;
 }
 
 }  // namespace shoal::worker

@@ -16,8 +16,8 @@
 namespace shoal::worker {
 
 // Sequences with at least min_rows new rows as tiles of cuda::kQueryTileRows rows (in
-// order); the other sequences' rows listed in *untiled, or *untiled empty when nothing
-// was tiled (every row then goes to the per-row kernel as it is).
+// order); the other sequences' rows listed in *untiled, or both empty when nothing is
+// tiled (every row then goes to the per-row kernel as it is).
 void PlanQueryTiles(std::span<const cpu::AttentionSequence> seqs, int64_t min_rows,
                     std::vector<cuda::QueryTile>* tiles, std::vector<int32_t>* untiled);
 
@@ -35,7 +35,10 @@ struct ExpertSlots {
   std::vector<int32_t> slot_rows;      // the slot's gathered row, -1 when its expert is elsewhere
   std::vector<float> slot_weights;
   int64_t gathered() const { return static_cast<int64_t>(gather.size()); }
+  std::vector<int32_t> row_of;  // scratch
+  std::vector<int64_t> next, order;
 };
-ExpertSlots PlanExpertSlots(const Routing& routing, int64_t num_tokens, ExpertRange local);
+// Into *plan, whose vectors keep their capacity from layer to layer.
+void PlanExpertSlots(const Routing& routing, int64_t num_tokens, ExpertRange local, ExpertSlots* plan);
 
 }  // namespace shoal::worker

@@ -16,8 +16,8 @@ namespace shoal::worker {
 class CudaCausalLM : public CausalLM {
  public:
   // Forward with the next token of each want_logits row chosen greedily on the GPU: only
-  // one int32 per row comes back to the host (what the benchmark times; the engine's
-  // sampler needs the logits).
+  // one int32 per row comes back to the host (what the benchmark times; the engine uses
+  // ForwardSample, which applies its whole sampler).
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
   // Steps that replayed a captured CUDA graph (CausalLMOptions.cuda_graphs), for tests and logs.
   virtual int64_t graph_launches() const = 0;

@@ -61,7 +61,11 @@ absl::Status CheckCudaShard(const ModelConfig& c, const std::string& source, Sha
     return absl::InvalidArgumentError(fmt::format("{}: KV cache dtype {}: the CUDA model keeps its KV cache in F16, BF16 or F32",
                                                   source, DTypeName(options.kv_cache_dtype)));
   }
-  SHOAL_CUDA_CHECK(cudaSetDevice(options.cuda_device));
+  if (const cudaError_t e = cudaSetDevice(options.cuda_device); e != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(fmt::format("{}: CUDA device {} cannot be used: {}", source,
+                                                     options.cuda_device, cudaGetErrorString(e)));
+  }
   return absl::OkStatus();
 }
 
@@ -639,8 +643,8 @@ absl::Status CudaDecoder::ForwardSample(const ForwardBatch& batch, std::span<con
     return absl::InvalidArgumentError(
         fmt::format("{} sampling rows for {} sequences that want a token", rows.size(), wanted));
   }
-  std::vector<cuda::SamplingRow> params;
-  std::vector<cuda::PenaltyToken> penalties;
+  std::vector<cuda::SamplingRow>& params = sampling_params_;  // members: their capacity stays
+  std::vector<cuda::PenaltyToken>& penalties = sampling_penalties_;
   PlanSampling(rows, &params, &penalties);
   ASSIGN_OR_RETURN(const int64_t R, RunStep(batch, {}));
   const size_t rows_bytes = params.size() * sizeof(cuda::SamplingRow);

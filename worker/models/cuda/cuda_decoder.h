@@ -246,6 +246,8 @@ class CudaDecoder : public CudaCausalLM {
   // ForwardSample's rows and penalty tokens, staged and copied in one transfer.
   cuda::PinnedBuffer sampling_host_;
   cuda::DeviceBuffer sampling_dev_;
+  std::vector<cuda::SamplingRow> sampling_params_;
+  std::vector<cuda::PenaltyToken> sampling_penalties_;
   std::vector<float> local_logits_, gathered_;  // a host communicator's gather
 
   // The step's index arrays, staged in pinned memory and copied in one transfer:

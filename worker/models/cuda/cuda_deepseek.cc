@@ -159,6 +159,7 @@ class CudaDeepseekModel final : public CudaDecoder {
   DeviceBuffer e_out_;     // f32 [gathered, hidden]
   DeviceBuffer moe_dev_;   // int32 gather rows [T * k], int32 slot rows [T * k], f32 weights [T * k]
   PinnedBuffer logits_host_, moe_host_;
+  ExpertSlots plan_;  // the MoE layer's slots, its vectors reused layer after layer
 };
 
 absl::Status CudaDeepseekModel::AllocateSwiGlu(const WeightStore* store, const std::string& first, int64_t count,
@@ -446,7 +447,8 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
 
   // Each local expert's tokens as consecutive rows; each token's slots in expert order.
   const int64_t slots = T * k, local = experts_.end - experts_.begin;
-  const ExpertSlots plan = PlanExpertSlots(r, T, experts_);
+  ExpertSlots& plan = plan_;
+  PlanExpertSlots(r, T, experts_, &plan);
   const int64_t gathered = plan.gathered();
   int32_t* gather = moe_host_.as<int32_t>();
   std::copy(plan.gather.begin(), plan.gather.end(), gather);
@@ -491,8 +493,10 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
                            e_out_.as<float>() + o * hidden, false));
     }
   }
-  cuda::AddWeightedRows(s, e_out_.as<float>(), moe_dev_.as<int32_t>() + slots,
-                        reinterpret_cast<const float*>(moe_dev_.as<int32_t>() + 2 * slots), k, out, T, hidden);
+  if (gathered > 0) {  // else every slot's expert is on another rank: nothing to add
+    cuda::AddWeightedRows(s, e_out_.as<float>(), moe_dev_.as<int32_t>() + slots,
+                          reinterpret_cast<const float*>(moe_dev_.as<int32_t>() + 2 * slots), k, out, T, hidden);
+  }
   if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
   return absl::OkStatus();
 }
@@ -506,8 +510,14 @@ absl::Status CudaDeepseekModel::RunLayer(int64_t l, int64_t T) {
   float* x = x_.as<float>();
   cuda::RmsNormRows(s, x, nullptr, L.attn_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
   RETURN_IF_ERROR(Attention(L.attn, l, T));
-  cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
-  if (!L.dense) cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), DType::kF32, xn32_.data(), T, hidden, eps);
+  if (L.dense) {
+    cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
+  } else {
+    // The router reads the f32 norm; the experts its rounding to the weight type (the same
+    // values the norm would store in that type directly).
+    cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), DType::kF32, xn32_.data(), T, hidden, eps);
+    cuda::Cast(s, DType::kF32, xn32_.data(), wdt_, xn_.data(), T * hidden);
+  }
   if (L.dense) {
     RETURN_IF_ERROR(
         RunSwiGlu(*L.dense, 0, xn_.data(), T, row_out(), /*accumulate=*/alone(), gate_up_.data(), mlp_.data()));
