@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "worker/common/status_macros.h"
+#include "worker/model/model_checks.h"
 
 namespace shoal::worker {
 namespace {
@@ -255,7 +256,7 @@ absl::Status ParseDeepseekFields(const JsonFields& f, ModelConfig* c) {
   c->num_kv_heads = c->num_heads;
   c->head_dim = d.qk_nope_head_dim + d.qk_rope_head_dim;
 
-  constexpr int64_t kMaxSize = int64_t{1} << 26;
+  constexpr int64_t kMaxSize = kMaxConfigSize;
   auto positive = [&](const char* field, int64_t v) -> absl::Status {
     if (v <= 0 || v > kMaxSize) return f.Error(field, fmt::format("is {} (expected 1 to {})", v, kMaxSize));
     return absl::OkStatus();
@@ -274,45 +275,7 @@ absl::Status ParseDeepseekFields(const JsonFields& f, ModelConfig* c) {
   if (d.n_routed_experts < 0 || d.n_routed_experts > kMaxSize) {
     return f.Error("n_routed_experts", fmt::format("is {} (expected 0 to {})", d.n_routed_experts, kMaxSize));
   }
-  if (d.n_routed_experts > 0) {
-    RETURN_IF_ERROR(positive("num_experts_per_tok", d.num_experts_per_tok));
-    RETURN_IF_ERROR(positive("moe_intermediate_size", d.moe_intermediate_size));
-    RETURN_IF_ERROR(positive("moe_layer_freq", d.moe_layer_freq));
-    RETURN_IF_ERROR(positive("n_group", d.n_group));
-    RETURN_IF_ERROR(positive("topk_group", d.topk_group));
-    if (d.n_shared_experts < 0 || d.n_shared_experts > kMaxSize) {
-      return f.Error("n_shared_experts", fmt::format("is {} (expected 0 to {})", d.n_shared_experts, kMaxSize));
-    }
-    if (d.first_k_dense_replace < 0) {
-      return f.Error("first_k_dense_replace", fmt::format("is {} (expected >= 0)", d.first_k_dense_replace));
-    }
-    if (d.num_experts_per_tok > d.n_routed_experts) {
-      return f.Error("num_experts_per_tok", fmt::format("is {}, more than the {} n_routed_experts",
-                                                        d.num_experts_per_tok, d.n_routed_experts));
-    }
-    if (d.n_routed_experts % d.n_group != 0) {
-      return f.Error("n_group", fmt::format("is {}, which does not divide the {} n_routed_experts", d.n_group,
-                                            d.n_routed_experts));
-    }
-    if (d.topk_group > d.n_group) {
-      return f.Error("topk_group", fmt::format("is {}, more than the {} groups (n_group)", d.topk_group, d.n_group));
-    }
-    const int64_t per_group = d.n_routed_experts / d.n_group;
-    if (d.topk_method != DeepseekConfig::TopkMethod::kGreedy && d.topk_group * per_group < d.num_experts_per_tok) {
-      return f.Error("topk_group", fmt::format("is {}: {} groups of {} experts cannot supply the {} "
-                                               "num_experts_per_tok",
-                                               d.topk_group, d.topk_group, per_group, d.num_experts_per_tok));
-    }
-    // noaux_tc scores a group by its best two experts.
-    if (d.topk_method == DeepseekConfig::TopkMethod::kNoauxTc && per_group < 2) {
-      return f.Error("n_group", fmt::format("is {}: noaux_tc needs at least 2 experts per group, "
-                                            "{} n_routed_experts give {}",
-                                            d.n_group, d.n_routed_experts, per_group));
-    }
-    if (!(d.routed_scaling_factor > 0) || !std::isfinite(d.routed_scaling_factor)) {
-      return f.Error("routed_scaling_factor", fmt::format("is {} (expected > 0)", d.routed_scaling_factor));
-    }
-  }
+  if (const std::optional<FieldProblem> p = DeepseekRoutingProblem(d)) return f.Error(p->field.c_str(), p->what);
   if (d.num_nextn_predict_layers < 0) {
     return f.Error("num_nextn_predict_layers", fmt::format("is {} (expected >= 0)", d.num_nextn_predict_layers));
   }

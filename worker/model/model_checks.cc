@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <cmath>
+#include <utility>
 
 #include "worker/common/status_macros.h"
 #include "worker/model/deepseek_tensors.h"
@@ -130,6 +131,52 @@ absl::Status CheckModelTensors(const ModelConfig& config, const WeightStore& wei
     }
     return absl::OkStatus();
   });
+}
+
+std::optional<FieldProblem> DeepseekRoutingProblem(const DeepseekConfig& d) {
+  if (d.n_routed_experts <= 0) return std::nullopt;
+  constexpr int64_t kMaxSize = kMaxConfigSize;
+  const std::pair<const char*, int64_t> positive[] = {{"num_experts_per_tok", d.num_experts_per_tok},
+                                                      {"moe_intermediate_size", d.moe_intermediate_size},
+                                                      {"moe_layer_freq", d.moe_layer_freq},
+                                                      {"n_group", d.n_group},
+                                                      {"topk_group", d.topk_group}};
+  for (const auto& [field, v] : positive) {
+    if (v <= 0 || v > kMaxSize) return FieldProblem{field, fmt::format("is {} (expected 1 to {})", v, kMaxSize)};
+  }
+  if (d.n_shared_experts < 0 || d.n_shared_experts > kMaxSize) {
+    return FieldProblem{"n_shared_experts", fmt::format("is {} (expected 0 to {})", d.n_shared_experts, kMaxSize)};
+  }
+  if (d.first_k_dense_replace < 0) {
+    return FieldProblem{"first_k_dense_replace", fmt::format("is {} (expected >= 0)", d.first_k_dense_replace)};
+  }
+  if (d.num_experts_per_tok > d.n_routed_experts) {
+    return FieldProblem{"num_experts_per_tok", fmt::format("is {}, more than the {} n_routed_experts",
+                                                      d.num_experts_per_tok, d.n_routed_experts)};
+  }
+  if (d.n_routed_experts % d.n_group != 0) {
+    return FieldProblem{"n_group", fmt::format("is {}, which does not divide the {} n_routed_experts", d.n_group,
+                                          d.n_routed_experts)};
+  }
+  if (d.topk_group > d.n_group) {
+    return FieldProblem{"topk_group", fmt::format("is {}, more than the {} groups (n_group)", d.topk_group, d.n_group)};
+  }
+  const int64_t per_group = d.n_routed_experts / d.n_group;
+  if (d.topk_method != DeepseekConfig::TopkMethod::kGreedy && d.topk_group * per_group < d.num_experts_per_tok) {
+    return FieldProblem{"topk_group", fmt::format("is {}: {} groups of {} experts cannot supply the {} "
+                                             "num_experts_per_tok",
+                                             d.topk_group, d.topk_group, per_group, d.num_experts_per_tok)};
+  }
+  // noaux_tc scores a group by its best two experts.
+  if (d.topk_method == DeepseekConfig::TopkMethod::kNoauxTc && per_group < 2) {
+    return FieldProblem{"n_group", fmt::format("is {}: noaux_tc needs at least 2 experts per group, "
+                                          "{} n_routed_experts give {}",
+                                          d.n_group, d.n_routed_experts, per_group)};
+  }
+  if (!(d.routed_scaling_factor > 0) || !std::isfinite(d.routed_scaling_factor)) {
+    return FieldProblem{"routed_scaling_factor", fmt::format("is {} (expected > 0)", d.routed_scaling_factor)};
+  }
+  return std::nullopt;
 }
 
 }  // namespace shoal::worker

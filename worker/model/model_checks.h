@@ -1,7 +1,9 @@
 #pragma once
 // Checks shared by both loaders, run once when a model is opened so that model code can
 // trust the config and every tensor it looks up.
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,5 +32,21 @@ absl::Status ForEachExpectedTensor(const ModelConfig& config,
 // Each expected tensor is present with the expected shape; errors name the tensor and
 // both shapes.
 absl::Status CheckModelTensors(const ModelConfig& config, const WeightStore& weights);
+
+// Sizes a config may give, at most (a corrupt file must not ask for petabytes).
+inline constexpr int64_t kMaxConfigSize = int64_t{1} << 26;
+
+// A config field and what is wrong with it ("is 3, which does not divide the 64
+// n_routed_experts"), for the caller to report against its source.
+struct FieldProblem {
+  std::string field;
+  std::string what;
+};
+
+// What is wrong with a DeepSeek config's MoE routing (expert counts, groups, top-k,
+// scaling), if anything; nothing to check without routed experts. The config.json reader
+// reports it against the file's field; models built from code (benchmarks) against their
+// source.
+std::optional<FieldProblem> DeepseekRoutingProblem(const DeepseekConfig& config);
 
 }  // namespace shoal::worker

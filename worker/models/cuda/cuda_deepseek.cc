@@ -14,6 +14,7 @@
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/ops.h"
+#include "worker/model/model_checks.h"
 #include "worker/models/cuda/cuda_decoder.h"
 #include "worker/models/cuda/device_weights.h"
 #include "worker/models/deepseek_moe.h"
@@ -562,23 +563,14 @@ absl::Status CheckDeepseekArgs(const ModelConfig& c, const std::string& source, 
     return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the {} MLP features",
                                                   source, tp, c.intermediate_size));
   }
+  // What hf_config.cc checks of a file, also for configs built in code (benchmarks).
+  if (const std::optional<FieldProblem> p = DeepseekRoutingProblem(d)) {
+    return absl::InvalidArgumentError(fmt::format("{}: {} {}", source, p->field, p->what));
+  }
   if (d.n_routed_experts > 0) {
-    if (d.num_experts_per_tok <= 0 || d.num_experts_per_tok > d.n_routed_experts || d.moe_intermediate_size <= 0) {
-      return absl::InvalidArgumentError(fmt::format(
-          "{}: MoE needs 0 < num_experts_per_tok ({}) <= n_routed_experts ({}) and moe_intermediate_size > 0 ({})",
-          source, d.num_experts_per_tok, d.n_routed_experts, d.moe_intermediate_size));
-    }
     if (d.num_experts_per_tok > kMaxExpertsPerToken) {
       return absl::InvalidArgumentError(fmt::format("{}: num_experts_per_tok {} is above the CUDA MoE's {}", source,
                                                     d.num_experts_per_tok, kMaxExpertsPerToken));
-    }
-    // What hf_config.cc checks of a file, for configs built in code (benchmarks).
-    if (d.n_group <= 0 || d.topk_group <= 0 || d.n_routed_experts % d.n_group != 0 || d.topk_group > d.n_group ||
-        d.topk_group * (d.n_routed_experts / d.n_group) < d.num_experts_per_tok) {
-      return absl::InvalidArgumentError(fmt::format(
-          "{}: expert groups do not fit: n_group {} must divide the {} experts, topk_group {} be in [1, n_group] "
-          "and leave at least num_experts_per_tok {} experts",
-          source, d.n_group, d.n_routed_experts, d.topk_group, d.num_experts_per_tok));
     }
     if ((d.moe_intermediate_size * d.n_shared_experts) % tp != 0) {
       return absl::InvalidArgumentError(
