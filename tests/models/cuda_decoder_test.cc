@@ -493,8 +493,8 @@ TEST_P(CudaDecoder, CudaGraphsCarryGreedyAndSampledStepsOverSplitAttention) {
       ASSERT_TRUE(graphed.ForwardGreedy(b, &got).ok());
     } else {  // seeded sampling on the device
       RowSampling row;
-      row.temperature = 0.9f, row.top_p = 0.9f, row.repetition_penalty = 1.1f;
-      row.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+      row.params.temperature = 0.9f, row.params.top_p = 0.9f, row.params.repetition_penalty = 1.1f;
+      row.params.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
       row.tokens = std::span<const int32_t>(tokens).first(pos + n);
       row.num_prompt_tokens = 560;
       ASSERT_TRUE(eager.ForwardSample(b, {&row, 1}, &want).ok());
@@ -542,10 +542,11 @@ TEST_P(CudaDecoder, DeviceSamplingChoosesTheHostSamplersTokens) {
       ASSERT_TRUE(host_side->Forward(hb, &logits).ok());
       const int32_t host_token = Sampler::Sample(logits, o, host_tokens, prompt, &host_rng, false, 0).token_id;
       RowSampling row;
-      row.temperature = o.temperature, row.top_k = o.top_k, row.top_p = o.top_p, row.min_p = o.min_p;
-      row.repetition_penalty = o.repetition_penalty, row.presence_penalty = o.presence_penalty;
-      row.frequency_penalty = o.frequency_penalty;
-      if (!Sampler::IsGreedy(o)) row.uniform = Sampler::Uniform(&device_rng);
+      cuda::SamplingRow& p = row.params;
+      p.temperature = o.temperature, p.top_k = o.top_k, p.top_p = o.top_p, p.min_p = o.min_p;
+      p.repetition_penalty = o.repetition_penalty, p.presence_penalty = o.presence_penalty;
+      p.frequency_penalty = o.frequency_penalty;
+      if (!Sampler::IsGreedy(o)) p.uniform = Sampler::Uniform(&device_rng);
       row.tokens = device_tokens;
       row.num_prompt_tokens = prompt;
       std::vector<int32_t> chosen;

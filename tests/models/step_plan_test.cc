@@ -55,10 +55,11 @@ TEST(StepPlan, SamplingRowsCarryTheirOptionsAndDistinctPenaltyTokens) {
   const std::vector<int32_t> a = {7, 7, 3, 9, 3, 3, 7};  // prompt 4, output 3, 3, 7
   const std::vector<int32_t> b = {1, 2, 3};
   std::vector<RowSampling> rows(3);
-  rows[0].temperature = 0.8f, rows[0].top_k = 5, rows[0].top_p = 0.9f, rows[0].min_p = 0.1f, rows[0].uniform = 0.25;
-  rows[0].tokens = a, rows[0].num_prompt_tokens = 4, rows[0].frequency_penalty = 0.5f;
+  cuda::SamplingRow& p0 = rows[0].params;
+  p0.temperature = 0.8f, p0.top_k = 5, p0.top_p = 0.9f, p0.min_p = 0.1f, p0.uniform = 0.25, p0.frequency_penalty = 0.5f;
+  rows[0].tokens = a, rows[0].num_prompt_tokens = 4;
   rows[1].tokens = b, rows[1].num_prompt_tokens = 3;  // no penalty: no tokens
-  rows[2].tokens = b, rows[2].num_prompt_tokens = 1, rows[2].repetition_penalty = 1.3f;
+  rows[2].tokens = b, rows[2].num_prompt_tokens = 1, rows[2].params.repetition_penalty = 1.3f;
   std::vector<cuda::SamplingRow> params;
   std::vector<cuda::PenaltyToken> penalties;
   PlanSampling(rows, &params, &penalties);

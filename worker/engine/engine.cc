@@ -369,15 +369,16 @@ void EngineImpl::RunStep() {
       Sequence& seq = *c.seq;
       const SamplingOptions& o = seq.sampling;
       RowSampling r;
-      r.temperature = o.temperature;
-      r.top_k = o.top_k;
-      r.top_p = o.top_p;
-      r.min_p = o.min_p;
-      r.repetition_penalty = o.repetition_penalty;
-      r.presence_penalty = o.presence_penalty;
-      r.frequency_penalty = o.frequency_penalty;
+      cuda::SamplingRow& p = r.params;
+      p.temperature = o.temperature;
+      p.top_k = o.top_k;
+      p.top_p = o.top_p;
+      p.min_p = o.min_p;
+      p.repetition_penalty = o.repetition_penalty;
+      p.presence_penalty = o.presence_penalty;
+      p.frequency_penalty = o.frequency_penalty;
       // The draw Sampler::Sample would take from the sequence's RNG, taken now.
-      if (!Sampler::IsGreedy(o)) r.uniform = Sampler::Uniform(&seq.rng);
+      if (!Sampler::IsGreedy(o)) p.uniform = Sampler::Uniform(&seq.rng);
       r.tokens = seq.tokens;
       r.num_prompt_tokens = seq.num_prompt_tokens;
       rows.push_back(r);

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/kernels/cuda/launch_types.h"
 #include "worker/model/loaded_model.h"
 #include "worker/model/model_config.h"
 
@@ -67,18 +68,12 @@ struct ForwardBatch {
 };
 
 // How one want_logits row's next token is chosen, for a model that samples where its
-// logits are (ForwardSample): the engine's SamplingOptions, the sequence's tokens for the
-// penalties, and the row's uniform draw, taken by the caller from the sequence's RNG
-// exactly when the host sampler would take it (Sampler::IsGreedy false).
+// logits are (ForwardSample): the engine's SamplingOptions and the row's uniform draw
+// (taken by the caller from the sequence's RNG exactly when the host sampler would take
+// it: Sampler::IsGreedy false) as the GPU kernel reads them, and the sequence's tokens for
+// the penalties (the model fills in params' penalty range).
 struct RowSampling {
-  float temperature = 0.0f;  // below kGreedyTemperature (launch_types.h): greedy
-  int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  double uniform = 0.0;
+  cuda::SamplingRow params;
   std::span<const int32_t> tokens;  // prompt, then output so far
   int64_t num_prompt_tokens = 0;
 };

@@ -33,22 +33,15 @@ void PlanQueryTiles(std::span<const cpu::AttentionSequence> seqs, int64_t min_ro
 
 void PlanSampling(std::span<const RowSampling> rows, std::vector<cuda::SamplingRow>* params,
                   std::vector<cuda::PenaltyToken>* penalties) {
-  params->assign(rows.size(), cuda::SamplingRow{});
+  params->resize(rows.size());
   penalties->clear();
   std::unordered_map<int32_t, int32_t> output_counts;
   for (size_t i = 0; i < rows.size(); ++i) {
     const RowSampling& in = rows[i];
     cuda::SamplingRow& p = (*params)[i];
-    p.temperature = in.temperature;
-    p.top_k = in.top_k;
-    p.top_p = in.top_p;
-    p.min_p = in.min_p;
-    p.repetition_penalty = in.repetition_penalty;
-    p.presence_penalty = in.presence_penalty;
-    p.frequency_penalty = in.frequency_penalty;
-    p.uniform = in.uniform;
+    p = in.params;
     p.penalty_begin = static_cast<int32_t>(penalties->size());
-    if (in.repetition_penalty != 1.0f || in.presence_penalty != 0.0f || in.frequency_penalty != 0.0f) {
+    if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
       output_counts.clear();
       const int64_t n = static_cast<int64_t>(in.tokens.size());
       const int64_t prompt = std::clamp<int64_t>(in.num_prompt_tokens, 0, n);
