@@ -133,6 +133,26 @@ absl::Status CheckModelTensors(const ModelConfig& config, const WeightStore& wei
   });
 }
 
+absl::StatusOr<const TensorView*> FindFp8BlockScales(const WeightStore& store, const std::string& weight,
+                                                     int64_t rows, int64_t cols) {
+  const std::string sname = weight + "_scale_inv";
+  const TensorView* s = store.Find(sname);
+  if (s == nullptr) {
+    return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' is F8_E4M3 but its block scales '{}' are missing",
+                                                  store.Source(), weight, sname));
+  }
+  const int64_t want_rows = (rows + kFp8ScaleBlockSize - 1) / kFp8ScaleBlockSize;
+  const int64_t want_cols = (cols + kFp8ScaleBlockSize - 1) / kFp8ScaleBlockSize;
+  if (s->dtype != DType::kF32 || s->shape != std::vector<int64_t>{want_rows, want_cols}) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{}: tensor '{}' is {} of shape [{}], expected F32 [{}, {}] (one scale per {}x{} block of the [{}, {}] "
+        "weight)",
+        store.Source(), sname, DTypeName(s->dtype), fmt::join(s->shape, ", "), want_rows, want_cols,
+        kFp8ScaleBlockSize, kFp8ScaleBlockSize, rows, cols));
+  }
+  return s;
+}
+
 std::optional<FieldProblem> DeepseekRoutingProblem(const DeepseekConfig& d) {
   if (d.n_routed_experts <= 0) return std::nullopt;
   constexpr int64_t kMaxSize = kMaxConfigSize;

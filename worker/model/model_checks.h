@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "worker/model/model_config.h"
 #include "worker/model/weight_store.h"
 
@@ -32,6 +33,17 @@ absl::Status ForEachExpectedTensor(const ModelConfig& config,
 // Each expected tensor is present with the expected shape; errors name the tensor and
 // both shapes.
 absl::Status CheckModelTensors(const ModelConfig& config, const WeightStore& weights);
+
+// Rows and columns sharing one FP8 block scale (DeepSeek-V3's weight_scale_inv).
+inline constexpr int64_t kFp8ScaleBlockSize = 128;
+
+// The F32 block scales `<weight>_scale_inv` ("...proj.weight" -> "...proj.weight_scale_inv")
+// of the F8_E4M3 tensor `weight` of [rows, cols]: one per 128 x 128 block, [ceil(rows/128),
+// ceil(cols/128)]. INVALID_ARGUMENT naming the file and both tensors when they are missing
+// or of another type or shape. The data may sit at any byte of the mapped file: read it
+// with memcpy.
+absl::StatusOr<const TensorView*> FindFp8BlockScales(const WeightStore& store, const std::string& weight,
+                                                     int64_t rows, int64_t cols);
 
 // Sizes a config may give, at most (a corrupt file must not ask for petabytes).
 inline constexpr int64_t kMaxConfigSize = int64_t{1} << 26;

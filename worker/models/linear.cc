@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "worker/common/status_macros.h"
+#include "worker/model/model_checks.h"
 #include "worker/kernels/cpu/fp8_matmul.h"
 #include "worker/kernels/cpu/quant.h"
 
@@ -40,22 +41,8 @@ int64_t NumScaleBlocks(int64_t n) { return (n + cpu::kFp8BlockSize - 1) / cpu::k
 absl::Status AttachBlockScales(const WeightStore& store, const std::string& name,
                                cpu::WeightMatrix* m) {
   if (m->dtype != DType::kF8E4M3) return absl::OkStatus();
-  const std::string sname = name + ".weight_scale_inv";
-  const TensorView* s = store.Find(sname);
-  if (s == nullptr) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor '{}.weight' is F8_E4M3 but its block scales '{}' are missing", store.Source(),
-        name, sname));
-  }
-  const int64_t want_rows = NumScaleBlocks(m->rows), want_cols = NumScaleBlocks(m->cols);
-  if (s->dtype != DType::kF32 || s->shape.size() != 2 || s->shape[0] != want_rows ||
-      s->shape[1] != want_cols) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor '{}' is {} of shape {}, expected F32 [{}, {}] (one scale per {}x{} block of "
-        "the [{}, {}] weight)",
-        store.Source(), sname, DTypeName(s->dtype), ShapeString(s->shape), want_rows, want_cols,
-        cpu::kFp8BlockSize, cpu::kFp8BlockSize, m->rows, m->cols));
-  }
+  ASSIGN_OR_RETURN(const TensorView* s, FindFp8BlockScales(store, name + ".weight", m->rows, m->cols));
+  const int64_t want_cols = NumScaleBlocks(m->cols);
   m->block_scales = reinterpret_cast<const float*>(s->data);
   m->scale_stride = want_cols;
   return absl::OkStatus();

@@ -14,10 +14,14 @@
 #include "worker/kernels/cpu/quant.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/fp8.h"
+#include "worker/model/model_checks.h"
 
 namespace shoal::worker {
 
 using cuda::DeviceBuffer;
+
+// One FP8 scale block, as the checkpoint checks, the CPU matmul and the GPU kernels see it.
+static_assert(kFp8ScaleBlockSize == cpu::kFp8BlockSize && kFp8ScaleBlockSize == cuda::kFp8ScaleBlock);
 
 size_t ElementBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
 
@@ -69,14 +73,8 @@ absl::Status UploadMatrix(const WeightStore& store, const std::string& name, con
   const std::byte* scales_bytes = nullptr;  // the mapped f32 block scales, maybe unaligned
   int64_t scale_stride = 0;
   if (t->dtype == DType::kF8E4M3) {
-    const std::string sname = name + "_scale_inv";  // "<...>.weight" -> "<...>.weight_scale_inv"
-    const int64_t srows = (m.full_rows + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
-    scale_stride = (m.full_cols + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
-    const TensorView* s = store.Find(sname);
-    if (s == nullptr || s->dtype != DType::kF32 || s->shape != std::vector<int64_t>{srows, scale_stride}) {
-      return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' is F8_E4M3 and needs F32 block scales '{}' of [{}, {}]",
-                                                    store.Source(), name, sname, srows, scale_stride));
-    }
+    ASSIGN_OR_RETURN(const TensorView* s, FindFp8BlockScales(store, name, m.full_rows, m.full_cols));
+    scale_stride = s->shape[1];
     scales_bytes = reinterpret_cast<const std::byte*>(s->data);
   } else if (!cpu::MatmulSupports(t->dtype)) {
     return absl::InvalidArgumentError(
@@ -161,16 +159,12 @@ absl::Status UploadMatrix(const WeightStore& store, const std::string& name, con
                           const DeviceMatrix& dst, int64_t row_offset) {
   if (dst.dtype != DType::kF8E4M3) return UploadMatrix(store, name, m, dst.dtype, dst.data, row_offset);
   ASSIGN_OR_RETURN(const TensorView* t, store.Get(name));
-  const std::string sname = name + "_scale_inv";
-  const int64_t srows = (m.full_rows + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
-  const int64_t sstride = (m.full_cols + cpu::kFp8BlockSize - 1) / cpu::kFp8BlockSize;
-  const TensorView* s = store.Find(sname);
-  if (t->dtype != DType::kF8E4M3 || t->shape != std::vector<int64_t>{m.full_rows, m.full_cols} || s == nullptr ||
-      s->dtype != DType::kF32 || s->shape != std::vector<int64_t>{srows, sstride}) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{}: tensor '{}' must be F8_E4M3 [{}, {}] with F32 block scales '{}' of [{}, {}] to stay FP8 on the GPU",
-        store.Source(), name, m.full_rows, m.full_cols, sname, srows, sstride));
+  if (t->dtype != DType::kF8E4M3 || t->shape != std::vector<int64_t>{m.full_rows, m.full_cols}) {
+    return absl::InvalidArgumentError(fmt::format("{}: tensor '{}' must be F8_E4M3 [{}, {}] to stay FP8 on the GPU",
+                                                  store.Source(), name, m.full_rows, m.full_cols));
   }
+  ASSIGN_OR_RETURN(const TensorView* s, FindFp8BlockScales(store, name, m.full_rows, m.full_cols));
+  const int64_t sstride = s->shape[1];
   if (m.col_begin % cpu::kFp8BlockSize != 0 || row_offset + m.rows > dst.rows || m.cols != dst.cols) {
     return absl::InternalError(fmt::format("tensor '{}': slice does not fit its FP8 device matrix", name));
   }
