@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <vector>
@@ -115,6 +116,20 @@ struct RowsOnDevice {
   DeviceBuffer seq_buf, pos_buf;
   DeviceRows rows;
 };
+
+// The GPU cache holds exactly the CPU cache's values: for each sequence s and each of its
+// lengths[s] positions p, the `width` elements at offset_of(s, p) of both.
+void ExpectSameSlots(const std::vector<float>& got, const std::vector<float>& want, const std::vector<int64_t>& lengths,
+                     int64_t width, const std::function<int64_t(int, int64_t)>& offset_of) {
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    for (int64_t p = 0; p < lengths[s]; ++p) {
+      const int64_t at = offset_of(static_cast<int>(s), p);
+      for (int64_t e = 0; e < width; ++e) {
+        ASSERT_EQ(got[at + e], want[at + e]) << "sequence " << s << " position " << p << " element " << e;
+      }
+    }
+  }
+}
 
 double OutputTolerance(DType t, double f32_tolerance) {
   return f32_tolerance + (t == DType::kF32 ? 0.0 : t == DType::kF16 ? 1.0 / 1024 : 1.0 / 128);
@@ -308,25 +323,19 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
   const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
   DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
-  WriteKv(nullptr, cache, all_dev.rows,
-          dk.as<float>(), width, dv.as<float>(), width);
+  WriteKv(nullptr, cache, all_dev.rows, dk.as<float>(), width, dv.as<float>(), width);
   const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(q.size() * 4);
-  PagedAttention(nullptr, cache, q_dev.rows,
-                 dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq);
+  PagedAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
 
   // The cache holds exactly the rounded keys wherever the CPU's does.
-  const std::vector<float> got_k = Decode(Download(dk_cache), t);
-  for (int s = 0; s < 3; ++s) {
-    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) {
-      const int64_t at = cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
-      for (int64_t e = 0; e < width; ++e) {
-        ASSERT_EQ(got_k[at + e], kc[at + e]) << "sequence " << s << " position " << p << " element " << e;
-      }
-    }
-  }
+  std::vector<int64_t> lengths;
+  for (const Seq& q : seqs) lengths.push_back(q.start + q.num_new);
+  ExpectSameSlots(Decode(Download(dk_cache), t), kc, lengths, width, [&](int s, int64_t p) {
+    return cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
+  });
 }
 
 // Split-K: a decode row over 1000 positions, one over 5 (fewer positions than splits)
@@ -572,22 +581,18 @@ TEST_P(CudaKernels, MlaLatentAttentionMatchesCpuOverMixedRows) {
   DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
   const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
   DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
-  WriteLatents(nullptr, cache, all_dev.rows,
-               dentries.as<float>(), entry);
+  WriteLatents(nullptr, cache, all_dev.rows, dentries.as<float>(), entry);
   const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(want.size() * 4);
-  MlaLatentAttention(nullptr, cache, q_dev.rows,
-                     dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldo);
+  MlaLatentAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldo);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
   // The cache holds exactly the rounded entries wherever the CPU's does.
-  const std::vector<float> got = Decode(Download(dcache), t);
-  for (int s = 0; s < 3; ++s) {
-    for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) {
-      const int64_t at = cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
-      for (int64_t e = 0; e < entry; ++e) ASSERT_EQ(got[at + e], cpu_data[at + e]) << "seq " << s << " pos " << p;
-    }
-  }
+  std::vector<int64_t> lengths;
+  for (const Seq& q : seqs) lengths.push_back(q.start + q.num_new);
+  ExpectSameSlots(Decode(Download(dcache), t), cpu_data, lengths, entry, [&](int s, int64_t p) {
+    return cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
+  });
 }
 
 // DeepSeek's latent norm: the first n of wider f32 rows normalized in place (the rope
