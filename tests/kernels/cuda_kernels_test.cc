@@ -29,6 +29,7 @@
 #include "worker/kernels/cuda/device.h"
 #include "worker/kernels/cuda/fp8.h"
 #include "worker/kernels/cuda/gemm.h"
+#include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
 
@@ -944,6 +945,94 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       std::vector<float> want_t = ReferenceGemm(x.values, w, T, cols, rows);
       for (size_t i = 0; i < want_t.size(); ++i) want_t[i] += yt0.values[i];
+      ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
+    }
+  }
+}
+
+// A stack of three matrices, each group of rows times its own: groups of 1, 3, 20 and 33
+// rows (one pass of 8 rows, several, and past kGroupedGemvMaxRows, which only the
+// planner's choice bounds), weights of the activation type and FP8 with block scales, a
+// width with the scalar tail and one with 16-byte loads, y in f32 (written, then
+// accumulated) and in the activation type. Rows outside every group stay as they were.
+TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937 rng(17);
+  const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
+  const int64_t total_rows = 63, rows = 37, stack = 3;
+  for (const int64_t cols : {int64_t{200}, int64_t{384}}) {
+    for (const bool fp8 : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
+      const int64_t scale_cols = Fp8ScaleCols(cols);
+      std::vector<float> w(stack * rows * cols);
+      std::vector<uint8_t> codes;
+      std::vector<float> scales;
+      DeviceBuffer dw, dscales;
+      if (fp8) {
+        codes.resize(w.size());
+        scales.resize(stack * rows * scale_cols);
+        for (uint8_t& c : codes) {
+          do {
+            c = static_cast<uint8_t>(rng());
+          } while ((c & 0x7f) == 0x7f);
+        }
+        for (float& sc : scales) sc = std::uniform_real_distribution<float>(1e-3f, 2e-2f)(rng);
+        for (int64_t r = 0; r < stack * rows; ++r) {
+          for (int64_t c = 0; c < cols; ++c) {
+            w[r * cols + c] = cpu::E4M3ToFloat(codes[r * cols + c]) * scales[r * scale_cols + c / kFp8ScaleBlock];
+          }
+        }
+        dw = Upload(codes.data(), codes.size());
+        dscales = Upload(scales.data(), scales.size() * 4);
+      } else {
+        const Typed typed = Round(Random(w.size(), 31), t);
+        w = typed.values;
+        dw = Upload(typed.bytes.data(), typed.bytes.size());
+      }
+      const StackedMatrices m{dw.data(), fp8 ? dscales.as<float>() : nullptr, fp8 ? DType::kF8E4M3 : t, rows, cols,
+                              rows};
+      const Typed x = Round(Random(total_rows * cols, 32), t);
+      const std::vector<float> y0 = Random(total_rows * rows, 33);
+      std::vector<float> want(total_rows * rows, 0.0f);
+      std::vector<bool> covered(total_rows, false);
+      for (const GemvGroup& g : groups) {
+        const std::vector<float> xs(x.values.begin() + g.first_row * cols,
+                                    x.values.begin() + (g.first_row + g.num_rows) * cols);
+        const std::vector<float> ws(w.begin() + g.matrix * rows * cols, w.begin() + (g.matrix + 1) * rows * cols);
+        const std::vector<float> y = ReferenceGemm(xs, ws, g.num_rows, cols, rows);
+        std::copy(y.begin(), y.end(), want.begin() + g.first_row * rows);
+        for (int32_t r = 0; r < g.num_rows; ++r) covered[g.first_row + r] = true;
+      }
+      for (int64_t r = 0; r < total_rows; ++r) {
+        if (!covered[r]) std::copy(y0.begin() + r * rows, y0.begin() + (r + 1) * rows, want.begin() + r * rows);
+      }
+      DeviceBuffer dgroups = Upload(groups.data(), groups.size() * sizeof(GemvGroup));
+      DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dy = Upload(y0.data(), y0.size() * 4);
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), DType::kF32,
+                  dy.data(), /*accumulate=*/false);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
+      std::vector<float> want_acc = want;
+      for (int64_t r = 0; r < total_rows; ++r) {
+        for (int64_t o = 0; o < rows; ++o) {
+          if (covered[r]) want_acc[r * rows + o] += y0[r * rows + o];
+        }
+      }
+      dy.CopyFromHost(y0.data(), y0.size() * 4);
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), DType::kF32,
+                  dy.data(), /*accumulate=*/true);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dy), DType::kF32), want_acc, 1e-5);
+      const Typed yt0 = Round(y0, t);
+      DeviceBuffer dyt = Upload(yt0.bytes.data(), yt0.bytes.size());
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), t, dyt.data(),
+                  /*accumulate=*/false);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<float> want_t = want;
+      for (int64_t r = 0; r < total_rows; ++r) {
+        if (!covered[r]) std::copy(yt0.values.begin() + r * rows, yt0.values.begin() + (r + 1) * rows, want_t.begin() + r * rows);
+      }
       ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
     }
   }

@@ -151,5 +151,45 @@ TEST(StepPlan, ExpertSlotsGroupTokensByExpertAndKeepEachTokensExpertOrder) {
   }
 }
 
+// Every local expert with rows is in exactly one of the plan's lists: a GroupedGemv group
+// naming its rows when it has at most kGroupedGemvMaxRows of them, else the GEMM list.
+TEST(StepPlan, ExpertGroupsSendEachExpertWithRowsToTheGemvOrTheGemm) {
+  std::mt19937 rng(9);
+  for (const int64_t T : {int64_t{1}, int64_t{7}, int64_t{40}, int64_t{100}}) {
+    const int64_t k = 3, E = 8;
+    const ExpertRange local{1, 7};
+    Routing r;
+    r.k = k;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> ids(E);
+      for (int32_t e = 0; e < E; ++e) ids[e] = e;
+      std::shuffle(ids.begin(), ids.end(), rng);
+      for (int64_t j = 0; j < k; ++j) {
+        r.ids.push_back(ids[j]);
+        r.weights.push_back(1.0f);
+      }
+    }
+    ExpertSlots plan;
+    PlanExpertSlots(r, T, local, &plan);
+    std::vector<int> seen(6, 0);
+    for (const cuda::GemvGroup& g : plan.small) {
+      ASSERT_GE(g.matrix, 0);
+      ASSERT_LT(g.matrix, 6);
+      ++seen[g.matrix];
+      EXPECT_EQ(g.first_row, plan.offset[g.matrix]);
+      EXPECT_EQ(g.num_rows, plan.count[g.matrix]);
+      EXPECT_GT(g.num_rows, 0);
+      EXPECT_LE(g.num_rows, cuda::kGroupedGemvMaxRows);
+    }
+    for (const int64_t e : plan.large) {
+      ++seen[e];
+      EXPECT_GT(plan.count[e], cuda::kGroupedGemvMaxRows);
+    }
+    for (int64_t e = 0; e < 6; ++e) EXPECT_EQ(seen[e], plan.count[e] > 0 ? 1 : 0) << "T " << T << " expert " << e;
+    if (T == 100) EXPECT_FALSE(plan.large.empty());  // ~37 rows an expert
+    if (T <= 7) EXPECT_TRUE(plan.large.empty());
+  }
+}
+
 }  // namespace
 }  // namespace shoal::worker

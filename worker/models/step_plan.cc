@@ -64,6 +64,17 @@ void PlanExpertSlots(const Routing& r, int64_t T, ExpertRange local, ExpertSlots
     if (local.Contains(r.ids[i])) ++out.count[r.ids[i] - local.begin];
   }
   for (int64_t e = 0; e < experts; ++e) out.offset[e + 1] = out.offset[e] + out.count[e];
+  out.small.clear();
+  out.large.clear();
+  for (int64_t e = 0; e < experts; ++e) {
+    if (out.count[e] == 0) continue;
+    if (out.count[e] > cuda::kGroupedGemvMaxRows) {
+      out.large.push_back(e);
+    } else {
+      out.small.push_back({static_cast<int32_t>(e), static_cast<int32_t>(out.offset[e]),
+                           static_cast<int32_t>(out.count[e]), 0});
+    }
+  }
   out.gather.resize(out.offset[experts]);
   std::vector<int32_t>& row_of = out.row_of;
   row_of.assign(slots, -1);

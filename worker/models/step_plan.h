@@ -34,6 +34,11 @@ struct ExpertSlots {
   // Per token, its k slots ordered by expert id (the CPU adds its experts in that order):
   std::vector<int32_t> slot_rows;      // the slot's gathered row, -1 when its expert is elsewhere
   std::vector<float> slot_weights;
+  // The experts with rows, for the projections: those of at most kGroupedGemvMaxRows rows
+  // as one GroupedGemv launch's groups (matrix: the local expert), the rest (local
+  // indices) each a GEMM of its own.
+  std::vector<cuda::GemvGroup> small;
+  std::vector<int64_t> large;
   int64_t gathered() const { return static_cast<int64_t>(gather.size()); }
   std::vector<int32_t> row_of;  // scratch
   std::vector<int64_t> next, order;

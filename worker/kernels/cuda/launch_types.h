@@ -1,6 +1,6 @@
 #pragma once
 // The plain records the host fills for the CUDA kernels' launches (query tiles, sampling
-// rows, penalty tokens). No CUDA header, so the host code that plans them
+// rows, penalty tokens, expert groups). No CUDA header, so the host code that plans them
 // (worker/models/step_plan.h) builds and is tested without a toolkit; the kernels read
 // them with exactly this layout.
 #include <cstdint>
@@ -42,5 +42,16 @@ struct SamplingRow {
   int32_t penalty_begin = 0, penalty_end = 0;  // this row's entries of `penalties`
   double uniform = 0.0;                        // in [0, 1); unused when greedy
 };
+
+// Rows of a step that multiply one matrix of a stack (GroupedGemv): rows [first_row,
+// first_row + num_rows) of x and y, matrix `matrix` (a local expert). Groups of more than
+// kGroupedGemvMaxRows rows go to a GEMM instead.
+struct GemvGroup {
+  int32_t matrix = 0;
+  int32_t first_row = 0;
+  int32_t num_rows = 0;
+  int32_t unused = 0;
+};
+constexpr int kGroupedGemvMaxRows = 32;
 
 }  // namespace shoal::worker::cuda

@@ -13,6 +13,7 @@
 #include "worker/kernels/cpu/yarn_rope.h"
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/model/model_checks.h"
 #include "worker/models/cuda/cuda_decoder.h"
@@ -36,6 +37,11 @@ constexpr float kLatentNormEps = 1e-6f;
 constexpr int64_t kMaxExpertsPerToken = 64;
 
 std::string LayerName(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+
+// The experts' matrices of one projection, `rows` each, stacked in m, for GroupedGemv.
+cuda::StackedMatrices Stacked(const DeviceMatrix& m, int64_t rows) {
+  return {m.data.data(), m.dtype == DType::kF8E4M3 ? m.scales.as<float>() : nullptr, m.dtype, rows, m.cols, rows};
+}
 
 // A SwiGLU MLP with gate and up stacked into one matrix: a dense layer's, the shared
 // experts', or (`count` of them back to back) the routed experts of this rank.
@@ -75,8 +81,9 @@ struct DeepseekLayerWeights {
 // the latent outputs through each head's W_uv, then o_proj. MoE routes on the host
 // (RouteTokens, the CPU's exact rules, over router logits copied back: one
 // synchronization per MoE layer), then gathers each local expert's tokens into one
-// matrix, runs the experts one GEMM pair each, and adds the weighted outputs into the
-// residual in slot order.
+// matrix, runs the experts (those of a few rows, every one at decode, in one GroupedGemv
+// launch per projection; larger ones a GEMM pair each), and adds the weighted outputs
+// into the residual in slot order.
 class CudaDeepseekModel final : public CudaDecoder {
  public:
   ~CudaDeepseekModel() override { Quiesce(); }  // before this class's buffers go
@@ -363,9 +370,11 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
     const int64_t slots = n * k;
     RETURN_IF_ERROR(Allocate("router input", n * hidden * 4, &xn32_));
     RETURN_IF_ERROR(Allocate("router logits", n * d_.n_routed_experts * 4, &logits_));
-    RETURN_IF_ERROR(Allocate("expert slots", slots * 12, &moe_dev_));
+    // Per slot: gathered token, slot row, weight (4 bytes each); then the expert groups.
+    const size_t plan_bytes = slots * 12 + (experts_.end - experts_.begin) * sizeof(cuda::GemvGroup);
+    RETURN_IF_ERROR(Allocate("expert slots", plan_bytes, &moe_dev_));
     logits_host_ = PinnedBuffer(n * d_.n_routed_experts * 4);
-    moe_host_ = PinnedBuffer(slots * 12);
+    moe_host_ = PinnedBuffer(plan_bytes);
   }
   capacity_ = n;
   return absl::OkStatus();
@@ -447,7 +456,7 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   const Routing r = RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
 
   // Each local expert's tokens as consecutive rows; each token's slots in expert order.
-  const int64_t slots = T * k, local = experts_.end - experts_.begin;
+  const int64_t slots = T * k;
   ExpertSlots& plan = plan_;
   PlanExpertSlots(r, T, experts_, &plan);
   const int64_t gathered = plan.gathered();
@@ -455,7 +464,10 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   std::copy(plan.gather.begin(), plan.gather.end(), gather);
   std::copy(plan.slot_rows.begin(), plan.slot_rows.end(), gather + slots);
   std::copy(plan.slot_weights.begin(), plan.slot_weights.end(), reinterpret_cast<float*>(gather + 2 * slots));
-  SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12, cudaMemcpyHostToDevice, s));
+  const int num_small = static_cast<int>(plan.small.size());
+  std::memcpy(gather + 3 * slots, plan.small.data(), num_small * sizeof(cuda::GemvGroup));
+  SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12 + num_small * sizeof(cuda::GemvGroup),
+                                   cudaMemcpyHostToDevice, s));
   if (gathered > gathered_capacity_) {
     // The stream is idle (synchronized above): nothing reads the old buffers.
     const int64_t n = std::max(gathered, 2 * gathered_capacity_), mi = d_.moe_intermediate_size;
@@ -479,16 +491,21 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   if (gathered > 0) {
     const int32_t* d_gather = moe_dev_.as<int32_t>();
     cuda::GatherRows(s, wdt_, xn_.data(), d_gather, xg_.data(), gathered, hidden);
+    // Experts of a few rows (every one at decode) in one launch per projection; the
+    // others, a GEMM each.
     const int64_t mi = d_.moe_intermediate_size;
-    for (int64_t e = 0; e < local; ++e) {
-      if (plan.count[e] == 0) continue;
+    const auto* groups = reinterpret_cast<const cuda::GemvGroup*>(moe_dev_.as<int32_t>() + 3 * slots);
+    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups, num_small, wdt_, xg_.data(), wdt_,
+                      eg_up_.data(), false);
+    for (const int64_t e : plan.large) {
       const int64_t o = plan.offset[e];
       RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan.count[e], wdt_,
                            At(eg_up_, o * 2 * mi), false));
     }
     cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
-    for (int64_t e = 0; e < local; ++e) {
-      if (plan.count[e] == 0) continue;
+    cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups, num_small, wdt_, e_mlp_.data(), DType::kF32,
+                      e_out_.data(), false);
+    for (const int64_t e : plan.large) {
       const int64_t o = plan.offset[e];
       RETURN_IF_ERROR(Gemm(L.routed->down.Rows(e * hidden, hidden), At(e_mlp_, o * mi), plan.count[e], DType::kF32,
                            e_out_.as<float>() + o * hidden, false));
