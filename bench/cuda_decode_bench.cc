@@ -22,7 +22,8 @@
 // a block scale per 128, as DeepSeek-V3 ships them (random codes; kv_b, embedding and head
 // stay bf16).
 //
-//   build-cuda/bench/cuda-decode-bench [--shape S] [--weights bf16|fp8] [--context 1024] [--decode-steps 64]
+//   build-cuda/bench/cuda-decode-bench [--shape S] [--weights bf16|fp8] [--fp8-gemm tensor-cores|exact]
+//                                      [--context 1024] [--decode-steps 64]
 //                                      [--batch 64]
 //
 // Without a GPU it prints "skipped: no GPU: ..." and exits 0.
@@ -177,6 +178,10 @@ int Run(int argc, char** argv) {
   std::string weights = "bf16";
   app.add_option("--weights", weights, "bf16, or fp8 (deepseek-v2-lite: its matrices FP8 on the GPU, as V3 ships)")
       ->check(CLI::IsMember({"bf16", "fp8"}));
+  std::string fp8_gemm = "tensor-cores";
+  app.add_option("--fp8-gemm", fp8_gemm,
+                 "with --weights fp8, steps of more than 8 rows: tensor-cores (FP8 activations) or exact (widened)")
+      ->check(CLI::IsMember({"tensor-cores", "exact"}));
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -194,6 +199,7 @@ int Run(int argc, char** argv) {
   options.device = Device::kCuda;
   options.device_weight_dtype = weights == "fp8" ? DType::kF8E4M3 : DType::kBF16;
   options.cuda_graphs = graphs;
+  options.fp8_gemm = fp8_gemm == "exact" ? CausalLMOptions::Fp8Gemm::kExact : CausalLMOptions::Fp8Gemm::kTensorCores;
   options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
   auto lm_or = CreateRandomCudaCausalLM(config, options, 1234);
   if (!lm_or.ok()) {
@@ -228,6 +234,7 @@ int Run(int argc, char** argv) {
                shape, config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim,
                config.intermediate_size, config.vocab_size);
   }
+  if (weights == "fp8") fmt::print("fp8_gemm: {}\n", fp8_gemm);
   fmt::print("weight_bytes: {:.0f}\n", weight_bytes);
   fmt::print("weight_bytes_read_per_step: {:.0f}\n", step_weight_bytes);
   fmt::print("context: {}\n", context);

@@ -11,7 +11,7 @@
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
 #      decode with CUDA graphs, NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
-#      DeepSeek-V2-Lite's shape;
+#      DeepSeek-V2-Lite's shape, in bf16 and then FP8 (tensor-core and widened GEMMs);
 #   4. writes $OUT/summary.txt and prints it last.
 #
 #   tests/cuda/run_device_bundle.sh [BUNDLE]     # default .devbundle at the repo root
@@ -224,6 +224,15 @@ grep -hE '^(skipped|gpus|allreduce|peer|ratio)' "$out/nccl_bench.log" 2>/dev/nul
 run_stage decode_bench_deepseek 200 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench" \
   --shape deepseek-v2-lite
 grep -hE '^(shape|skipped|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench_deepseek.log" 2>/dev/null | tee -a "$summary"
+
+# DeepSeek-V2-Lite's shape with FP8 weights (8 of its layers, to fit): prompt and batch-64
+# steps on FP8 tensor cores, then with the weights widened, side by side.
+for gemm in tensor-cores exact; do
+  run_stage "decode_bench_deepseek_fp8_$gemm" 120 "$bundle/bin/cuda-decode-bench" --shape deepseek-v2-lite \
+    --weights fp8 --fp8-gemm "$gemm" --layers 8 --batch 64
+  grep -hE '^(skipped|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench_deepseek_fp8_$gemm.log" 2>/dev/null |
+    sed "s/^/fp8_${gemm//-/_}_/" | tee -a "$summary"
+done
 
 # --- 4. summary ---------------------------------------------------------------------------
 echo

@@ -28,10 +28,14 @@
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
 #include "worker/kernels/cuda/fp8.h"
+#include "worker/kernels/cuda/fp8_gemm.h"
 #include "worker/kernels/cuda/gemm.h"
+#include "worker/kernels/cuda/moe_routing.h"
 #include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
+#include "worker/models/deepseek_moe.h"
+#include "worker/models/step_plan.h"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -1034,6 +1038,239 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
         if (!covered[r]) std::copy(yt0.values.begin() + r * rows, yt0.values.begin() + (r + 1) * rows, want_t.begin() + r * rows);
       }
       ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
+    }
+  }
+}
+
+// Activations to FP8 as DeepSeek-V3 quantizes them: each (row, 128 columns) block's scale
+// is its amax / 448 exactly (1 for an all-zero block), each code is the e4m3 value nearest
+// x / scale (no neighbouring code is nearer), in both scale layouts, with a partial last
+// block; and a weight's scale table rewritten block by block is the same numbers. "Nearest"
+// is to the f32 quotient, which is what is rounded (DeepSeek's own x / s; the exact
+// quotient can lie a hair past a midpoint that the f32 one sits on, and ties go to even).
+TEST_P(CudaKernels, Fp8QuantizeRowsPicksTheAmaxScaleAndTheNearestCode) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t rows = 5, cols = 300, blocks = Fp8ScaleCols(cols);
+  std::vector<float> raw = Random(rows * cols, 61);
+  for (int64_t c = 128; c < 256; ++c) raw[2 * cols + c] = 0.0f;  // an all-zero block
+  for (int64_t c = 0; c < cols; ++c) raw[3 * cols + c] *= 1e3f;  // beyond e4m3's range before scaling
+  const Typed x = Round(raw, t);
+  DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size());
+  for (const bool by_block : {false, true}) {
+    SCOPED_TRACE(by_block ? "by block" : "by row");
+    const Fp8ScaleLayout layout{by_block, by_block ? rows + 3 : 0};
+    const size_t scale_floats = by_block ? blocks * (rows + 3) : rows * blocks;
+    DeviceBuffer dcodes(rows * cols), dscales(scale_floats * 4);
+    Fp8QuantizeRows(nullptr, t, dx.data(), rows, cols, dcodes.as<uint8_t>(), dscales.as<float>(), layout);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint8_t> codes(rows * cols);
+    std::vector<float> scales(scale_floats);
+    dcodes.CopyToHost(codes.data(), codes.size());
+    dscales.CopyToHost(scales.data(), scales.size() * 4);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        float amax = 0;
+        for (int64_t c = b * 128; c < std::min(cols, (b + 1) * 128); ++c) amax = std::max(amax, std::fabs(x.values[r * cols + c]));
+        const float scale = scales[layout.At(r, b, blocks)];
+        ASSERT_EQ(scale, amax > 0 ? amax / 448.0f : 1.0f) << "row " << r << " block " << b;
+        for (int64_t c = b * 128; c < std::min(cols, (b + 1) * 128); ++c) {
+          const uint8_t code = codes[r * cols + c];
+          const double v = x.values[r * cols + c] / scale;  // the f32 quotient
+          const double err = std::fabs(cpu::E4M3ToFloat(code) - v);
+          ASSERT_LE(std::fabs(cpu::E4M3ToFloat(code)), 448.0f);
+          for (const int step : {-1, 1}) {
+            const int magnitude = (code & 0x7f) + step;
+            if (magnitude < 0 || magnitude > 0x7e) continue;
+            const uint8_t other = static_cast<uint8_t>((code & 0x80) | magnitude);
+            EXPECT_LE(err, std::fabs(cpu::E4M3ToFloat(other) - v) + 1e-12) << "row " << r << " col " << c;
+          }
+        }
+      }
+    }
+  }
+  // A weight's row-by-row table, block by block.
+  const int64_t w_rows = 48;
+  const std::vector<float> table = Random(w_rows * blocks, 62);
+  DeviceBuffer dtable = Upload(table.data(), table.size() * 4), dby(blocks * (w_rows + 4) * 4);
+  Fp8ScalesByBlock(nullptr, dtable.as<float>(), w_rows, blocks, dby.as<float>(), w_rows + 4);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> by(blocks * (w_rows + 4));
+  dby.CopyToHost(by.data(), by.size() * 4);
+  for (int64_t r = 0; r < w_rows; ++r) {
+    for (int64_t b = 0; b < blocks; ++b) EXPECT_EQ(by[b * (w_rows + 4) + r], table[r * blocks + b]);
+  }
+}
+
+// The FP8 tensor-core GEMM (Hopper): the probe finds a scale layout, and then
+// at DeepSeek-like shapes, for 9 to 300 rows, y in f32 (written and accumulated) and bf16,
+// the product matches the exact product of the same quantized operands to 5e-3 of its
+// largest value, and the bf16 activations' exact product to 4e-2 (what quantizing the
+// activations to e4m3 costs).
+TEST(CudaFp8Gemm, BlockScaledTensorCoreGemmMatchesTheExactProduct) {
+  SKIP_WITHOUT_GPU();
+  int major = 0;
+  SHOAL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major != 9) GTEST_SKIP() << "skipped: cuBLASLt's 128-block-scaled FP8 GEMM is Hopper's (sm_90)";
+  CublasGemm reference(nullptr);
+  std::string why_not;
+  std::unique_ptr<Fp8BlockGemm> gemm = Fp8BlockGemm::Create(nullptr, &reference, &why_not);
+  ASSERT_NE(gemm, nullptr) << why_not;
+  std::printf("FP8 GEMM scale layouts: %s\n", gemm->layouts().Describe().c_str());
+  std::mt19937 rng(71);
+  const int64_t rows = 512, cols = 2048, blocks = Fp8ScaleCols(cols);
+  std::vector<uint8_t> codes(rows * cols);
+  for (uint8_t& c : codes) {
+    do {
+      c = static_cast<uint8_t>(rng());
+    } while ((c & 0x7f) == 0x7f);
+  }
+  std::vector<float> scales(rows * blocks), w(rows * cols);
+  for (float& sc : scales) sc = std::uniform_real_distribution<float>(1e-4f, 1e-3f)(rng);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) w[r * cols + c] = cpu::E4M3ToFloat(codes[r * cols + c]) * scales[r * blocks + c / 128];
+  }
+  DeviceBuffer dcodes = Upload(codes.data(), codes.size()), dscales = Upload(scales.data(), scales.size() * 4);
+  const Fp8Matrix m{dcodes.as<uint8_t>(), dscales.as<float>(), rows, cols};
+  for (const int64_t T : {int64_t{9}, int64_t{64}, int64_t{300}}) {
+    SCOPED_TRACE(T);
+    ASSERT_TRUE(gemm->Supports(T, rows, cols, DType::kF32, false));
+    const Typed x = Round(Random(T * cols, 72 + static_cast<uint32_t>(T)), DType::kBF16);
+    // The quantized activations, as the GEMM sees them.
+    DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), xq(T * cols), xs(T * blocks * 4);
+    Fp8QuantizeRows(nullptr, DType::kBF16, dx.data(), T, cols, xq.as<uint8_t>(), xs.as<float>(), Fp8ScaleLayout{});
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint8_t> qc(T * cols);
+    std::vector<float> qs(T * blocks), xdq(T * cols);
+    xq.CopyToHost(qc.data(), qc.size());
+    xs.CopyToHost(qs.data(), qs.size() * 4);
+    for (int64_t i = 0; i < T * cols; ++i) xdq[i] = cpu::E4M3ToFloat(qc[i]) * qs[(i / cols) * blocks + (i % cols) / 128];
+    const std::vector<float> exact_q = ReferenceGemm(xdq, w, T, cols, rows);
+    const std::vector<float> exact = ReferenceGemm(x.values, w, T, cols, rows);
+    DeviceBuffer scratch(gemm->ScratchBytes(T, rows, cols));
+    const std::vector<float> y0 = Random(T * rows, 73);
+    DeviceBuffer dy = Upload(y0.data(), y0.size() * 4);
+    gemm->Run(m, DType::kBF16, dx.data(), T, DType::kF32, dy.data(), false, scratch.data());
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> got = Decode(Download(dy), DType::kF32);
+    ExpectClose(got, exact_q, 5e-3);
+    ExpectClose(got, exact, 4e-2);
+    ASSERT_TRUE(gemm->Supports(T, rows, cols, DType::kF32, true));
+    dy.CopyFromHost(y0.data(), y0.size() * 4);
+    gemm->Run(m, DType::kBF16, dx.data(), T, DType::kF32, dy.data(), true, scratch.data());
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> want_acc = exact_q;
+    for (size_t i = 0; i < want_acc.size(); ++i) want_acc[i] += y0[i];
+    ExpectClose(Decode(Download(dy), DType::kF32), want_acc, 5e-3);
+    if (gemm->Supports(T, rows, cols, DType::kBF16, false)) {
+      DeviceBuffer dyb(T * rows * 2);
+      gemm->Run(m, DType::kBF16, dx.data(), T, DType::kBF16, dyb.data(), false, scratch.data());
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dyb), DType::kBF16), exact_q, OutputTolerance(DType::kBF16, 5e-3));
+    } else {
+      ADD_FAILURE() << "no bf16-output FP8 GEMM";
+    }
+  }
+  // Shapes off the tensor cores' tiles are refused, for the caller to widen.
+  EXPECT_FALSE(gemm->Supports(16, 200, cols, DType::kF32, false));
+  EXPECT_FALSE(gemm->Supports(16, rows, 1000, DType::kF32, false));
+}
+
+// DeepSeekMoE's routing on the device makes RouteTokens' choices, for V2-Lite's rules
+// (softmax, greedy), V2's (group-limited greedy, scaled) and V3's (sigmoid, noaux_tc with a
+// bias, normalized): the same experts in the same order, weights within f32 rounding; and
+// the device slot plan is PlanExpertSlots' plan of those choices, for all experts and for
+// a rank's quarter of them.
+TEST(CudaMoeRouting, DeviceRoutingAndPlanMatchTheHosts) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    const char* name;
+    int64_t experts, k, groups, top_groups;
+    DeepseekConfig::TopkMethod method;
+    DeepseekConfig::ScoringFunc scoring;
+    bool normalize;
+    double scaling;
+  };
+  const Case cases[] = {
+      {"v2-lite", 64, 6, 1, 1, DeepseekConfig::TopkMethod::kGreedy, DeepseekConfig::ScoringFunc::kSoftmax, false, 1.0},
+      {"v2", 160, 6, 8, 3, DeepseekConfig::TopkMethod::kGroupLimitedGreedy, DeepseekConfig::ScoringFunc::kSoftmax,
+       false, 16.0},
+      {"v3", 256, 8, 8, 4, DeepseekConfig::TopkMethod::kNoauxTc, DeepseekConfig::ScoringFunc::kSigmoid, true, 2.5},
+  };
+  std::mt19937 rng(81);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    DeepseekConfig d;
+    d.n_routed_experts = c.experts;
+    d.num_experts_per_tok = c.k;
+    d.n_group = c.groups;
+    d.topk_group = c.top_groups;
+    d.topk_method = c.method;
+    d.scoring_func = c.scoring;
+    d.norm_topk_prob = c.normalize;
+    d.routed_scaling_factor = c.scaling;
+    RouterRules rules;
+    rules.num_experts = static_cast<int32_t>(c.experts);
+    rules.experts_per_token = static_cast<int32_t>(c.k);
+    rules.num_groups = static_cast<int32_t>(c.groups);
+    rules.top_groups = static_cast<int32_t>(c.top_groups);
+    rules.sigmoid = c.scoring == DeepseekConfig::ScoringFunc::kSigmoid;
+    rules.method = c.method == DeepseekConfig::TopkMethod::kGreedy               ? RouterRules::kGreedy
+                   : c.method == DeepseekConfig::TopkMethod::kGroupLimitedGreedy ? RouterRules::kGroupLimitedGreedy
+                                                                                  : RouterRules::kNoauxTc;
+    rules.normalize = c.normalize;
+    rules.scaling = static_cast<float>(c.scaling);
+    const int64_t T = 29, E = c.experts, k = c.k;
+    std::vector<float> logits(T * E), bias;
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    for (float& v : logits) v = normal(rng);
+    if (c.method == DeepseekConfig::TopkMethod::kNoauxTc) {
+      bias.resize(E);
+      for (float& b : bias) b = 0.1f * normal(rng);
+    }
+    const Routing want = RouteTokens(d, logits.data(), T, bias.empty() ? nullptr : bias.data());
+    DeviceBuffer dlogits = Upload(logits.data(), logits.size() * 4), dids(T * k * 4), dw(T * k * 4);
+    DeviceBuffer dbias = bias.empty() ? DeviceBuffer() : Upload(bias.data(), bias.size() * 4);
+    RouteTokensOnDevice(nullptr, rules, dlogits.as<float>(), T, bias.empty() ? nullptr : dbias.as<float>(),
+                        dids.as<int32_t>(), dw.as<float>());
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<int32_t> ids(T * k);
+    std::vector<float> weights(T * k);
+    dids.CopyToHost(ids.data(), ids.size() * 4);
+    dw.CopyToHost(weights.data(), weights.size() * 4);
+    EXPECT_EQ(ids, want.ids);
+    for (int64_t i = 0; i < T * k; ++i) {
+      EXPECT_NEAR(weights[i], want.weights[i], 1e-5 * std::max(1.0f, std::fabs(want.weights[i]))) << "slot " << i;
+    }
+    // The plan of the host's choices, both ways.
+    DeviceBuffer hids = Upload(want.ids.data(), T * k * 4), hw = Upload(want.weights.data(), T * k * 4);
+    for (const ExpertRange local : {ExpertRange{0, E}, ExpertRange{E / 4, E / 2}}) {
+      SCOPED_TRACE(::testing::Message() << "experts [" << local.begin << ", " << local.end << ")");
+      ExpertSlots plan;
+      PlanExpertSlots(want, T, local, &plan);
+      const int64_t n = local.end - local.begin, slots = T * k;
+      DeviceBuffer gather(slots * 4), rows(slots * 4), sw(slots * 4), groups(n * sizeof(GemvGroup));
+      PlanExpertSlotsOnDevice(nullptr, hids.as<int32_t>(), hw.as<float>(), T, static_cast<int32_t>(k),
+                              static_cast<int32_t>(local.begin), static_cast<int32_t>(local.end), gather.as<int32_t>(),
+                              rows.as<int32_t>(), sw.as<float>(), groups.as<GemvGroup>());
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<int32_t> g(slots), r(slots);
+      std::vector<float> w(slots);
+      std::vector<GemvGroup> gr(n);
+      gather.CopyToHost(g.data(), slots * 4);
+      rows.CopyToHost(r.data(), slots * 4);
+      sw.CopyToHost(w.data(), slots * 4);
+      groups.CopyToHost(gr.data(), n * sizeof(GemvGroup));
+      const int64_t gathered = plan.gathered();
+      EXPECT_EQ(std::vector<int32_t>(g.begin(), g.begin() + gathered), plan.gather);
+      for (int64_t i = gathered; i < slots; ++i) EXPECT_EQ(g[i], 0) << "unused gather row " << i;
+      EXPECT_EQ(r, plan.slot_rows);
+      EXPECT_EQ(w, plan.slot_weights);
+      for (int64_t e = 0; e < n; ++e) {
+        EXPECT_EQ(gr[e].matrix, e);
+        EXPECT_EQ(gr[e].first_row, plan.offset[e]);
+        EXPECT_EQ(gr[e].num_rows, plan.count[e]);
+      }
     }
   }
 }

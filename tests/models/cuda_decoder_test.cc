@@ -634,9 +634,10 @@ TEST(CudaFp8Weights, Fp8UploadsWidenToTheHostsDequantizedMatrix) {
 }
 
 // DeepSeek's FP8 matrices kept at one byte a weight on the GPU (device weight dtype
-// F8_E4M3, activations bf16): decode steps multiply from the codes (Fp8Gemv), the prompt
-// step widens them for cuBLAS; every teacher-forced step within the bf16 tolerance of
-// the CPU model, with fewer weight bytes than the same model widened to bf16.
+// F8_E4M3, activations bf16, fp8_gemm kExact): decode steps multiply from the codes
+// (Fp8Gemv), the prompt step widens them for cuBLAS; every teacher-forced step within the
+// bf16 tolerance of the CPU model, with fewer weight bytes than the same model widened to
+// bf16.
 TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   testing::OracleExpectation expected;
@@ -646,7 +647,9 @@ TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
   ASSERT_TRUE(model.ok()) << model.status();
   ThreadPool pool(2);
   auto cpu = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
-  auto fp8 = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kF8E4M3, DType::kF32));
+  CausalLMOptions exact = OnCuda(DType::kF8E4M3, DType::kF32);
+  exact.fp8_gemm = CausalLMOptions::Fp8Gemm::kExact;
+  auto fp8 = CreateCausalLM(*model, ShardSpec{}, nullptr, exact);
   auto bf16 = CreateCausalLM(*model, ShardSpec{}, nullptr, OnCuda(DType::kBF16, DType::kF32));
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ASSERT_TRUE(fp8.ok()) << fp8.status();
@@ -679,6 +682,43 @@ TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
   ASSERT_TRUE(llama.ok()) << llama.status();
   EXPECT_EQ(CreateCausalLM(*llama, ShardSpec{}, nullptr, OnCuda(DType::kF8E4M3, DType::kF16)).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The same FP8 model with fp8_gemm kTensorCores (the default): on Hopper the prompt
+// step's FP8 products of tensor-core shape (here the dense MLP's down_proj, 256 columns)
+// quantize their activations and run on FP8 tensor cores; every teacher-forced step stays
+// within the bf16 tolerance of the CPU model. Off Hopper the probe declines and the model
+// widens, as with kExact.
+TEST(CudaFp8Weights, DeepseekFp8TensorCoreGemmsStayWithinTheBf16ToleranceOfTheCpu) {
+  SKIP_WITHOUT_GPU();
+  testing::OracleExpectation expected;
+  std::string error;
+  ASSERT_TRUE(testing::ReadOracleExpectation("fp8_deepseek_v3_tiny", &expected, &error)) << error;
+  auto model = LoadModel(expected.dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ThreadPool pool(2);
+  auto cpu = CreateCausalLM(*model, ShardSpec{}, &pool, CausalLMOptions{.kv_cache_dtype = DType::kF32});
+  auto fp8 = CreateCudaCausalLM(*model, ShardSpec{}, OnCuda(DType::kF8E4M3, DType::kF32));
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  ASSERT_TRUE((*cpu)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  ASSERT_TRUE((*fp8)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  const auto want = ForcedLogits(**cpu, expected.prompt, expected.greedy);
+  const auto got = ForcedLogits(**fp8, expected.prompt, expected.greedy);
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0;
+  for (size_t s = 0; s < want.size(); ++s) {
+    const double err = RelativeError(got[s].data(), want[s]);
+    worst = std::max(worst, err);
+    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
+  }
+  int major = 0;
+  SHOAL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  std::printf("fp8_deepseek_v3_tiny FP8 tensor-core GEMMs: %lld, worst relative error %.3e vs CPU\n",
+              static_cast<long long>((*fp8)->fp8_tensor_core_gemms()), worst);
+  if (major == 9) {
+    EXPECT_GT((*fp8)->fp8_tensor_core_gemms(), 0) << "the probe found no FP8 GEMM on sm_" << major << "x";
+  }
 }
 
 // Bytes of a `type` tensor of n elements with sensible values: random codes under small

@@ -28,6 +28,7 @@ struct ServeFlags {
   int kv_cache_mb = 0;
   std::string device = "cpu";
   std::string device_weight_dtype = "bf16";
+  std::string fp8_gemm = "tensor-cores";
   bool cuda_graphs = false;
   double kv_cache_memory_fraction = 0;
   int max_num_seqs = 0;
@@ -56,7 +57,7 @@ std::string DialAddress(const std::string& host, int port) {
 std::vector<std::string> DeviceArgs(const ServeFlags& f) {
   std::vector<std::string> a;
   if (f.device == "cpu") return a;
-  a = {"--device", f.device, "--device-weight-dtype", f.device_weight_dtype};
+  a = {"--device", f.device, "--device-weight-dtype", f.device_weight_dtype, "--fp8-gemm", f.fp8_gemm};
   if (f.cuda_graphs) a.push_back("--cuda-graphs");
   return a;
 }
@@ -225,6 +226,9 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--device-weight-dtype", f->device_weight_dtype,
                   "with --device cuda: bf16, f32, or fp8 (DeepSeek's FP8 matrices stay FP8)")
       ->capture_default_str()->check(CLI::IsMember({"bf16", "f32", "fp8"}));
+  cmd->add_option("--fp8-gemm", f->fp8_gemm,
+                  "with --device-weight-dtype fp8: tensor-cores (FP8 activations, Hopper's FP8 GEMM) or exact")
+      ->capture_default_str()->check(CLI::IsMember({"tensor-cores", "exact"}));
   cmd->add_flag("--cuda-graphs", f->cuda_graphs, "with --device cuda: decode steps replay captured CUDA graphs");
   cmd->add_option("--kv-cache-memory-fraction", f->kv_cache_memory_fraction,
                   "with --device cuda: KV cache = this fraction of the GPU memory the weights leave free")

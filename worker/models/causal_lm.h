@@ -42,6 +42,15 @@ struct CausalLMOptions {
   // are f32. For DeepSeek also kF8E4M3: the checkpoint's FP8 matrices stay FP8 (one byte
   // a weight), everything else bf16.
   DType device_weight_dtype = DType::kBF16;
+  // kCuda with FP8 weights kept (kF8E4M3), for steps of more rows than a GEMV takes (a
+  // prompt, a large batch). kTensorCores: the activations are quantized to FP8 (one scale
+  // per row and 128 columns, as DeepSeek-V3's own inference, vLLM and SGLang quantize
+  // them) and multiplied on FP8 tensor cores (Hopper), each weight byte read once.
+  // kExact: the weights are widened to bf16 for cuBLAS and the activations stay bf16 (the
+  // CPU's products). kTensorCores falls back to kExact, with a warning, where the GPU or
+  // cuBLASLt has no such GEMM.
+  enum class Fp8Gemm { kTensorCores, kExact };
+  Fp8Gemm fp8_gemm = Fp8Gemm::kTensorCores;
   // kCuda only: decode steps of a shape seen before replay a captured CUDA graph instead
   // of launching their kernels one by one (llama and qwen2 as a whole model on one GPU).
   bool cuda_graphs = false;

@@ -33,6 +33,7 @@ int Run(int argc, char** argv) {
   std::string kv_cache_dtype = "f16";
   std::string device = "cpu";
   std::string device_weight_dtype = "bf16";
+  std::string fp8_gemm = "tensor-cores";
   bool no_prefix_caching = false;
   double grace_seconds = 20.0;
   std::string log_level = "info";
@@ -65,6 +66,10 @@ int Run(int argc, char** argv) {
                  "with --device cuda: weights on the GPU as bf16 (speed) or f32 (exactness), whatever the file holds; "
                  "fp8: DeepSeek's FP8 matrices stay FP8 (one byte a weight), the rest bf16")
       ->capture_default_str()->check(CLI::IsMember({"bf16", "f32", "fp8"}));
+  app.add_option("--fp8-gemm", fp8_gemm,
+                 "with --device-weight-dtype fp8, for prompts and large batches: tensor-cores (activations quantized "
+                 "to FP8 per row and 128 columns, Hopper's FP8 GEMM) or exact (weights widened to bf16)")
+      ->capture_default_str()->check(CLI::IsMember({"tensor-cores", "exact"}));
   app.add_flag("--cuda-graphs", runtime_options.cuda_graphs,
                "with --device cuda: decode steps of a shape seen before replay a captured CUDA graph (llama and "
                "qwen2 alone on a GPU)");
@@ -105,6 +110,8 @@ int Run(int argc, char** argv) {
       device_weight_dtype == "f32"   ? shoal::worker::DType::kF32
       : device_weight_dtype == "fp8" ? shoal::worker::DType::kF8E4M3
                                      : shoal::worker::DType::kBF16;
+  runtime_options.fp8_gemm = fp8_gemm == "exact" ? shoal::worker::CausalLMOptions::Fp8Gemm::kExact
+                                                 : shoal::worker::CausalLMOptions::Fp8Gemm::kTensorCores;
   runtime_options.engine.enable_prefix_caching = !no_prefix_caching;
   shoal::InitLogging(log_level);
   if (absl::Status st = shoal::worker::ApplyGroupEnv(&group_options); !st.ok()) {
@@ -124,6 +131,7 @@ int Run(int argc, char** argv) {
     const shoal::worker::CausalLMOptions lm_options{.kv_cache_dtype = runtime_options.kv_cache_dtype,
                                                     .device = runtime_options.device,
                                                     .device_weight_dtype = runtime_options.device_weight_dtype,
+                                                    .fp8_gemm = runtime_options.fp8_gemm,
                                                     .cuda_graphs = runtime_options.cuda_graphs,
                                                     .cuda_device = runtime_options.cuda_device};
     return shoal::worker::RunFollower(group_options, *path, runtime_options.num_threads, lm_options,

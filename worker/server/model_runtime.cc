@@ -65,6 +65,7 @@ absl::StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::Load(
   CausalLMOptions lm_options{.kv_cache_dtype = options.kv_cache_dtype,
                              .device = options.device,
                              .device_weight_dtype = options.device_weight_dtype,
+                             .fp8_gemm = options.fp8_gemm,
                              .cuda_graphs = options.cuda_graphs,
                              .cuda_device = options.cuda_device};
   if (!options.model_factory) ResolveCudaDevice(0, &lm_options);

@@ -35,6 +35,7 @@ struct ModelRuntimeOptions {
   DType device_weight_dtype = DType::kBF16;
   int cuda_device = -1;  // CausalLMOptions.cuda_device; -1 = ResolveCudaDevice's choice
   bool cuda_graphs = false;  // CausalLMOptions.cuda_graphs
+  CausalLMOptions::Fp8Gemm fp8_gemm = CausalLMOptions::Fp8Gemm::kTensorCores;  // CausalLMOptions.fp8_gemm
   // > 0 (GPU models only): the KV cache gets this fraction of the device memory still free
   // after the weights are loaded, instead of engine.kv_cache_bytes. The rest is left for
   // the activations and cuBLAS workspaces.

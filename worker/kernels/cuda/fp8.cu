@@ -5,6 +5,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <type_traits>
 
 #include "worker/kernels/cuda/cuda_check.h"
@@ -32,6 +33,46 @@ __global__ void Fp8DequantizeKernel(Fp8Matrix w, T* dst) {
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
     const int64_t r = e / w.cols, c = e % w.cols;
     Store(dst, e, E4M3(w.codes[e]) * w.scales[r * scale_cols + c / kFp8ScaleBlock]);
+  }
+}
+
+constexpr float kE4M3Max = 448.0f;
+
+// One warp per (row, 128-column block): lanes take 4 columns each, the block's amax by
+// shuffles, then each lane writes its codes.
+template <typename X>
+__global__ void Fp8QuantizeRowsKernel(const X* x, int64_t rows, int64_t cols, uint8_t* codes, float* scales,
+                                      Fp8ScaleLayout layout) {
+  const int64_t scale_cols = ScaleCols(cols);
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (warp >= rows * scale_cols) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = warp / scale_cols, b = warp % scale_cols;
+  constexpr int kPerLane = kFp8ScaleBlock / 32;
+  float v[kPerLane];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t c = b * kFp8ScaleBlock + lane * kPerLane + j;
+    v[j] = c < cols ? Load(x, r * cols + c) : 0.0f;
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  // A block of tiny values keeps a normal scale (amax / 448 would flush to 0, then NaN codes).
+  const float scale = amax > 0.0f ? fmaxf(amax / kE4M3Max, FLT_MIN) : 1.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t c = b * kFp8ScaleBlock + lane * kPerLane + j;
+    if (c < cols) codes[r * cols + c] = __nv_cvt_float_to_fp8(v[j] / scale, __NV_SATFINITE, __NV_E4M3);
+  }
+  if (lane == 0) scales[layout.At(r, b, scale_cols)] = scale;
+}
+
+__global__ void Fp8ScalesByBlockKernel(const float* scales, int64_t rows, int64_t scale_cols, float* dst, int64_t ld) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * scale_cols; i += stride) {
+    const int64_t b = i / rows, r = i % rows;  // consecutive threads write consecutive rows of a block
+    dst[b * ld + r] = scales[r * scale_cols + b];
   }
 }
 
@@ -74,6 +115,27 @@ void Fp8Dequantize(cudaStream_t stream, const Fp8Matrix& w, DType to, void* dst)
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
     Fp8DequantizeKernel<T><<<blocks, 256, 0, stream>>>(w, static_cast<T*>(dst));
   });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void Fp8QuantizeRows(cudaStream_t stream, DType x_type, const void* x, int64_t rows, int64_t cols, uint8_t* codes,
+                     float* scales, Fp8ScaleLayout layout) {
+  const int64_t warps = rows * Fp8ScaleCols(cols);
+  if (warps == 0) return;
+  WithType(x_type, [&](auto zero) {
+    using X = decltype(zero);
+    const unsigned blocks = static_cast<unsigned>((warps + 7) / 8);
+    Fp8QuantizeRowsKernel<X><<<blocks, 256, 0, stream>>>(static_cast<const X*>(x), rows, cols, codes, scales, layout);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void Fp8ScalesByBlock(cudaStream_t stream, const float* scales, int64_t rows, int64_t scale_cols, float* dst,
+                      int64_t ld) {
+  const int64_t n = rows * scale_cols;
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
+  Fp8ScalesByBlockKernel<<<blocks, 256, 0, stream>>>(scales, rows, scale_cols, dst, ld);
   SHOAL_CUDA_CHECK_LAUNCH();
 }
 

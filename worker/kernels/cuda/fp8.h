@@ -6,9 +6,9 @@
 // product the CPU's FP8 matmul and Hugging Face's `fp8.float() * scale` compute.
 //
 // Decode steps (a few rows) multiply straight from the codes (Fp8Gemv: half the bytes of
-// bf16 weights per token, the bandwidth a batch-1 step is bound by); longer steps widen
-// the matrix into a scratch of the activations' type and run cuBLAS on it
-// (Fp8Dequantize), where the GEMM's compute, not the weights' bytes, is the cost.
+// bf16 weights per token, the bandwidth a batch-1 step is bound by). Longer steps run on
+// FP8 tensor cores with the activations quantized (fp8_gemm.h: Fp8QuantizeRows below), or
+// widen the matrix into a scratch of the activations' type for cuBLAS (Fp8Dequantize).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -39,6 +39,27 @@ void Fp8Gemv(cudaStream_t stream, const Fp8Matrix& w, DType x_type, const void* 
 
 // dst [rows, cols] of `to` (f32, f16 or bf16) = the dequantized matrix.
 void Fp8Dequantize(cudaStream_t stream, const Fp8Matrix& w, DType to, void* dst);
+
+// Where a [rows, Fp8ScaleCols(cols)] table of block scales lies: row by row (row r's
+// scales together, the weights' own layout) or block by block (block b of every row
+// together: scale (r, b) at b * ld + r).
+struct Fp8ScaleLayout {
+  bool by_block = false;
+  int64_t ld = 0;  // by_block: elements from one block's scales to the next (>= rows)
+  __host__ __device__ int64_t At(int64_t r, int64_t b, int64_t scale_cols) const { return by_block ? b * ld + r : r * scale_cols + b; }
+};
+
+// x [rows, cols] of x_type (f32, f16 or bf16) to FP8 with one scale per row and 128
+// columns, as DeepSeek-V3 quantizes activations for its FP8 GEMMs: scale = amax / 448
+// (1 for an all-zero block), code = e4m3(x / scale), saturating. codes [rows, cols];
+// scales in `layout`.
+void Fp8QuantizeRows(cudaStream_t stream, DType x_type, const void* x, int64_t rows, int64_t cols, uint8_t* codes,
+                     float* scales, Fp8ScaleLayout layout);
+
+// A weight's row-by-row block scales [rows, scale_cols] rewritten block by block into
+// dst (ld elements apart), for a GEMM that wants them so.
+void Fp8ScalesByBlock(cudaStream_t stream, const float* scales, int64_t rows, int64_t scale_cols, float* dst,
+                      int64_t ld);
 
 // Random weights of an FP8 matrix's shape for benchmarks: codes of values uniform in
 // [-1, 1) from a counter hash of (seed, index), every block scale `bound`.

@@ -3,9 +3,9 @@
 #include <dlfcn.h>
 
 #include <string>
-#include <type_traits>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/dl_library.h"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -35,27 +35,13 @@ struct LoadedCublas {
 const LoadedCublas& Cublas() {
   static const LoadedCublas* loaded = [] {
     auto* l = new LoadedCublas();  // never freed: cuBLAS stays loaded for the process
-    void* h = nullptr;
-    std::string tried;
-    for (const char* name : {"libcublas.so.13", "libcublas.so"}) {
-      h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (h != nullptr) break;
-      const char* e = dlerror();
-      tried += std::string(tried.empty() ? "" : "; ") + (e != nullptr ? e : name);
-    }
-    if (h == nullptr) {
-      l->error = "no cuBLAS: " + tried;
-      return l;
-    }
-    auto resolve = [&](auto* fn, const char* symbol) {
-      *fn = reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(dlsym(h, symbol));
-      if (*fn == nullptr && l->error.empty()) l->error = std::string("no cuBLAS: libcublas lacks ") + symbol;
-    };
-    resolve(&l->api.create, "cublasCreate_v2");
-    resolve(&l->api.destroy, "cublasDestroy_v2");
-    resolve(&l->api.set_stream, "cublasSetStream_v2");
-    resolve(&l->api.gemm_ex, "cublasGemmEx");
-    resolve(&l->api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    void* h = OpenLibrary({"libcublas.so.13", "libcublas.so"}, "cuBLAS", &l->error);
+    if (h == nullptr) return l;
+    ResolveSymbol(h, "cublasCreate_v2", "cuBLAS", &l->api.create, &l->error);
+    ResolveSymbol(h, "cublasDestroy_v2", "cuBLAS", &l->api.destroy, &l->error);
+    ResolveSymbol(h, "cublasSetStream_v2", "cuBLAS", &l->api.set_stream, &l->error);
+    ResolveSymbol(h, "cublasGemmEx", "cuBLAS", &l->api.gemm_ex, &l->error);
+    ResolveSymbol(h, "cublasGemmStridedBatchedEx", "cuBLAS", &l->api.gemm_strided_batched_ex, &l->error);
     l->api.set_workspace = reinterpret_cast<decltype(&cublasSetWorkspace_v2)>(dlsym(h, "cublasSetWorkspace_v2"));
     return l;
   }();

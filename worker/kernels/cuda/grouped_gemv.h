@@ -32,7 +32,7 @@ struct StackedMatrices {
 // (accumulate ? y[r, o] : 0) + sum_i x[r, i] * W[o, i] over o < w.rows, W the group's
 // matrix. x [*, cols] of x_type, y [*, rows] of y_type, dense rows. Any group size works;
 // each 8 rows are one more walk along the weights, so past kGroupedGemvMaxRows a GEMM is
-// the faster choice (callers plan that, step_plan.h's PlanExpertGroups).
+// the faster choice (callers plan that, step_plan.h's PlanExpertSlots).
 void GroupedGemv(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, int num_groups,
                  DType x_type, const void* x, DType y_type, void* y, bool accumulate);
 

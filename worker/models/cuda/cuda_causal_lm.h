@@ -21,6 +21,8 @@ class CudaCausalLM : public CausalLM {
   virtual absl::Status ForwardGreedy(const ForwardBatch& batch, std::vector<int32_t>* tokens) = 0;
   // Steps that replayed a captured CUDA graph (CausalLMOptions.cuda_graphs), for tests and logs.
   virtual int64_t graph_launches() const = 0;
+  // GEMMs run on FP8 tensor cores (CausalLMOptions.fp8_gemm kTensorCores), for tests and logs.
+  virtual int64_t fp8_tensor_core_gemms() const = 0;
 };
 
 // The shard of `model` (llama, qwen2, deepseek_v2 or deepseek_v3) on GPU

@@ -95,6 +95,7 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
   vocab_rows_ = config.vocab_size / shard.tp_size;
   vocab_begin_ = vocab_rows_ * shard.tp_rank;
   graphs_requested_ = options.cuda_graphs;
+  fp8_tensor_cores_requested_ = options.fp8_gemm == CausalLMOptions::Fp8Gemm::kTensorCores;
 }
 
 void CudaDecoder::SetUpGraphs() {
@@ -209,21 +210,47 @@ void CudaDecoder::FillOnes(const DeviceBuffer& b) {
 }
 
 absl::Status CudaDecoder::AllocateWeightMatrix(const WeightStore* store, const std::vector<std::string>& names,
-                                               const MatrixSlice& slice, int64_t rows, DeviceMatrix* out) {
+                                               const MatrixSlice& slice, int64_t rows, DeviceMatrix* out,
+                                               int64_t gemm_rows) {
   bool fp8 = keep_fp8_;
   for (const std::string& name : names) fp8 = fp8 && KeepsFp8(store, name, slice);
   RETURN_IF_ERROR(AllocateMatrix(names.front(), rows, slice.cols, fp8 ? DType::kF8E4M3 : wdt_, out));
   weight_bytes_ += out->bytes();
-  if (fp8) largest_fp8_matrix_ = std::max(largest_fp8_matrix_, static_cast<size_t>(rows * slice.cols));
+  if (fp8) {
+    const int64_t view = gemm_rows > 0 ? gemm_rows : rows;
+    largest_fp8_matrix_ = std::max(largest_fp8_matrix_, static_cast<size_t>(view * slice.cols));
+  }
   return absl::OkStatus();
 }
 
 absl::Status CudaDecoder::ReserveFp8Scratch() {
+  if (largest_fp8_matrix_ > 0 && fp8_tensor_cores_requested_ && fp8_gemm_ == nullptr) {
+    fp8_tensor_cores_requested_ = false;  // probe once
+    std::string why_not;
+    fp8_gemm_ = cuda::Fp8BlockGemm::Create(stream_.get(), &gemm_, &why_not);
+    if (fp8_gemm_ == nullptr) {
+      spdlog::warn("FP8 GEMMs widen the weights to {} (no FP8 tensor-core GEMM: {})", DTypeName(wdt_), why_not);
+    } else {
+      spdlog::info("FP8 GEMMs on tensor cores, activations quantized per row and 128 columns ({})",
+                   fp8_gemm_->layouts().Describe());
+    }
+  }
+  // With tensor cores only shapes off their tiles widen: that scratch grows when one comes.
+  if (fp8_gemm_ != nullptr) return absl::OkStatus();
   const size_t bytes = largest_fp8_matrix_ * ElementBytes(wdt_);
   if (bytes <= fp8_scratch_.bytes()) return absl::OkStatus();
   fp8_scratch_ = DeviceBuffer();
   BuffersMoved();
   return Allocate("FP8 matrix widened for a GEMM", bytes, &fp8_scratch_);
+}
+
+absl::Status CudaDecoder::GrowScratch(const char* what, size_t bytes, DeviceBuffer* b) {
+  if (bytes <= b->bytes()) return absl::OkStatus();
+  if (capturing_) return absl::FailedPreconditionError(fmt::format("the {} scratch would grow inside a CUDA graph capture", what));
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // enqueued work may still read the old one
+  *b = DeviceBuffer();
+  BuffersMoved();
+  return Allocate(what, bytes, b);
 }
 
 absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DType y_type, void* y,
@@ -237,14 +264,15 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
     cuda::Fp8Gemv(stream_.get(), m, wdt_, x, T, y_type, y, accumulate);
     return absl::OkStatus();
   }
-  const size_t bytes = static_cast<size_t>(w.rows) * w.cols * ElementBytes(wdt_);
-  if (bytes > fp8_scratch_.bytes()) {
-    if (capturing_) return absl::FailedPreconditionError("the FP8 scratch would grow inside a CUDA graph capture");
-    SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));  // enqueued GEMMs may still read the old one
-    fp8_scratch_ = DeviceBuffer();
-    BuffersMoved();
-    RETURN_IF_ERROR(Allocate("FP8 matrix widened for a GEMM", bytes, &fp8_scratch_));
+  if (fp8_gemm_ != nullptr && fp8_gemm_->Supports(T, w.rows, w.cols, y_type, accumulate)) {
+    RETURN_IF_ERROR(GrowScratch("FP8 GEMM activations", fp8_gemm_->ScratchBytes(T, w.rows, w.cols),
+                                &fp8_gemm_scratch_));
+    fp8_gemm_->Run(m, wdt_, x, T, y_type, y, accumulate, fp8_gemm_scratch_.data());
+    ++fp8_tensor_core_gemms_;
+    return absl::OkStatus();
   }
+  RETURN_IF_ERROR(GrowScratch("FP8 matrix widened for a GEMM",
+                              static_cast<size_t>(w.rows) * w.cols * ElementBytes(wdt_), &fp8_scratch_));
   cuda::Fp8Dequantize(stream_.get(), m, wdt_, fp8_scratch_.data());
   gemm_.Run(wdt_, x, fp8_scratch_.data(), T, w.cols, w.rows, y_type, y, accumulate);
   return absl::OkStatus();

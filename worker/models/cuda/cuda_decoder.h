@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <tuple>
 #include <span>
 #include <string>
@@ -19,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/fp8_gemm.h"
 #include "worker/kernels/cuda/gemm.h"
 #include "worker/kernels/cuda/sampling.h"
 #include "worker/model/model_config.h"
@@ -85,6 +87,7 @@ class CudaDecoder : public CudaCausalLM {
   size_t WeightBytes() const override { return weight_bytes_; }
   size_t FreeDeviceBytes() const override;
   int64_t graph_launches() const override { return graph_launches_; }
+  int64_t fp8_tensor_core_gemms() const override { return fp8_tensor_core_gemms_; }
 
  protected:
   // --- what an architecture supplies ---
@@ -115,13 +118,17 @@ class CudaDecoder : public CudaCausalLM {
     return AllocateWeightMatrix(store, std::vector<std::string>{name}, slice, rows, out);
   }
   // The same for a matrix stacking several tensors (each sliced alike): FP8 only when all are.
+  // gemm_rows: the most rows one GEMM reads (an expert's, of a stack of experts); 0 = all.
   absl::Status AllocateWeightMatrix(const WeightStore* store, const std::vector<std::string>& names,
-                                    const MatrixSlice& slice, int64_t rows, DeviceMatrix* out);
+                                    const MatrixSlice& slice, int64_t rows, DeviceMatrix* out,
+                                    int64_t gemm_rows = 0);
   // Makes sure the FP8 widening scratch fits every FP8 matrix allocated so far (called
   // once the weights are in, so a long step never allocates it after the KV cache).
   absl::Status ReserveFp8Scratch();
   // y[T, w.rows] = x[T, w.cols] · Wᵀ (+ y), x of the weight type: cuBLAS, or for an FP8
-  // matrix Fp8Gemv on a few rows and cuBLAS over the matrix widened into a scratch on more.
+  // matrix Fp8Gemv on a few rows and on more the FP8 tensor-core GEMM (options.fp8_gemm
+  // kTensorCores, where the probe found one) or cuBLAS over the matrix widened into a
+  // scratch.
   absl::Status Gemm(const MatrixView& w, const void* x, int64_t num_tokens, DType y_type, void* y, bool accumulate);
   // Random weights: uniform in ±bound (each call its own seed), or 1 (norms).
   void FillUniform(const cuda::DeviceBuffer& b, DType t, float bound);
@@ -207,6 +214,8 @@ class CudaDecoder : public CudaCausalLM {
   absl::Status Embed(int64_t num_tokens);
   // The R rows of logits_dev_ as whole rows of the vocabulary in *logits (host).
   absl::Status CollectLogits(int64_t R, std::vector<float>* logits);
+  // *b holds at least `bytes` (grown after the stream drains; never inside a capture).
+  absl::Status GrowScratch(const char* what, size_t bytes, cuda::DeviceBuffer* b);
   // Pinned host memory of at least `bytes` (a host communicator's copies).
   float* HostScratch(size_t bytes);
   const void* lm_head() const { return lm_head_.bytes() == 0 ? embed_.data() : lm_head_.data(); }
@@ -219,6 +228,10 @@ class CudaDecoder : public CudaCausalLM {
 
   cuda::DeviceBuffer attn_partials_;  // split-K scratch (AttentionSplitFor)
   cuda::DeviceBuffer fp8_scratch_;    // an FP8 matrix widened for cuBLAS (Gemm)
+  bool fp8_tensor_cores_requested_ = false;        // CausalLMOptions.fp8_gemm
+  std::unique_ptr<cuda::Fp8BlockGemm> fp8_gemm_;  // set by ReserveFp8Scratch when the probe passes
+  cuda::DeviceBuffer fp8_gemm_scratch_;           // its quantized activations and scale tables
+  int64_t fp8_tensor_core_gemms_ = 0;
   // CUDA graphs of decode steps, by (rows, block-table stride, attention splits), each
   // valid while buffers_epoch_ is the one it was captured at.
   struct CapturedStep {
@@ -233,7 +246,7 @@ class CudaDecoder : public CudaCausalLM {
   int64_t graph_launches_ = 0;
   cuda::DeviceBuffer cublas_workspace_;
   uint64_t fill_seed_ = 0;
-  size_t largest_fp8_matrix_ = 0;  // elements of the largest FP8 matrix allocated
+  size_t largest_fp8_matrix_ = 0;  // elements of the largest FP8 matrix one GEMM reads
   cuda::DeviceBuffer kv_;  // the stage's layers' caches, kv_layer_bytes_ each
   size_t kv_layer_bytes_ = 0;
 

@@ -14,6 +14,7 @@
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/grouped_gemv.h"
+#include "worker/kernels/cuda/moe_routing.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/model/model_checks.h"
 #include "worker/models/cuda/cuda_decoder.h"
@@ -70,7 +71,8 @@ struct DeepseekLayerWeights {
   // DeepSeekMoE
   DeviceBuffer router;               // f32 [n_routed_experts, hidden], whole: routing is a discrete
                                      // choice, so it sees the CPU's f32 activations and weights
-  std::vector<float> router_bias;    // noaux_tc's e_score_correction_bias (host: routing runs there)
+  std::vector<float> router_bias;    // noaux_tc's e_score_correction_bias, for routing on the host
+  DeviceBuffer router_bias_dev;      // and on the device
   std::optional<SwiGluWeights> routed;  // experts [begin, end) of experts_
   std::optional<SwiGluWeights> shared;
 };
@@ -100,6 +102,20 @@ class CudaDeepseekModel final : public CudaDecoder {
     shared_features_ = d_.moe_intermediate_size * d_.n_shared_experts / shard.tp_size;
     experts_ = ExpertRange::Of(d_.n_routed_experts, shard.tp_rank, shard.tp_size);
     scale_ = static_cast<float>(cpu::MlaSoftmaxScale(qk_, config.rope_scaling));
+    router_rules_.num_experts = static_cast<int32_t>(d_.n_routed_experts);
+    router_rules_.experts_per_token = static_cast<int32_t>(d_.num_experts_per_tok);
+    router_rules_.num_groups = static_cast<int32_t>(d_.n_group);
+    router_rules_.top_groups = static_cast<int32_t>(d_.topk_group);
+    router_rules_.sigmoid = d_.scoring_func == DeepseekConfig::ScoringFunc::kSigmoid;
+    router_rules_.method = d_.topk_method == DeepseekConfig::TopkMethod::kGreedy               ? cuda::RouterRules::kGreedy
+                           : d_.topk_method == DeepseekConfig::TopkMethod::kGroupLimitedGreedy ? cuda::RouterRules::kGroupLimitedGreedy
+                                                                                              : cuda::RouterRules::kNoauxTc;
+    router_rules_.normalize = d_.norm_topk_prob;
+    router_rules_.scaling = static_cast<float>(d_.routed_scaling_factor);
+    // The kernels' limits (V2-Lite 64 experts, V2 160, V3 256; 6 or 8 a token; 8 groups).
+    device_routing_ = d_.n_routed_experts > 0 && d_.n_routed_experts <= cuda::kMaxRoutedExperts &&
+                      d_.num_experts_per_tok <= cuda::kMaxExpertsPerTokenOnDevice && d_.n_group >= 1 &&
+                      d_.n_group <= 32 && d_.n_routed_experts % d_.n_group == 0;
   }
 
  private:
@@ -125,6 +141,13 @@ class CudaDeepseekModel final : public CudaDecoder {
   absl::Status RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T, float* out,
                          bool accumulate, void* gate_up, void* mlp);
   absl::Status Moe(const DeepseekLayerWeights& L, int64_t T);
+  // Whether a step of T rows routes its MoE layers on the device (few rows: every expert
+  // fits a GroupedGemv group), else on the host.
+  bool RoutesOnDevice(int64_t T) const;
+  // The expert buffers hold `rows` rows (grown after the stream drains).
+  absl::Status EnsureExpertRows(int64_t rows);
+  // The router bias on the device, once the host copy is set.
+  void UploadRouterBias(DeepseekLayerWeights& L);
   cuda::DeviceLatentLayer LatentLayer(int64_t l) const {
     return {kv_layer(l), num_blocks_, block_size_, d_.kv_lora_rank, d_.qk_rope_head_dim, kv_dtype_};
   }
@@ -168,6 +191,9 @@ class CudaDeepseekModel final : public CudaDecoder {
   DeviceBuffer moe_dev_;   // int32 gather rows [T * k], int32 slot rows [T * k], f32 weights [T * k]
   PinnedBuffer logits_host_, moe_host_;
   ExpertSlots plan_;  // the MoE layer's slots, its vectors reused layer after layer
+  cuda::RouterRules router_rules_;
+  bool device_routing_ = false;  // the routing fits the device kernels (RoutesOnDevice)
+  const std::vector<int64_t> no_large_experts_;
 };
 
 absl::Status CudaDeepseekModel::AllocateSwiGlu(const WeightStore* store, const std::string& first, int64_t count,
@@ -189,8 +215,8 @@ absl::Status CudaDeepseekModel::AllocateSwiGlu(const WeightStore* store, const s
   };
   std::vector<std::string> gate_names = each("gate_proj.weight"), up_names = each("up_proj.weight");
   gate_names.insert(gate_names.end(), up_names.begin(), up_names.end());
-  RETURN_IF_ERROR(AllocateWeightMatrix(store, gate_names, gate_up, count * 2 * features, &w->gate_up));
-  return AllocateWeightMatrix(store, each("down_proj.weight"), down, count * hidden, &w->down);
+  RETURN_IF_ERROR(AllocateWeightMatrix(store, gate_names, gate_up, count * 2 * features, &w->gate_up, 2 * features));
+  return AllocateWeightMatrix(store, each("down_proj.weight"), down, count * hidden, &w->down, hidden);
 }
 
 absl::Status CudaDeepseekModel::AllocateLayerWeights(const WeightStore* store) {
@@ -293,6 +319,7 @@ absl::Status CudaDeepseekModel::LoadLayerWeights(const WeightStore& store) {
       ASSIGN_OR_RETURN(VectorParam bias, VectorParam::Load(store, LayerName(i, "mlp.gate.e_score_correction_bias"),
                                                            d_.n_routed_experts));
       L.router_bias.assign(bias.data(), bias.data() + d_.n_routed_experts);
+      UploadRouterBias(L);
     }
     for (int64_t e = experts_.begin; e < experts_.end; ++e) {
       RETURN_IF_ERROR(LoadSwiGlu(store, fmt::format("{}experts.{}.", LayerName(i, "mlp."), e),
@@ -329,6 +356,7 @@ void CudaDeepseekModel::FillRandomLayerWeights() {
     FillUniform(L.router, DType::kF32, bound(c.hidden_size));
     if (L.router.bytes() > 0 && d_.topk_method == DeepseekConfig::TopkMethod::kNoauxTc) {
       L.router_bias.assign(d_.n_routed_experts, 0.0f);
+      UploadRouterBias(L);
     }
     swiglu(L.routed, d_.moe_intermediate_size);
     swiglu(L.shared, d_.moe_intermediate_size * d_.n_shared_experts);
@@ -370,8 +398,9 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
     const int64_t slots = n * k;
     RETURN_IF_ERROR(Allocate("router input", n * hidden * 4, &xn32_));
     RETURN_IF_ERROR(Allocate("router logits", n * d_.n_routed_experts * 4, &logits_));
-    // Per slot: gathered token, slot row, weight (4 bytes each); then the expert groups.
-    const size_t plan_bytes = slots * 12 + (experts_.end - experts_.begin) * sizeof(cuda::GemvGroup);
+    // Per slot: gathered token, slot row, weight (4 bytes each); the expert groups; then,
+    // routing on the device, each slot's expert id and weight.
+    const size_t plan_bytes = slots * 20 + (experts_.end - experts_.begin) * sizeof(cuda::GemvGroup);
     RETURN_IF_ERROR(Allocate("expert slots", plan_bytes, &moe_dev_));
     logits_host_ = PinnedBuffer(n * d_.n_routed_experts * 4);
     moe_host_ = PinnedBuffer(plan_bytes);
@@ -443,42 +472,78 @@ absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_
   return absl::OkStatus();
 }
 
+void CudaDeepseekModel::UploadRouterBias(DeepseekLayerWeights& L) {
+  L.router_bias_dev = DeviceBuffer(L.router_bias.size() * sizeof(float));
+  L.router_bias_dev.CopyFromHost(L.router_bias.data(), L.router_bias.size() * sizeof(float));
+}
+
+absl::Status CudaDeepseekModel::EnsureExpertRows(int64_t rows) {
+  if (rows <= gathered_capacity_) return absl::OkStatus();
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream()));  // nothing enqueued still reads the old buffers
+  const int64_t n = std::max(rows, 2 * gathered_capacity_), mi = d_.moe_intermediate_size;
+  const int64_t hidden = config_.hidden_size;
+  for (DeviceBuffer* b : {&xg_, &eg_up_, &e_mlp_, &e_out_}) *b = DeviceBuffer();
+  gathered_capacity_ = 0;  // until every buffer is back
+  const size_t e = ElementBytes(wdt_);
+  RETURN_IF_ERROR(Allocate("expert inputs", n * hidden * e, &xg_));
+  RETURN_IF_ERROR(Allocate("expert gate_up", n * 2 * mi * e, &eg_up_));
+  RETURN_IF_ERROR(Allocate("expert mlp", n * mi * e, &e_mlp_));
+  RETURN_IF_ERROR(Allocate("expert outputs", n * hidden * 4, &e_out_));
+  gathered_capacity_ = n;
+  return absl::OkStatus();
+}
+
+bool CudaDeepseekModel::RoutesOnDevice(int64_t T) const {
+  return device_routing_ && T <= cuda::kGroupedGemvMaxRows && T * d_.num_experts_per_tok <= cuda::kMaxPlannedSlots;
+}
+
 // h += shared(xn) + sum over the token's experts held here of weight * expert(xn).
 absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   cudaStream_t s = stream();
   const int64_t hidden = config_.hidden_size, E = d_.n_routed_experts, k = d_.num_experts_per_tok;
+  const int64_t slots = T * k, local = experts_.end - experts_.begin;
   float* out = row_out();
-
-  // Routing on the host, by the CPU's rules, over the router logits.
   gemm_.Run(DType::kF32, xn32_.data(), L.router.data(), T, hidden, E, DType::kF32, logits_.data(), false);
-  SHOAL_CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), logits_.data(), T * E * 4, cudaMemcpyDeviceToHost, s));
-  SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the previous layer's slot copy has landed
-  const Routing r = RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
 
-  // Each local expert's tokens as consecutive rows; each token's slots in expert order.
-  const int64_t slots = T * k;
-  ExpertSlots& plan = plan_;
-  PlanExpertSlots(r, T, experts_, &plan);
-  const int64_t gathered = plan.gathered();
-  int32_t* gather = moe_host_.as<int32_t>();
-  std::copy(plan.gather.begin(), plan.gather.end(), gather);
-  std::copy(plan.slot_rows.begin(), plan.slot_rows.end(), gather + slots);
-  std::copy(plan.slot_weights.begin(), plan.slot_weights.end(), reinterpret_cast<float*>(gather + 2 * slots));
-  const int num_small = static_cast<int>(plan.small.size());
-  std::memcpy(gather + 3 * slots, plan.small.data(), num_small * sizeof(cuda::GemvGroup));
-  SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(), slots * 12 + num_small * sizeof(cuda::GemvGroup),
-                                   cudaMemcpyHostToDevice, s));
-  if (gathered > gathered_capacity_) {
-    // The stream is idle (synchronized above): nothing reads the old buffers.
-    const int64_t n = std::max(gathered, 2 * gathered_capacity_), mi = d_.moe_intermediate_size;
-    for (DeviceBuffer* b : {&xg_, &eg_up_, &e_mlp_, &e_out_}) *b = DeviceBuffer();
-    gathered_capacity_ = 0;  // until every buffer is back
-    const size_t e = ElementBytes(wdt_);
-    RETURN_IF_ERROR(Allocate("expert inputs", n * hidden * e, &xg_));
-    RETURN_IF_ERROR(Allocate("expert gate_up", n * 2 * mi * e, &eg_up_));
-    RETURN_IF_ERROR(Allocate("expert mlp", n * mi * e, &e_mlp_));
-    RETURN_IF_ERROR(Allocate("expert outputs", n * hidden * 4, &e_out_));
-    gathered_capacity_ = n;
+  // The slot plan in moe_dev_: gather | slot rows | slot weights (slots each) | groups.
+  int32_t* plan_dev = moe_dev_.as<int32_t>();
+  auto* groups_dev = reinterpret_cast<cuda::GemvGroup*>(plan_dev + 3 * slots);
+  int64_t gathered = 0;  // expert rows (device routing: the bound T * k; rows past the real ones gather token 0)
+  int num_groups = 0;
+  const std::vector<int64_t>* large = &no_large_experts_;
+  if (RoutesOnDevice(T)) {
+    // Routed and planned where the logits are: no synchronization, every expert a group
+    // (at most T <= kGroupedGemvMaxRows rows each).
+    int32_t* ids = plan_dev + 3 * slots + local * (sizeof(cuda::GemvGroup) / 4);
+    auto* weights = reinterpret_cast<float*>(ids + slots);
+    cuda::RouteTokensOnDevice(s, router_rules_, logits_.as<float>(), T,
+                              L.router_bias_dev.bytes() > 0 ? L.router_bias_dev.as<float>() : nullptr, ids, weights);
+    cuda::PlanExpertSlotsOnDevice(s, ids, weights, T, static_cast<int32_t>(k), static_cast<int32_t>(experts_.begin),
+                                  static_cast<int32_t>(experts_.end), plan_dev, plan_dev + slots,
+                                  reinterpret_cast<float*>(plan_dev + 2 * slots), groups_dev);
+    gathered = slots;
+    num_groups = static_cast<int>(local);
+    RETURN_IF_ERROR(EnsureExpertRows(gathered));
+  } else {
+    // Routing on the host, by the CPU's rules, over the router logits.
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), logits_.data(), T * E * 4, cudaMemcpyDeviceToHost, s));
+    SHOAL_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the previous layer's slot copy has landed
+    const Routing r =
+        RouteTokens(d_, logits_host_.as<float>(), T, L.router_bias.empty() ? nullptr : L.router_bias.data());
+    // Each local expert's tokens as consecutive rows; each token's slots in expert order.
+    ExpertSlots& plan = plan_;
+    PlanExpertSlots(r, T, experts_, &plan);
+    gathered = plan.gathered();
+    num_groups = static_cast<int>(plan.small.size());
+    large = &plan.large;
+    int32_t* host = moe_host_.as<int32_t>();
+    std::copy(plan.gather.begin(), plan.gather.end(), host);
+    std::copy(plan.slot_rows.begin(), plan.slot_rows.end(), host + slots);
+    std::copy(plan.slot_weights.begin(), plan.slot_weights.end(), reinterpret_cast<float*>(host + 2 * slots));
+    if (num_groups > 0) std::memcpy(host + 3 * slots, plan.small.data(), num_groups * sizeof(cuda::GemvGroup));
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(moe_dev_.data(), moe_host_.data(),
+                                     slots * 12 + num_groups * sizeof(cuda::GemvGroup), cudaMemcpyHostToDevice, s));
+    RETURN_IF_ERROR(EnsureExpertRows(gathered));
   }
 
   // The shared experts first, as the CPU: alone they add into the residual; with tensor
@@ -488,32 +553,28 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
   } else if (!alone()) {
     SHOAL_CUDA_CHECK(cudaMemsetAsync(out, 0, T * hidden * sizeof(float), s));
   }
-  if (gathered > 0) {
-    const int32_t* d_gather = moe_dev_.as<int32_t>();
-    cuda::GatherRows(s, wdt_, xn_.data(), d_gather, xg_.data(), gathered, hidden);
+  if (gathered > 0) {  // else every slot's expert is on another rank: nothing to run or add
+    cuda::GatherRows(s, wdt_, xn_.data(), plan_dev, xg_.data(), gathered, hidden);
     // Experts of a few rows (every one at decode) in one launch per projection; the
     // others, a GEMM each.
     const int64_t mi = d_.moe_intermediate_size;
-    const auto* groups = reinterpret_cast<const cuda::GemvGroup*>(moe_dev_.as<int32_t>() + 3 * slots);
-    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups, num_small, wdt_, xg_.data(), wdt_,
+    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, wdt_, xg_.data(), wdt_,
                       eg_up_.data(), false);
-    for (const int64_t e : plan.large) {
-      const int64_t o = plan.offset[e];
-      RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan.count[e], wdt_,
+    for (const int64_t e : *large) {
+      const int64_t o = plan_.offset[e];
+      RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan_.count[e], wdt_,
                            At(eg_up_, o * 2 * mi), false));
     }
     cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
-    cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups, num_small, wdt_, e_mlp_.data(), DType::kF32,
+    cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups_dev, num_groups, wdt_, e_mlp_.data(), DType::kF32,
                       e_out_.data(), false);
-    for (const int64_t e : plan.large) {
-      const int64_t o = plan.offset[e];
-      RETURN_IF_ERROR(Gemm(L.routed->down.Rows(e * hidden, hidden), At(e_mlp_, o * mi), plan.count[e], DType::kF32,
+    for (const int64_t e : *large) {
+      const int64_t o = plan_.offset[e];
+      RETURN_IF_ERROR(Gemm(L.routed->down.Rows(e * hidden, hidden), At(e_mlp_, o * mi), plan_.count[e], DType::kF32,
                            e_out_.as<float>() + o * hidden, false));
     }
-  }
-  if (gathered > 0) {  // else every slot's expert is on another rank: nothing to add
-    cuda::AddWeightedRows(s, e_out_.as<float>(), moe_dev_.as<int32_t>() + slots,
-                          reinterpret_cast<const float*>(moe_dev_.as<int32_t>() + 2 * slots), k, out, T, hidden);
+    cuda::AddWeightedRows(s, e_out_.as<float>(), plan_dev + slots, reinterpret_cast<const float*>(plan_dev + 2 * slots),
+                          k, out, T, hidden);
   }
   if (!alone()) RETURN_IF_ERROR(AddReduced(T * hidden));
   return absl::OkStatus();
