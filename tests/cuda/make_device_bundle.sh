@@ -11,6 +11,8 @@
 #              machine's are older than the binaries need
 #   src/       the oracle fixtures the tests read, at their repo paths (SHOAL_SOURCE_DIR)
 #   bench/     the transformers peer and the wrapper printing ratios
+#   sanitizer.tar.xz  compute-sanitizer from NVIDIA's PyPI wheel (memcheck, for a GPU
+#              machine without a toolkit; run_device_bundle.sh prefers an installed one)
 #
 #   tests/cuda/make_device_bundle.sh [BUILD_DIR]     # default build-cuda; builds shoal_cuda
 #
@@ -62,6 +64,31 @@ cp "$here/bench/cuda_decode_hf.py" "$here/bench/cuda_decode_bench.sh" "$bundle/b
 # The libraries compressed (53 MB -> 14 MB): the bundle must travel in under 64 MiB.
 tar -C "$bundle" -cJf "$bundle/lib.tar.xz" lib
 rm -rf "$bundle/lib"
+# compute-sanitizer 13.0 as NVIDIA's wheel lays it out (bin/ and lib/), xz -9: its two
+# copies of the 12 MB collection library share one window (28 MB -> 4.5 MB).
+cache=${SHOAL_CACHE_DIR:-$HOME/.cache/shoal}
+sanitizer_pkg=nvidia-cuda-sanitizer-api==13.0.85
+wheels=$cache/wheels/cuda-13.0
+if ! ls "$wheels"/nvidia_cuda_sanitizer_api-13.0.85-*.whl >/dev/null 2>&1; then
+  mkdir -p "$wheels"
+  python3 -m pip download --quiet --no-deps --dest "$wheels" "$sanitizer_pkg" >&2
+fi
+staging=$(mktemp -d)
+python3 - "$(ls "$wheels"/nvidia_cuda_sanitizer_api-13.0.85-*.whl | head -n 1)" "$staging/sanitizer" <<'PY'
+import os, shutil, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+for info in zipfile.ZipFile(wheel).infolist():
+    for part in ("bin", "lib"):
+        prefix = f"nvidia/cu13/{part}/"
+        if info.filename.startswith(prefix) and not info.filename.endswith("/"):
+            dst = os.path.join(out, part, info.filename[len(prefix):])
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with zipfile.ZipFile(wheel).open(info) as src, open(dst, "wb") as f:
+                shutil.copyfileobj(src, f)
+            os.chmod(dst, 0o755)
+PY
+XZ_OPT=-9 tar -C "$staging" -cJf "$bundle/sanitizer.tar.xz" sanitizer
+rm -rf "$staging"
 git -C "$here" rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || true
 git -C "$here" status --porcelain >>"$bundle/COMMIT" 2>/dev/null || true
 

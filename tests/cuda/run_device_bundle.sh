@@ -202,7 +202,18 @@ run_stage decode_bench 240 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/b
 grep -hE '^(device|skipped|hf_versions|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench.log" 2>/dev/null | tee -a "$summary"
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)
-if [[ -n $sanitizer && -x $sanitizer ]]; then
+if [[ -z $sanitizer && -f $bundle/sanitizer.tar.xz ]]; then  # the bundle's own, from NVIDIA's wheel
+  sanitizer_dir=${TMPDIR:-/tmp}/shoal-sanitizer-$$
+  mkdir -p "$sanitizer_dir"
+  if tar -C "$sanitizer_dir" -xJf "$bundle/sanitizer.tar.xz"; then
+    sanitizer=$sanitizer_dir/sanitizer/bin/compute-sanitizer
+    export LD_LIBRARY_PATH=$sanitizer_dir/sanitizer/lib:$LD_LIBRARY_PATH
+    log "compute-sanitizer: the bundle's ($("$sanitizer" --version 2>&1 | tail -n 1))"
+  fi
+fi
+if grep -q 'skipped: no GPU' "$out/cuda_kernels_test.log" 2>/dev/null; then
+  note "SKIP memcheck: no GPU"  # nothing of the tests reaches the device for it to check
+elif [[ -n $sanitizer && -x $sanitizer ]]; then
   run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_kernels_test" --gtest_brief=1
   run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_decoder_test" \
     --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:*PipelineStages*/qwen2_tiny:CudaDecoderGguf.*:*MixedBatch*/deepseek_v3_tiny:*F32LogitsMatch*/deepseek_v2_lite_tiny'
