@@ -174,7 +174,7 @@ int Run(int argc, char** argv) {
   app.add_option("--prefill-chunk", prefill_chunk, "most tokens per prefill step");
   app.add_option("--layers", layers, "decoder layers (0: the real shape's; fewer for a quick run)");
   bool graphs = false;
-  app.add_flag("--cuda-graphs", graphs, "decode steps replay captured CUDA graphs (llama/qwen2 shapes)");
+  app.add_flag("--cuda-graphs", graphs, "decode steps replay captured CUDA graphs");
   std::string weights = "bf16";
   app.add_option("--weights", weights, "bf16, or fp8 (deepseek-v2-lite: its matrices FP8 on the GPU, as V3 ships)")
       ->check(CLI::IsMember({"bf16", "fp8"}));

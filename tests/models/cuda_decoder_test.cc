@@ -438,8 +438,8 @@ TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
 
 // Decode steps through captured CUDA graphs give the eager steps' logits (within f32
 // rounding) and tokens (teacher-forced, and several sequences of different lengths sharing steps, so
-// block tables and split plans change under the graphs); llama and qwen2 replay graphs,
-// DeepSeek (host routing inside a step) runs eagerly with the option on.
+// block tables and split plans change under the graphs): llama, qwen2 and DeepSeek (its
+// MoE routed on the device at decode) replay graphs.
 TEST_P(CudaDecoder, CudaGraphsReplayTheEagerDecodeSteps) {
   auto eager = Gpu(DType::kF32, DType::kF32);
   auto graphed = Gpu(DType::kF32, DType::kF32, {}, nullptr, /*graphs=*/true);
@@ -455,20 +455,19 @@ TEST_P(CudaDecoder, CudaGraphsReplayTheEagerDecodeSteps) {
   for (size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].generated, eager_runs[i].generated) << "sequence " << i;
   const int64_t launches = dynamic_cast<CudaCausalLM&>(*graphed).graph_launches();
   std::printf("%s: %lld decode steps replayed a CUDA graph\n", GetParam().c_str(), static_cast<long long>(launches));
-  if (IsDeepseek(model_.config.arch)) {
-    EXPECT_EQ(launches, 0);
-  } else {
-    // 31 teacher-forced decode steps over two block-table strides (8 and 16 blocks): all
-    // but the first step of each shape replay.
-    EXPECT_GE(launches, 25);
-  }
+  // 31 teacher-forced decode steps over two block-table strides (8 and 16 blocks): all but
+  // the first step of each shape replay.
+  EXPECT_GE(launches, 25);
 }
 
 // The paths the engine takes through graphs, over a context long enough for split-K
 // attention (560 prompt positions: 3 splits per head): greedy steps (ForwardGreedy) and
 // seeded device sampling (ForwardSample) choose the eager model's tokens at every step.
 TEST_P(CudaDecoder, CudaGraphsCarryGreedyAndSampledStepsOverSplitAttention) {
-  if (IsDeepseek(model_.config.arch)) GTEST_SKIP() << "DeepSeek steps do not capture";
+  // DeepSeek's tokens here hang on discrete expert choices, which cuBLAS's other kernels
+  // under graphs may tip at a near-tie over 60 long-context steps; its graphs are checked
+  // against eager steps over the fixture's short runs above.
+  if (IsDeepseek(model_.config.arch)) GTEST_SKIP() << "DeepSeek: graphs compared in CudaGraphsReplayTheEagerDecodeSteps";
   auto eager_lm = Gpu(DType::kF32, DType::kF32);
   auto graphed_lm = Gpu(DType::kF32, DType::kF32, {}, nullptr, /*graphs=*/true);
   ASSERT_TRUE(eager_lm != nullptr && graphed_lm != nullptr);

@@ -186,8 +186,12 @@ TEST(StepPlan, ExpertGroupsSendEachExpertWithRowsToTheGemvOrTheGemm) {
       EXPECT_GT(plan.count[e], cuda::kGroupedGemvMaxRows);
     }
     for (int64_t e = 0; e < 6; ++e) EXPECT_EQ(seen[e], plan.count[e] > 0 ? 1 : 0) << "T " << T << " expert " << e;
-    if (T == 100) EXPECT_FALSE(plan.large.empty());  // ~37 rows an expert
-    if (T <= 7) EXPECT_TRUE(plan.large.empty());
+    if (T == 100) {
+      EXPECT_FALSE(plan.large.empty());  // ~37 rows an expert
+    }
+    if (T <= 7) {
+      EXPECT_TRUE(plan.large.empty());
+    }
   }
 }
 

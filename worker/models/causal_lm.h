@@ -52,7 +52,8 @@ struct CausalLMOptions {
   enum class Fp8Gemm { kTensorCores, kExact };
   Fp8Gemm fp8_gemm = Fp8Gemm::kTensorCores;
   // kCuda only: decode steps of a shape seen before replay a captured CUDA graph instead
-  // of launching their kernels one by one (llama and qwen2 as a whole model on one GPU).
+  // of launching their kernels one by one (a whole model on one GPU; DeepSeek for steps
+  // of up to 32 rows, which route MoE on the device).
   bool cuda_graphs = false;
   // kCuda only: which of the visible GPUs the model lives on (a rank of a group on a
   // machine with several takes its own; see worker/parallel/group_flags.h).

@@ -71,8 +71,8 @@ int Run(int argc, char** argv) {
                  "to FP8 per row and 128 columns, Hopper's FP8 GEMM) or exact (weights widened to bf16)")
       ->capture_default_str()->check(CLI::IsMember({"tensor-cores", "exact"}));
   app.add_flag("--cuda-graphs", runtime_options.cuda_graphs,
-               "with --device cuda: decode steps of a shape seen before replay a captured CUDA graph (llama and "
-               "qwen2 alone on a GPU)");
+               "with --device cuda: decode steps of a shape seen before replay a captured CUDA graph (a whole "
+               "model alone on a GPU)");
   app.add_option("--kv-cache-memory-fraction", runtime_options.kv_cache_memory_fraction,
                  "with --device cuda: the KV cache takes this fraction of the GPU memory left free by the weights "
                  "(instead of --kv-cache-mb); 0 = use --kv-cache-mb")

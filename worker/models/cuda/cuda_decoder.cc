@@ -484,7 +484,7 @@ absl::StatusOr<int64_t> CudaDecoder::RunStep(const ForwardBatch& batch, std::spa
   RETURN_IF_ERROR(EnsureCapacity(T, R));
   RETURN_IF_ERROR(StageStep(max_blocks));
   // Decode steps of a whole model (every row a sequence's next token) may go through a graph.
-  if (graphs_enabled_ && T > 0 && R == T && tiles_.empty()) {
+  if (graphs_enabled_ && T > 0 && R == T && tiles_.empty() && StepCapturable(T)) {
     ASSIGN_OR_RETURN(const bool done, RunStepThroughGraph(T, R));
     if (done) return R;
   }

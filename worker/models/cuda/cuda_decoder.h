@@ -108,6 +108,8 @@ class CudaDecoder : public CudaCausalLM {
   // Whether a step's layers enqueue device work only (no host synchronization, no
   // collective), so it can be captured into a CUDA graph.
   virtual bool StepsCapturable() const { return false; }
+  // And whether a step of this many rows is (DeepSeek: only when it routes on the device).
+  virtual bool StepCapturable(int64_t num_tokens) const { return true; }
 
   // --- what the base offers them ---
   absl::Status AllocateWeight(const std::string& what, size_t bytes, cuda::DeviceBuffer* out);

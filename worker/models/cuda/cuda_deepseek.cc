@@ -127,6 +127,9 @@ class CudaDeepseekModel final : public CudaDecoder {
   absl::Status GrowRope(int64_t positions) override;
   absl::Status AllocateLayerActivations(int64_t tokens) override;
   absl::Status RunLayer(int64_t l, int64_t num_tokens) override;
+  // Decode steps of a whole model that route on the device enqueue device work only.
+  bool StepsCapturable() const override { return tp_size() == 1 && device_routing_; }
+  bool StepCapturable(int64_t num_tokens) const override { return RoutesOnDevice(num_tokens); }
 
   // `count` MLPs of `features` each on this rank (of full_features in the file, split by
   // tp), whose first one's tensors start with `first` ("model.layers.3.mlp.experts.0.").
@@ -490,6 +493,7 @@ absl::Status CudaDeepseekModel::EnsureExpertRows(int64_t rows) {
   RETURN_IF_ERROR(Allocate("expert mlp", n * mi * e, &e_mlp_));
   RETURN_IF_ERROR(Allocate("expert outputs", n * hidden * 4, &e_out_));
   gathered_capacity_ = n;
+  BuffersMoved();  // captured steps read the old ones
   return absl::OkStatus();
 }
 
