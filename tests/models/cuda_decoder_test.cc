@@ -632,6 +632,24 @@ TEST(CudaFp8Weights, Fp8UploadsWidenToTheHostsDequantizedMatrix) {
   EXPECT_FALSE(KeepsFp8(&store, name, off));
 }
 
+// The GPU model's teacher-forced logits over the fixture's prompt and greedy tokens, each
+// step within kBf16Tolerance of the CPU model's; *worst: the largest relative error.
+std::vector<std::vector<float>> ForcedWithinBf16Tolerance(CausalLM& cpu, CausalLM& gpu,
+                                                          const testing::OracleExpectation& expected, double* worst) {
+  EXPECT_TRUE(cpu.AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  EXPECT_TRUE(gpu.AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
+  const auto want = ForcedLogits(cpu, expected.prompt, expected.greedy);
+  auto got = ForcedLogits(gpu, expected.prompt, expected.greedy);
+  EXPECT_EQ(got.size(), want.size());
+  *worst = 0;
+  for (size_t s = 0; s < std::min(want.size(), got.size()); ++s) {
+    const double err = RelativeError(got[s].data(), want[s]);
+    *worst = std::max(*worst, err);
+    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
+  }
+  return got;
+}
+
 // DeepSeek's FP8 matrices kept at one byte a weight on the GPU (device weight dtype
 // F8_E4M3, activations bf16, fp8_gemm kExact): decode steps multiply from the codes
 // (Fp8Gemv), the prompt step widens them for cuBLAS; every teacher-forced step within the
@@ -656,17 +674,8 @@ TEST(CudaFp8Weights, DeepseekFp8MatricesStayFp8AndMatchTheCpu) {
   std::printf("fp8_deepseek_v3_tiny weight bytes on the GPU: fp8 %zu, bf16 %zu\n", (*fp8)->WeightBytes(),
               (*bf16)->WeightBytes());
   EXPECT_LT((*fp8)->WeightBytes(), (*bf16)->WeightBytes() * 3 / 4);
-  ASSERT_TRUE((*cpu)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
-  ASSERT_TRUE((*fp8)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
-  const auto want = ForcedLogits(**cpu, expected.prompt, expected.greedy);
-  const auto got = ForcedLogits(**fp8, expected.prompt, expected.greedy);
-  ASSERT_EQ(got.size(), want.size());
   double worst = 0;
-  for (size_t s = 0; s < want.size(); ++s) {
-    const double err = RelativeError(got[s].data(), want[s]);
-    worst = std::max(worst, err);
-    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
-  }
+  const auto got = ForcedWithinBf16Tolerance(**cpu, **fp8, expected, &worst);
   std::printf("fp8_deepseek_v3_tiny fp8 weights: worst relative error %.3e vs CPU\n", worst);
   // Against the same model widened to bf16 on the GPU: the prompt step widens the FP8
   // matrices into bf16 for cuBLAS, the very weights the bf16 model holds; decode steps
@@ -700,17 +709,8 @@ TEST(CudaFp8Weights, DeepseekFp8TensorCoreGemmsStayWithinTheBf16ToleranceOfTheCp
   auto fp8 = CreateCudaCausalLM(*model, ShardSpec{}, OnCuda(DType::kF8E4M3, DType::kF32));
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ASSERT_TRUE(fp8.ok()) << fp8.status();
-  ASSERT_TRUE((*cpu)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
-  ASSERT_TRUE((*fp8)->AllocateKvCache(4 * kBlocksPerSeq, kBlockSize).ok());
-  const auto want = ForcedLogits(**cpu, expected.prompt, expected.greedy);
-  const auto got = ForcedLogits(**fp8, expected.prompt, expected.greedy);
-  ASSERT_EQ(got.size(), want.size());
   double worst = 0;
-  for (size_t s = 0; s < want.size(); ++s) {
-    const double err = RelativeError(got[s].data(), want[s]);
-    worst = std::max(worst, err);
-    EXPECT_LE(err, kBf16Tolerance) << "step " << s;
-  }
+  const auto got = ForcedWithinBf16Tolerance(**cpu, **fp8, expected, &worst);
   int major = 0;
   SHOAL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   std::printf("fp8_deepseek_v3_tiny FP8 tensor-core GEMMs: %lld, worst relative error %.3e vs CPU\n",

@@ -83,6 +83,22 @@ TEST(StepPlan, SamplingRowsCarryTheirOptionsAndDistinctPenaltyTokens) {
   EXPECT_EQ(params[2].repetition_penalty, 1.3f);
 }
 
+// Each of T tokens routed to k distinct experts of E at random, weights in [0.1, 1).
+Routing RandomRouting(int64_t T, int64_t k, int64_t E, std::mt19937& rng) {
+  Routing r;
+  r.k = k;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> ids(E);
+    for (int32_t e = 0; e < E; ++e) ids[e] = e;
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (int64_t j = 0; j < k; ++j) {
+      r.ids.push_back(ids[j]);
+      r.weights.push_back(std::uniform_real_distribution<float>(0.1f, 1.0f)(rng));
+    }
+  }
+  return r;
+}
+
 // Random routings: the gathered rows group each local expert's tokens in token order, a
 // token's slots come in expert order with their weights, and combining toy experts
 // through the plan gives the direct per-token sum in expert order, exactly.
@@ -91,17 +107,7 @@ TEST(StepPlan, ExpertSlotsGroupTokensByExpertAndKeepEachTokensExpertOrder) {
   for (int trial = 0; trial < 50; ++trial) {
     const int64_t T = 1 + trial % 9, k = 3, E = 8;
     const ExpertRange local{2, 6};
-    Routing r;
-    r.k = k;
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<int32_t> ids(E);
-      for (int32_t e = 0; e < E; ++e) ids[e] = e;
-      std::shuffle(ids.begin(), ids.end(), rng);
-      for (int64_t j = 0; j < k; ++j) {
-        r.ids.push_back(ids[j]);
-        r.weights.push_back(std::uniform_real_distribution<float>(0.1f, 1.0f)(rng));
-      }
-    }
+    const Routing r = RandomRouting(T, k, E, rng);
     ExpertSlots plan;
     PlanExpertSlots(r, T, local, &plan);
     ASSERT_EQ(plan.count.size(), 4u);
@@ -158,17 +164,7 @@ TEST(StepPlan, ExpertGroupsSendEachExpertWithRowsToTheGemvOrTheGemm) {
   for (const int64_t T : {int64_t{1}, int64_t{7}, int64_t{40}, int64_t{100}}) {
     const int64_t k = 3, E = 8;
     const ExpertRange local{1, 7};
-    Routing r;
-    r.k = k;
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<int32_t> ids(E);
-      for (int32_t e = 0; e < E; ++e) ids[e] = e;
-      std::shuffle(ids.begin(), ids.end(), rng);
-      for (int64_t j = 0; j < k; ++j) {
-        r.ids.push_back(ids[j]);
-        r.weights.push_back(1.0f);
-      }
-    }
+    const Routing r = RandomRouting(T, k, E, rng);
     ExpertSlots plan;
     PlanExpertSlots(r, T, local, &plan);
     std::vector<int> seen(6, 0);
