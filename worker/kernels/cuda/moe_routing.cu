@@ -145,8 +145,16 @@ __global__ void PlanExpertSlotsKernel(const int32_t* ids, const float* weights, 
   }
   __syncthreads();
   if (threadIdx.x == 0) {
+    // The experts with rows, in expert order, as the launch's first groups (at most T * k
+    // of them; the rest of min(local, T * k) empty), so GroupedGemv's grid is not mostly
+    // experts without tokens.
     s_offset[0] = 0;
-    for (int e = 0; e < local; ++e) s_offset[e + 1] = s_offset[e] + s_count[e];
+    int m = 0;
+    for (int e = 0; e < local; ++e) {
+      s_offset[e + 1] = s_offset[e] + s_count[e];
+      if (s_count[e] > 0) groups[m++] = GemvGroup{e, s_offset[e], s_count[e], 0};
+    }
+    for (const int g = min(local, slots); m < g; ++m) groups[m] = GemvGroup{0, 0, 0, 0};
   }
   __syncthreads();
   // Each local expert's slots in slot order, so its tokens in token order.
@@ -157,7 +165,6 @@ __global__ void PlanExpertSlotsKernel(const int32_t* ids, const float* weights, 
       gather[row] = i / k;
       s_row_of[i] = row++;
     }
-    groups[e] = GemvGroup{e, s_offset[e], s_count[e], 0};
   }
   for (int i = threadIdx.x; i < slots; i += blockDim.x) {
     if (s_ids[i] < begin || s_ids[i] >= end) s_row_of[i] = -1;

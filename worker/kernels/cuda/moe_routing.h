@@ -40,9 +40,10 @@ void RouteTokensOnDevice(cudaStream_t stream, const RouterRules& rules, const fl
 // weights, as PlanExpertSlots makes it: gather [T * k] (gathered row -> token; rows
 // grouped by expert, tokens in order; entries past the gathered rows 0), slot_rows and
 // slot_weights [T * k] (each token's slots ordered by expert id; row -1 for an expert on
-// another rank), and one GroupedGemv group per local expert (groups [local]: matrix e,
-// its first row and its row count, 0 for an expert without tokens). T * k at most
-// kMaxPlannedSlots; one block.
+// another rank), and the GroupedGemv groups: groups [min(local, T * k)], first one per
+// local expert with tokens in expert order (matrix e, its first row, its row count: the
+// host plan's `small`), then empty ones (0 rows). T * k at most kMaxPlannedSlots; one
+// block.
 void PlanExpertSlotsOnDevice(cudaStream_t stream, const int32_t* ids, const float* weights, int64_t num_tokens,
                              int32_t k, int32_t expert_begin, int32_t expert_end, int32_t* gather, int32_t* slot_rows,
                              float* slot_weights, GemvGroup* groups);

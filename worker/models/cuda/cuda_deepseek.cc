@@ -526,7 +526,7 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
                                   static_cast<int32_t>(experts_.end), plan_dev, plan_dev + slots,
                                   reinterpret_cast<float*>(plan_dev + 2 * slots), groups_dev);
     gathered = slots;
-    num_groups = static_cast<int>(local);
+    num_groups = static_cast<int>(std::min(local, slots));  // the experts with rows first, then empty groups
     RETURN_IF_ERROR(EnsureExpertRows(gathered));
   } else {
     // Routing on the host, by the CPU's rules, over the router logits.
