@@ -182,6 +182,10 @@ int Run(int argc, char** argv) {
   app.add_option("--fp8-gemm", fp8_gemm,
                  "with --weights fp8, steps of more than 8 rows: tensor-cores (FP8 activations) or exact (widened)")
       ->check(CLI::IsMember({"tensor-cores", "exact"}));
+  std::string small_step_matmul = "gemv";
+  app.add_option("--small-step-matmul", small_step_matmul,
+                 "steps of at most 8 rows, dense weights: gemv (a warp per output row) or cublas")
+      ->check(CLI::IsMember({"gemv", "cublas"}));
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -200,6 +204,8 @@ int Run(int argc, char** argv) {
   options.device_weight_dtype = weights == "fp8" ? DType::kF8E4M3 : DType::kBF16;
   options.cuda_graphs = graphs;
   options.fp8_gemm = fp8_gemm == "exact" ? CausalLMOptions::Fp8Gemm::kExact : CausalLMOptions::Fp8Gemm::kTensorCores;
+  options.small_step_matmul = small_step_matmul == "cublas" ? CausalLMOptions::SmallStepMatmul::kCublas
+                                                            : CausalLMOptions::SmallStepMatmul::kGemv;
   options.kv_cache_dtype = DType::kBF16;  // as transformers keeps it for a bf16 model
   auto lm_or = CreateRandomCudaCausalLM(config, options, 1234);
   if (!lm_or.ok()) {

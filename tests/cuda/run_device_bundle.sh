@@ -10,7 +10,7 @@
 #   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
-#      decode with CUDA graphs, NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
+#      decode with CUDA graphs (GEMV kernel, then cuBLAS, for the dense products), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
 #      DeepSeek-V2-Lite's shape, in bf16 and then FP8 (tensor-core and widened GEMMs);
 #   4. writes $OUT/summary.txt and prints it last.
 #
@@ -226,6 +226,12 @@ fi
 run_stage decode_bench_graphs 150 "$bundle/bin/cuda-decode-bench" --cuda-graphs --batch 0
 grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs.log" 2>/dev/null | sed 's/^/graphs_/' |
   tee -a "$summary"
+# The same with cuBLAS for the dense products instead of the GEMV kernel (which decode
+# steps take by default): which of the two reads the weights faster at batch 1.
+run_stage decode_bench_graphs_cublas 120 "$bundle/bin/cuda-decode-bench" --cuda-graphs --batch 0 \
+  --small-step-matmul cublas
+grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs_cublas.log" 2>/dev/null |
+  sed 's/^/graphs_cublas_/' | tee -a "$summary"
 
 # NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
 run_stage nccl_bench 90 "$bundle/bin/cuda-nccl-bench"

@@ -205,6 +205,70 @@ TEST_P(CudaKernels, RopeMatchesCpuInBothPairings) {
   }
 }
 
+// The fused step after a llama block's q/k/v GEMM gives what its four kernels give in turn
+// (AddBias, ApplyRope on q and on k, WriteKv): the same queries in place and the same
+// cache, with and without bias, in both pairings, rotating all of a head or part of it.
+TEST_P(CudaKernels, RopeAndWriteKvMatchesBiasRopeAndWriteKvInTurn) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  const int64_t heads = 6, kv_heads = 2, hd = 64, width = (heads + 2 * kv_heads) * hd, ld = width + 8;
+  const int block_size = 16, blocks_per_seq = 4;
+  const int64_t num_blocks = 2 * blocks_per_seq;
+  const std::vector<int32_t> tables = {5, 1, 7, 3, 0, 6, 2, 4};
+  const std::vector<int32_t> seq = {0, 0, 0, 1, 1};
+  const std::vector<int64_t> pos = {0, 1, 2, 40, 63};
+  const int64_t T = static_cast<int64_t>(seq.size());
+  DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
+  const RowsOnDevice rows(seq, pos, dtables, blocks_per_seq);
+  const std::vector<float> bias = Random(width, 41, 0.5f);
+  DeviceBuffer dbias = Upload(bias.data(), bias.size() * 4);
+  const size_t cache_bytes = num_blocks * block_size * kv_heads * hd * ElementBytes(t);
+  for (const int64_t rotary : {hd, hd / 2}) {
+    cpu::RopeTable table(rotary, 10000.0, RopeScaling{}, 64);
+    std::vector<float> cos, sin;
+    for (int64_t p = 0; p < table.num_positions(); ++p) {
+      cos.insert(cos.end(), table.cos(p), table.cos(p) + rotary / 2);
+      sin.insert(sin.end(), table.sin(p), table.sin(p) + rotary / 2);
+    }
+    DeviceBuffer dcos = Upload(cos.data(), cos.size() * 4), dsin = Upload(sin.data(), sin.size() * 4);
+    for (const bool interleaved : {false, true}) {
+      for (const bool with_bias : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "rotary " << rotary << (interleaved ? " interleaved" : " rotate_half")
+                                          << (with_bias ? " bias" : ""));
+        const std::vector<float> qkv = Random(T * ld, 42);
+        const std::vector<std::byte> zeros(cache_bytes);
+        DeviceBuffer want_qkv = Upload(qkv.data(), qkv.size() * 4), got_qkv = Upload(qkv.data(), qkv.size() * 4);
+        DeviceBuffer want_k = Upload(zeros.data(), cache_bytes), want_v = Upload(zeros.data(), cache_bytes);
+        DeviceBuffer got_k = Upload(zeros.data(), cache_bytes), got_v = Upload(zeros.data(), cache_bytes);
+        const DeviceKvLayer want_cache{want_k.data(), want_v.data(), num_blocks, block_size, kv_heads, hd, t};
+        const DeviceKvLayer got_cache{got_k.data(), got_v.data(), num_blocks, block_size, kv_heads, hd, t};
+        float* w = want_qkv.as<float>();
+        if (with_bias) AddBias(nullptr, w, T, ld, dbias.as<float>(), width);
+        ApplyRope(nullptr, DType::kF32, w, T, ld, rows.rows.row_pos, heads, hd, rotary, dcos.as<float>(),
+                  dsin.as<float>(), interleaved);
+        ApplyRope(nullptr, DType::kF32, w + heads * hd, T, ld, rows.rows.row_pos, kv_heads, hd, rotary,
+                  dcos.as<float>(), dsin.as<float>(), interleaved);
+        WriteKv(nullptr, want_cache, rows.rows, w + heads * hd, ld, w + (heads + kv_heads) * hd, ld);
+        RopeAndWriteKv(nullptr, got_cache, rows.rows, got_qkv.as<float>(), ld, with_bias ? dbias.as<float>() : nullptr,
+                       heads, rotary, dcos.as<float>(), dsin.as<float>(), interleaved);
+        SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+        // The queries (the first heads * hd of each row) in place; the rest of qkv is not read again.
+        const std::vector<float> want_rows = Decode(Download(want_qkv), DType::kF32);
+        const std::vector<float> got_rows = Decode(Download(got_qkv), DType::kF32);
+        std::vector<float> want_q, got_q;
+        for (int64_t r = 0; r < T; ++r) {
+          want_q.insert(want_q.end(), want_rows.begin() + r * ld, want_rows.begin() + r * ld + heads * hd);
+          got_q.insert(got_q.end(), got_rows.begin() + r * ld, got_rows.begin() + r * ld + heads * hd);
+        }
+        // One rounding apart at most (a fused multiply-add where the other has two roundings).
+        ExpectClose(got_q, want_q, 1e-6);
+        ExpectClose(Decode(Download(got_k), t), Decode(Download(want_k), t), OutputTolerance(t, 1e-6));
+        ExpectClose(Decode(Download(got_v), t), Decode(Download(want_v), t), 0.0);
+      }
+    }
+  }
+}
+
 TEST_P(CudaKernels, SiluMulMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();

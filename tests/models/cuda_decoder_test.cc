@@ -149,10 +149,12 @@ class CudaDecoder : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<CausalLM> Gpu(DType weights, DType kv, const ShardSpec& shard = {},
-                                Communicator* tensor_group = nullptr, bool graphs = false) {
+                                Communicator* tensor_group = nullptr, bool graphs = false,
+                                CausalLMOptions::SmallStepMatmul small_steps = CausalLMOptions::SmallStepMatmul::kGemv) {
     CausalLMOptions o = OnCuda(weights, kv);
     o.tensor_group = tensor_group;
     o.cuda_graphs = graphs;
+    o.small_step_matmul = small_steps;
     auto lm = CreateCausalLM(model_, shard, nullptr, o);
     EXPECT_TRUE(lm.ok()) << lm.status();
     if (!lm.ok()) return nullptr;
@@ -258,6 +260,27 @@ void ExpectRowsClose(const std::vector<std::vector<float>>& got, const std::vect
   for (size_t s = 0; s < want.size(); ++s) {
     ASSERT_EQ(got[s].size(), want[s].size()) << what << " step " << s;
     EXPECT_LE(RelativeError(got[s].data(), want[s]), kF32Tolerance) << what << " step " << s;
+  }
+}
+
+// Decode steps multiply the dense weights with the GEMV kernel by default, or with cuBLAS:
+// teacher-forced logits of each agree within the f32 tolerance in f32, and within the
+// bf16 one in bf16 (the prompt step is a GEMM either way; every later step is one row).
+TEST_P(CudaDecoder, DecodeStepsGiveTheSameLogitsThroughTheGemvKernelAndCublas) {
+  using Choice = CausalLMOptions::SmallStepMatmul;
+  for (const DType weights : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string(DTypeName(weights)));
+    auto gemv = Gpu(weights, DType::kF32, {}, nullptr, false, Choice::kGemv);
+    auto cublas = Gpu(weights, DType::kF32, {}, nullptr, false, Choice::kCublas);
+    ASSERT_TRUE(gemv != nullptr && cublas != nullptr);
+    const auto want = ForcedLogits(*cublas, expected_.prompt, expected_.greedy);
+    const auto got = ForcedLogits(*gemv, expected_.prompt, expected_.greedy);
+    ASSERT_EQ(got.size(), want.size());
+    ASSERT_GE(want.size(), 2u) << "no decode step to compare";
+    for (size_t s = 0; s < want.size(); ++s) {
+      EXPECT_LE(RelativeError(got[s].data(), want[s]), weights == DType::kF32 ? kF32Tolerance : kBf16Tolerance)
+          << "step " << s;
+    }
   }
 }
 

@@ -34,6 +34,45 @@ __global__ void WriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, in
   if (vc != nullptr) vc[at] = FromFloat<T>(v[r * ldv + e]);  // null: a latent cache, one entry per slot
 }
 
+// One thread per (row, head of q, k or v, pair of the head's elements): pair i < half
+// rotates (i, i + half), or (2i, 2i + 1) interleaved, as RopeKernel; the others, and every
+// pair of a value head, are elements (2i, 2i + 1) as they are.
+template <typename T>
+__global__ void RopeAndWriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, int64_t head_dim, DeviceRows rows,
+                                     float* qkv, int64_t ld, const float* bias, int64_t num_heads, int64_t rotary_dim,
+                                     const float* cos, const float* sin, bool interleaved) {
+  const int64_t pairs = head_dim / 2, half = rotary_dim / 2, heads = num_heads + 2 * kv_heads;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows.num_rows * heads * pairs) return;
+  const int64_t i = idx % pairs, h = (idx / pairs) % heads, r = idx / (pairs * heads);
+  const bool is_v = h >= num_heads + kv_heads, rotates = !is_v && i < half;
+  const int64_t a = rotates && !interleaved ? i : 2 * i, b = rotates && !interleaved ? i + half : 2 * i + 1;
+  float* head = qkv + r * ld + h * head_dim;
+  float x0 = head[a], x1 = head[b];
+  if (bias != nullptr) {
+    x0 += bias[h * head_dim + a];
+    x1 += bias[h * head_dim + b];
+  }
+  const int64_t pos = rows.row_pos[r];
+  if (rotates) {
+    const float c = cos[pos * half + i], s = sin[pos * half + i];
+    const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+    x0 = y0;
+    x1 = y1;
+  }
+  if (h < num_heads) {
+    head[a] = x0;
+    head[b] = x1;
+    return;
+  }
+  const int64_t g = is_v ? h - num_heads - kv_heads : h - num_heads;
+  const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
+  T* cache = is_v ? vc : kc;
+  const int64_t at = SlotOffset(table, pos, block_size, kv_heads, g, head_dim);
+  cache[at + a] = FromFloat<T>(x0);
+  cache[at + b] = FromFloat<T>(x1);
+}
+
 // One block per (row, head, split). Keys are the first k_dim elements of a cache slot of
 // slot_dim, values the first v_dim of the value cache's slot (for MLA both are the same
 // latent entry: keys [c, k_pe], values c). kLaneDims bounds max(k_dim, v_dim) / 32.
@@ -230,6 +269,24 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
     WriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
         static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim,
         rows, k, ldk, v, ldv);
+  });
+  SHOAL_CUDA_CHECK_LAUNCH();
+}
+
+void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, float* qkv, int64_t ld,
+                    const float* bias, int64_t num_heads, int64_t rotary_dim, const float* cos, const float* sin,
+                    bool interleaved) {
+  if (cache.head_dim % 2 != 0 || rotary_dim % 2 != 0 || rotary_dim > cache.head_dim || rotary_dim < 0) {
+    DieOnCudaError("RopeAndWriteKv", "head_dim and rotary_dim must be even, rotary_dim at most head_dim", __FILE__,
+                   __LINE__);
+  }
+  const int64_t work = rows.num_rows * (num_heads + 2 * cache.num_kv_heads) * (cache.head_dim / 2);
+  if (work == 0) return;
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    RopeAndWriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
+        static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim,
+        rows, qkv, ld, bias, num_heads, rotary_dim, cos, sin, interleaved);
   });
   SHOAL_CUDA_CHECK_LAUNCH();
 }

@@ -75,6 +75,18 @@ size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, i
 void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* k, int64_t ldk,
              const float* v, int64_t ldv);
 
+// The step of a llama block between its q/k/v GEMM and attention, in one launch where it
+// was four (AddBias, ApplyRope on q, on k, WriteKv): qkv f32 [num_rows, ld] holds per row
+// num_heads query heads, then the cache's num_kv_heads key heads, then as many value
+// heads, head_dim each. Adds bias (f32, one per element of those heads; null: none) to
+// every element, rotates the first rotary_dim dimensions of each query and key head by
+// its row's position (rows.row_pos; ApplyRope's tables and pairing, same arithmetic),
+// writes the queries back in place and stores keys and values in their cache slots as
+// WriteKv does. The keys and values in qkv are left unrotated and without bias.
+void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, float* qkv, int64_t ld,
+                    const float* bias, int64_t num_heads, int64_t rotary_dim, const float* cos, const float* sin,
+                    bool interleaved);
+
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
 // g = h / (num_heads / num_kv_heads). q and out f32. One block per (row, head); its warps
 // take every 4th key with a running max and sum (online softmax) and merge at the end,

@@ -32,8 +32,8 @@ __device__ __forceinline__ float WeightValue(W v) {
   }
 }
 
-// Weights [i0, i0 + kSpan) of a row as f32 (zeros past n): one or more 16-byte loads when
-// the row is aligned for them.
+// Elements [i0, i0 + kSpan) of a weight or input row as f32 (zeros past n): one or more
+// 16-byte loads when the row is aligned for them.
 template <typename W>
 __device__ __forceinline__ void LoadSpan(const W* p, bool vector, int n, float (&out)[kSpan]) {
   if (vector) {
@@ -53,7 +53,7 @@ __device__ __forceinline__ void LoadSpan(const W* p, bool vector, int n, float (
 // the group's rows in passes of kChunk, each pass one walk along the weight row (a row of
 // a few KB stays in L1 from one pass to the next).
 template <typename W, typename X, typename Y>
-__global__ void GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y,
+__global__ void __launch_bounds__(32 * kWarps, 4) GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y,
                                   bool accumulate) {
   const GemvGroup g = groups != nullptr ? groups[blockIdx.y] : single;
   const int lane = threadIdx.x % 32;
@@ -64,6 +64,9 @@ __global__ void GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, Ge
   const int64_t scale_cols = (cols + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
   const float* scales = std::is_same_v<W, Fp8Code> ? w.scales + wrow * scale_cols : nullptr;
   const bool vector = (cols * sizeof(W)) % 16 == 0 && cols % kSpan == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
+  // The inputs too: element by element, a warp's load of x touches 32 spans 32+ bytes
+  // apart, eight or more L1 wavefronts for 64 useful bytes, once per weight.
+  const bool x_vector = (cols * sizeof(X)) % 16 == 0 && cols % kSpan == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int r0 = 0; r0 < g.num_rows; r0 += kChunk) {
     const int rows = min(kChunk, g.num_rows - r0);
     const X* xr = x + (static_cast<int64_t>(g.first_row) + r0) * cols;
@@ -80,11 +83,11 @@ __global__ void GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, Ge
 #pragma unroll
       for (int t = 0; t < kChunk; ++t) {
         if (t >= rows) break;
+        float xv[kSpan];  // zeros past n, as wv: the products there add +0
+        LoadSpan(xr + t * cols + i0, x_vector && n == kSpan, n, xv);
         float a = acc[t];
 #pragma unroll
-        for (int j = 0; j < kSpan; ++j) {
-          if (j < n) a += wv[j] * Load(xr, t * cols + i0 + j);
-        }
+        for (int j = 0; j < kSpan; ++j) a += wv[j] * xv[j];
         acc[t] = a;
       }
     }

@@ -36,6 +36,10 @@ struct StackedMatrices {
 void GroupedGemv(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, int num_groups,
                  DType x_type, const void* x, DType y_type, void* y, bool accumulate);
 
+// Rows a Gemv multiplies in one walk along the weights: up to here a decode step's dense
+// products take it rather than a GEMM (CausalLMOptions.small_step_matmul).
+constexpr int64_t kGemvMaxRows = 8;
+
 // One group without a device array: rows [0, num_rows) of x and y times matrix 0.
 void Gemv(cudaStream_t stream, const StackedMatrices& w, int64_t num_rows, DType x_type, const void* x, DType y_type,
           void* y, bool accumulate);

@@ -12,6 +12,7 @@
 #include "worker/common/status_macros.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/fp8.h"
+#include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
 #include "worker/kernels/cuda/sampling.h"
 #include "worker/models/cuda/device_weights.h"
@@ -96,6 +97,7 @@ CudaDecoder::CudaDecoder(const ModelConfig& config, const ShardSpec& shard, cons
   vocab_begin_ = vocab_rows_ * shard.tp_rank;
   graphs_requested_ = options.cuda_graphs;
   fp8_tensor_cores_requested_ = options.fp8_gemm == CausalLMOptions::Fp8Gemm::kTensorCores;
+  small_steps_gemv_ = options.small_step_matmul == CausalLMOptions::SmallStepMatmul::kGemv;
 }
 
 void CudaDecoder::SetUpGraphs() {
@@ -256,7 +258,7 @@ absl::Status CudaDecoder::GrowScratch(const char* what, size_t bytes, DeviceBuff
 absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DType y_type, void* y,
                                bool accumulate) {
   if (w.dtype != DType::kF8E4M3) {
-    gemm_.Run(wdt_, x, w.data, T, w.cols, w.rows, y_type, y, accumulate);
+    DenseGemm(w.data, w.cols, w.rows, x, T, y_type, y, accumulate);
     return absl::OkStatus();
   }
   const cuda::Fp8Matrix m{static_cast<const uint8_t*>(w.data), w.scales, w.rows, w.cols};
@@ -276,6 +278,16 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
   cuda::Fp8Dequantize(stream_.get(), m, wdt_, fp8_scratch_.data());
   gemm_.Run(wdt_, x, fp8_scratch_.data(), T, w.cols, w.rows, y_type, y, accumulate);
   return absl::OkStatus();
+}
+
+void CudaDecoder::DenseGemm(const void* w, int64_t in, int64_t out, const void* x, int64_t T, DType y_type, void* y,
+                            bool accumulate) {
+  if (small_steps_gemv_ && T <= cuda::kGemvMaxRows) {
+    const cuda::StackedMatrices m{w, nullptr, wdt_, out, in, out};
+    cuda::Gemv(stream_.get(), m, T, wdt_, x, y_type, y, accumulate);
+    return;
+  }
+  gemm_.Run(wdt_, x, w, T, in, out, y_type, y, accumulate);
 }
 
 absl::Status CudaDecoder::UploadRope(const float* cos, const float* sin, int64_t positions, int64_t half) {
@@ -506,7 +518,7 @@ absl::Status CudaDecoder::EnqueueStep(int64_t T, int64_t R, std::span<const floa
   // Final norm and vocabulary projection only for the rows the caller samples from.
   cuda::RmsNormRows(s, x_.as<float>(), d_logit_rows_, final_norm_.as<float>(), wdt_, hn_.data(), R, c.hidden_size,
                     static_cast<float>(c.rms_norm_eps));
-  gemm_.Run(wdt_, hn_.data(), lm_head(), R, c.hidden_size, vocab_rows_, DType::kF32, logits_dev_.data(), false);
+  DenseGemm(lm_head(), c.hidden_size, vocab_rows_, hn_.data(), R, DType::kF32, logits_dev_.data(), false);
   return absl::OkStatus();
 }
 

@@ -132,6 +132,11 @@ class CudaDecoder : public CudaCausalLM {
   // kTensorCores, where the probe found one) or cuBLAS over the matrix widened into a
   // scratch.
   absl::Status Gemm(const MatrixView& w, const void* x, int64_t num_tokens, DType y_type, void* y, bool accumulate);
+  // y[T, out] = x[T, in] · Wᵀ (+ y) for a dense matrix w [out, in] of wdt_, x of wdt_:
+  // steps of at most cuda::kGemvMaxRows rows through cuda::Gemv (unless
+  // options.small_step_matmul is kCublas), longer ones through cuBLAS.
+  void DenseGemm(const void* w, int64_t in, int64_t out, const void* x, int64_t num_tokens, DType y_type, void* y,
+                 bool accumulate);
   // Random weights: uniform in ±bound (each call its own seed), or 1 (norms).
   void FillUniform(const cuda::DeviceBuffer& b, DType t, float bound);
   void FillUniform(const DeviceMatrix& m, float bound);
@@ -231,6 +236,7 @@ class CudaDecoder : public CudaCausalLM {
   cuda::DeviceBuffer attn_partials_;  // split-K scratch (AttentionSplitFor)
   cuda::DeviceBuffer fp8_scratch_;    // an FP8 matrix widened for cuBLAS (Gemm)
   bool fp8_tensor_cores_requested_ = false;        // CausalLMOptions.fp8_gemm
+  bool small_steps_gemv_ = true;                   // CausalLMOptions.small_step_matmul kGemv
   std::unique_ptr<cuda::Fp8BlockGemm> fp8_gemm_;  // set by ReserveFp8Scratch when the probe passes
   cuda::DeviceBuffer fp8_gemm_scratch_;           // its quantized activations and scale tables
   int64_t fp8_tensor_core_gemms_ = 0;

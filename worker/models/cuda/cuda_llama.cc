@@ -182,7 +182,7 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
   const ModelConfig& c = config_;
   cudaStream_t s = stream();
   const int64_t hidden = c.hidden_size, hd = c.head_dim;
-  const int64_t heads = heads_.num_heads, kv_heads = heads_.num_kv_heads;
+  const int64_t heads = heads_.num_heads;
   const float eps = static_cast<float>(c.rms_norm_eps);
   float* x = x_.as<float>();
   float* qkv = qkv_.as<float>();  // q: [T, heads, hd] at 0, k at q_width, v at q_width + kv_width (row stride qkv_width)
@@ -192,17 +192,13 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
   float* row_out = this->row_out();
 
   cuda::RmsNormRows(s, x, nullptr, L.attn_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
-  gemm_.Run(wdt_, xn_.data(), L.qkv.data(), T, hidden, qkv_width_, DType::kF32, qkv, /*accumulate=*/false);
-  if (c.attention_bias) cuda::AddBias(s, qkv, T, qkv_width_, L.qkv_bias.as<float>(), qkv_width_);
-  cuda::ApplyRope(s, DType::kF32, qkv, T, qkv_width_, d_positions(), heads, hd, hd, rope_cos_.as<float>(),
-                  rope_sin_.as<float>(), c.rope_interleaved);
-  cuda::ApplyRope(s, DType::kF32, qkv + q_width_, T, qkv_width_, d_positions(), kv_heads, hd, hd,
-                  rope_cos_.as<float>(), rope_sin_.as<float>(), c.rope_interleaved);
-
-  // k, v → their cache slots; attention reads the new keys from the cache like the old.
+  DenseGemm(L.qkv.data(), hidden, qkv_width_, xn_.data(), T, DType::kF32, qkv, /*accumulate=*/false);
+  // Bias, rope on q and k, and k, v → their cache slots, in one launch; attention reads the
+  // new keys from the cache like the old.
   const cuda::DeviceKvLayer cache = KvLayer(l);
   const cuda::DeviceRows rows = this->rows(T);
-  cuda::WriteKv(s, cache, rows, qkv + q_width_, qkv_width_, qkv + q_width_ + kv_width_, qkv_width_);
+  cuda::RopeAndWriteKv(s, cache, rows, qkv, qkv_width_, c.attention_bias ? L.qkv_bias.as<float>() : nullptr, heads, hd,
+                       rope_cos_.as<float>(), rope_sin_.as<float>(), c.rope_interleaved);
   // Prompt chunks tile by tile, the other rows one by one (split over positions when few).
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cuda::PagedAttentionTiled(s, cache, rows, tiles(), num_tiles(), qkv, qkv_width_, heads, scale, attn_.as<float>(),
@@ -219,14 +215,14 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
     cuda::Cast(s, DType::kF32, attn_.data(), wdt_, attn_in_.data(), T * q_width_);
     attn_in = attn_in_.data();
   }
-  gemm_.Run(wdt_, attn_in, L.o.data(), T, q_width_, hidden, DType::kF32, row_out, /*accumulate=*/alone);
+  DenseGemm(L.o.data(), q_width_, hidden, attn_in, T, DType::kF32, row_out, /*accumulate=*/alone);
   if (!alone) RETURN_IF_ERROR(AddReduced(T * hidden));
 
   // x += (silu(xn·Wgateᵀ) * xn·Wupᵀ)·Wdownᵀ
   cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
-  gemm_.Run(wdt_, xn_.data(), L.gate_up.data(), T, hidden, 2 * inter_, wdt_, gate_up_.data(), /*accumulate=*/false);
+  DenseGemm(L.gate_up.data(), hidden, 2 * inter_, xn_.data(), T, wdt_, gate_up_.data(), /*accumulate=*/false);
   cuda::SiluMulRows(s, wdt_, gate_up_.data(), mlp_.data(), T, inter_);
-  gemm_.Run(wdt_, mlp_.data(), L.down.data(), T, inter_, hidden, DType::kF32, row_out, /*accumulate=*/alone);
+  DenseGemm(L.down.data(), inter_, hidden, mlp_.data(), T, DType::kF32, row_out, /*accumulate=*/alone);
   if (!alone) RETURN_IF_ERROR(AddReduced(T * hidden));
   return absl::OkStatus();
 }
@@ -244,9 +240,9 @@ absl::Status CheckLlamaArgs(const ModelConfig& c, const std::string& source, Sha
     return absl::InvalidArgumentError(fmt::format("{}: tensor parallel size {} does not divide the {} MLP features",
                                                   source, shard->tp_size, c.intermediate_size));
   }
-  if (c.head_dim > cuda::kMaxHeadDim) {
-    return absl::InvalidArgumentError(
-        fmt::format("{}: head_dim {} is above the CUDA attention's {}", source, c.head_dim, cuda::kMaxHeadDim));
+  if (c.head_dim > cuda::kMaxHeadDim || c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(fmt::format("{}: head_dim {} is odd or above the CUDA attention's {}", source,
+                                                  c.head_dim, cuda::kMaxHeadDim));
   }
   return CheckTensorSplit(c, source, *shard, options);
 }
