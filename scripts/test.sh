@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite the way CI does: set-up (idempotent), build, every CTest
 # label that needs no GPU, the Kubernetes tests against a real control plane, the CUDA
-# sources compiled (their tests run where a GPU is), then each fuzzer for a short budget.
+# sources compiled (their tests run where a GPU is, and on the SIMT emulator everywhere),
+# then each fuzzer for a short budget.
 #
 #   scripts/test.sh                 everything (unit, oracle, k8s, fuzz)
 #   SHOAL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz budget
@@ -37,6 +38,14 @@ if [[ ${SHOAL_SKIP_CUDA:-0} != 1 ]]; then
   cmake -S "$here" -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUDAToolkit_ROOT="$cuda_root" >/dev/null
   cmake --build "$cuda_build" --target shoal_cuda -j "$(nproc)"
   (cd "$cuda_build" && ctest --output-on-failure -L cuda)
+
+  # The same CUDA sources and cuda tests again, built for the SIMT emulator
+  # (tests/simt): the kernels run on the CPU, so the tests run without a GPU.
+  simt_build=${SHOAL_SIMT_BUILD_DIR:-$here/build-simt}
+  cmake -S "$here" -B "$simt_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHOAL_SIMT_EMULATION=ON \
+    -DCUDAToolkit_ROOT="$cuda_root" >/dev/null
+  cmake --build "$simt_build" --target shoal_cuda -j "$(nproc)"
+  (cd "$simt_build" && ctest --output-on-failure -j "$(nproc)" -L 'cuda|simt')
 fi
 
 if ((fuzz_seconds > 0)); then

@@ -1,0 +1,26 @@
+# shoal_cuda_sources(): the CUDA backend's sources, as they are for nvcc or rewritten for
+# the SIMT emulator (tests/simt, -DSHOAL_SIMT_EMULATION=ON; the emulator's own targets are
+# in ShoalSimtTargets.cmake).
+set(SHOAL_SIMT_DIR ${PROJECT_SOURCE_DIR}/tests/simt)
+
+# shoal_cuda_sources(<var> <files>...): the files as they are, except that under the
+# emulator every .cu file becomes its rewritten host C++ twin.
+function(shoal_cuda_sources out)
+  set(result)
+  foreach(src ${ARGN})
+    if(SHOAL_SIMT_EMULATION AND src MATCHES "\\.cu$")
+      get_filename_component(name ${src} NAME_WE)
+      set(gen ${CMAKE_CURRENT_BINARY_DIR}/simt/${name}.simt.cc)
+      add_custom_command(OUTPUT ${gen}
+        COMMAND ${Python3_EXECUTABLE} ${SHOAL_SIMT_DIR}/rewrite_launches.py ${CMAKE_CURRENT_SOURCE_DIR}/${src} ${gen}
+        DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${src} ${SHOAL_SIMT_DIR}/rewrite_launches.py
+        COMMENT "simt: rewriting ${src}")
+      set_source_files_properties(${gen} PROPERTIES COMPILE_OPTIONS "-include;${SHOAL_SIMT_DIR}/simt.h;-ffp-contract=off;-Wno-unknown-pragmas"
+                                  OBJECT_DEPENDS ${SHOAL_SIMT_DIR}/simt.h)
+      list(APPEND result ${gen})
+    else()
+      list(APPEND result ${src})
+    endif()
+  endforeach()
+  set(${out} ${result} PARENT_SCOPE)
+endfunction()

@@ -1,0 +1,169 @@
+#pragma once
+// Prelude for compiling a CUDA source as host C++ (`g++ -include tests/simt/simt.h`, after
+// rewrite_launches.py turned its `<<<...>>>` launches into LaunchConfig{...}.Run calls):
+// every CUDA thread of a block becomes a fiber, __syncthreads and warp shuffles are
+// barriers between them, and the blocks of a grid run one after another. The point is to
+// run the kernels' index arithmetic, loops, reductions and synchronization on a machine
+// without a GPU, against the same CPU references the GPU tests use; it says nothing about
+// speed, and floating-point intrinsics are the host's (__expf is expf).
+//
+// The CUDA headers come first so that their own definitions of __global__, __shared__ and
+// friends are replaced by ours below (their include guards keep later includes quiet).
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace shoal::simt {
+
+// The running fiber's coordinates (valid only inside a kernel).
+const uint3& ThreadIdx();
+const uint3& BlockIdx();
+const dim3& BlockDim();
+const dim3& GridDim();
+
+// Block-wide barrier: every live thread of the block arrives before any continues.
+void SyncThreads();
+// Warp-wide barrier (a full mask only, as WarpExchange).
+void SyncWarp(unsigned mask);
+
+// Publishes `size` bytes of this lane's value to its warp, waits for every live lane of
+// the warp, and copies lane `src`'s value into `out`. A full mask is the only one our
+// kernels use; another one, or a warp with exited lanes, ends the process with a message.
+void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, void* out);
+int LaneId();
+
+// Runs `body` once per thread of `grid` x `block` on `stream` (now, or recorded into the
+// stream's capture). An invalid configuration is the launch's error, as cudaGetLastError
+// reports it.
+void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
+            const char* kernel);
+
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  size_t shared_bytes = 0;
+  cudaStream_t stream = nullptr;
+
+  template <typename... P, typename... A>
+  void Run(const char* name, void (*kernel)(P...), A&&... args) const {
+    // Arguments convert to the kernel's parameter types once, as a launch copies them.
+    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    Launch(grid, block, shared_bytes, stream, [kernel, params] { std::apply(kernel, params); }, name);
+  }
+};
+
+template <typename T>
+T ShuffleXor(unsigned mask, T v, int lane_mask, int width) {
+  const int lane = LaneId();
+  const int src = (lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1));
+  T out;
+  WarpExchange(mask, &v, sizeof(T), src, &out);
+  return out;
+}
+
+template <typename T>
+T ShuffleUp(unsigned mask, T v, unsigned delta, int width) {
+  const int lane = LaneId();
+  const int in_segment = lane & (width - 1);
+  const int src = in_segment >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
+  T out;
+  WarpExchange(mask, &v, sizeof(T), src, &out);
+  return out;
+}
+
+}  // namespace shoal::simt
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __noinline__
+#undef __launch_bounds__
+#undef __constant__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __constant__ static
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+
+#define threadIdx (::shoal::simt::ThreadIdx())
+#define blockIdx (::shoal::simt::BlockIdx())
+#define blockDim (::shoal::simt::BlockDim())
+#define gridDim (::shoal::simt::GridDim())
+inline constexpr int warpSize = 32;
+
+inline void __syncthreads() { ::shoal::simt::SyncThreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::shoal::simt::SyncWarp(mask); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return ::shoal::simt::ShuffleXor(mask, v, lane_mask, width);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return ::shoal::simt::ShuffleUp(mask, v, delta, width);
+}
+
+// Fibers of one block run on one host thread, so atomics are plain read-modify-writes.
+template <typename T>
+T atomicMin(T* p, T v) {
+  const T old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+template <typename T>
+T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (old < v) *p = v;
+  return old;
+}
+template <typename T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+// simt sources build with -ffp-contract=off, so these are the single roundings they name.
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline uint32_t __float_as_uint(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return u;
+}
+inline float __uint_as_float(uint32_t u) {
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+// Device code's min/max take mixed integer types (CUDA has overloads for them).
+template <typename A, typename B>
+constexpr std::common_type_t<A, B> min(A a, B b) {
+  return b < a ? b : a;
+}
+template <typename A, typename B>
+constexpr std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? b : a;
+}

@@ -1,0 +1,111 @@
+// The SIMT emulator itself (simt.h, simt_runtime.cc): barriers, warp shuffles, exited
+// threads, bad launch configurations and graph capture behave as the hardware's, so the
+// cuda tests it runs mean what they say.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <vector>
+
+#include "tests/simt/simt_selftest_kernels.h"
+
+namespace shoal::simt_selftest {
+namespace {
+
+TEST(SimtEmulator, BlockReductionThroughSharedMemoryAndSyncthreadsSumsEachBlock) {
+  const int n = 256, blocks = 3;
+  std::vector<int32_t> in(n * blocks);
+  std::iota(in.begin(), in.end(), 1);
+  std::vector<int32_t> out(blocks, -1);
+  BlockSums(nullptr, in.data(), n, blocks, out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int b = 0; b < blocks; ++b) {
+    EXPECT_EQ(out[b], std::accumulate(in.begin() + b * n, in.begin() + (b + 1) * n, 0)) << "block " << b;
+  }
+}
+
+TEST(SimtEmulator, WarpShufflesSumAndScanWithinEachWarp) {
+  const int n = 128;
+  std::vector<int32_t> in(n), sum(n), scan(n);
+  for (int i = 0; i < n; ++i) in[i] = (i * 7) % 11 - 5;
+  WarpSumsAndScans(nullptr, in.data(), n, sum.data(), scan.data());
+  for (int i = 0; i < n; ++i) {
+    const int warp = i / 32 * 32;
+    EXPECT_EQ(sum[i], std::accumulate(in.begin() + warp, in.begin() + warp + 32, 0)) << i;
+    EXPECT_EQ(scan[i], std::accumulate(in.begin() + warp, in.begin() + i + 1, 0)) << i;
+  }
+}
+
+TEST(SimtEmulator, ThreadsThatReturnEarlyDoNotHoldUpTheBarrier) {
+  std::vector<int32_t> in(96);
+  std::iota(in.begin(), in.end(), 0);
+  int32_t out = -1;
+  SumWithExitedThreads(nullptr, in.data(), 96, 40, &out);
+  EXPECT_EQ(out, 39 * 40 / 2);
+}
+
+TEST(SimtEmulatorDeathTest, FullMaskShuffleAfterLanesExitedEndsTheProcessNamingTheKernel) {
+  int32_t out = 0;
+  EXPECT_DEATH(ShuffleAfterLanesExited(nullptr, &out), "ShuffleAfterExitKernel: a lane returned while others of its warp wait at a shuffle");
+}
+
+TEST(SimtEmulator, MoreThan1024ThreadsIsTheLaunchsInvalidConfiguration) {
+  int32_t count = 0;
+  LaunchWithThreads(nullptr, 1025, &count);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "the error is read once";
+  EXPECT_EQ(count, 0) << "a bad launch runs nothing";
+  LaunchWithThreads(nullptr, 1024, &count);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(count, 1024);
+}
+
+TEST(SimtEmulator, CapturedWorkRunsOnlyWhenTheGraphIsLaunchedAndEachTimeItIs) {
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  std::vector<int32_t> host(300, 5);
+  int32_t* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dev), host.size() * sizeof(int32_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dev, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice), cudaSuccess);
+
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  AddOne(stream, dev, 300);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  EXPECT_EQ(dev[0], 5) << "capture records, it does not run";
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(dev[0], 7);
+  EXPECT_EQ(dev[299], 7);
+
+  // Synchronizing a capturing stream is illegal: the capture ends invalidated.
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t bad = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(stream, &bad), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(bad, nullptr);
+
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaFree(dev);
+  cudaStreamDestroy(stream);
+}
+
+TEST(SimtEmulator, DeviceMemoryIsBoundedAndCountedByMemGetInfo) {
+  size_t free_before = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, total + 1), cudaErrorMemoryAllocation);
+  ASSERT_EQ(cudaMalloc(&p, 1 << 20), cudaSuccess);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 256, 0u);
+  size_t free_after = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+  EXPECT_EQ(free_before - free_after, size_t{1} << 20);
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace shoal::simt_selftest

@@ -1,0 +1,559 @@
+// The SIMT emulator's scheduler (simt.h) and the part of the CUDA runtime API the engine
+// calls, over host memory: one emulated device whose "device memory" is the process's
+// heap, streams that run work when it is issued (or record it while a stream captures a
+// graph), and graphs that replay what was recorded. Linked instead of libcudart into the
+// `simt` tests.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "tests/simt/simt.h"
+
+// The runtime's opaque handles, defined here.
+struct CUstream_st {
+  std::vector<std::function<void()>>* capture = nullptr;  // non-null while capturing
+  bool capture_invalidated = false;
+};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+};
+struct CUgraph_st {
+  std::vector<std::function<void()>> work;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> work;
+};
+
+#if !defined(__x86_64__)
+#error "the SIMT emulator switches fibers with x86-64 code"
+#endif
+
+// Saves the callee-saved registers on the current stack, stores its pointer in *save_sp,
+// and continues on load_sp's stack (which was saved the same way, or set up by
+// StartFrame). A plain function call to the compiler, so nothing else needs saving; and no
+// signal mask, which ucontext's swapcontext saves and restores with a system call.
+extern "C" void shoal_simt_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl shoal_simt_switch
+  .type shoal_simt_switch, @function
+shoal_simt_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size shoal_simt_switch, .-shoal_simt_switch
+)");
+
+namespace shoal::simt {
+namespace {
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::fprintf(stderr, "simt: %s\n", message.c_str());
+  std::abort();
+}
+
+constexpr size_t kFiberStack = 256 * 1024;
+
+struct Barrier {
+  int arrived = 0;
+  uint64_t generation = 0;
+};
+
+struct Fiber {
+  void* sp = nullptr;  // saved stack pointer while switched out
+  std::unique_ptr<char[]> stack;
+  uint3 thread_idx;
+  int warp = 0, lane = 0;
+  bool done = false;
+  Barrier* waiting_on = nullptr;
+  uint64_t waiting_generation = 0;
+};
+
+struct Warp {
+  int live = 0, size = 0;
+  Barrier barrier;
+  unsigned char slots[2][32][16];  // double-buffered by barrier generation
+};
+
+// The block being run: its fibers, barriers and the kernel body they share.
+struct Block {
+  explicit Block(std::vector<Fiber>& f) : fibers(f) {}
+  std::vector<Fiber>& fibers;
+  std::vector<Warp> warps;
+  Barrier barrier;
+  int live = 0;
+  const std::function<void()>* body = nullptr;
+  const char* kernel = "";
+  void* scheduler_sp = nullptr;
+  Fiber* current = nullptr;
+};
+
+// Per host thread: tensor ranks run as threads, each launching its own kernels.
+thread_local std::vector<Fiber> g_fibers;  // reused launch to launch (their stacks are the cost)
+thread_local Block* g_block = nullptr;
+thread_local uint3 g_block_idx;
+thread_local dim3 g_block_dim, g_grid_dim;
+
+Fiber& Current() {
+  if (g_block == nullptr || g_block->current == nullptr) Fail("a device function was called outside a kernel");
+  return *g_block->current;
+}
+
+void Yield() { shoal_simt_switch(&Current().sp, g_block->scheduler_sp); }
+
+// Arrive at `b` among `live` threads; the last one releases the others.
+void Arrive(Barrier& b, int live) {
+  Fiber& f = Current();
+  if (++b.arrived >= live) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  f.waiting_on = &b;
+  f.waiting_generation = b.generation;
+  Yield();
+}
+
+[[noreturn]] void FiberEntry() {
+  Block* block = g_block;
+  (*block->body)();
+  Fiber& f = *block->current;
+  f.done = true;
+  if (block->warps[f.warp].barrier.arrived > 0) {
+    Fail(std::string(block->kernel) + ": a lane returned while others of its warp wait at a shuffle or __syncwarp");
+  }
+  --block->live;
+  --block->warps[f.warp].live;
+  // A thread that exits no longer holds up the block's barrier (as on the hardware).
+  if (block->barrier.arrived > 0 && block->barrier.arrived >= block->live) {
+    block->barrier.arrived = 0;
+    ++block->barrier.generation;
+  }
+  shoal_simt_switch(&f.sp, block->scheduler_sp);
+  __builtin_unreachable();  // a finished fiber is never resumed
+}
+
+// A new fiber's stack as shoal_simt_switch leaves one: six zeroed registers, then
+// FiberEntry as the return address, with the alignment a call would give it.
+void* StartFrame(char* stack, size_t size) {
+  auto top = reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t{15};
+  auto* slots = reinterpret_cast<void**>(top);
+  slots[-1] = nullptr;  // FiberEntry's own (never used) return address
+  slots[-2] = reinterpret_cast<void*>(&FiberEntry);
+  for (int i = 3; i <= 8; ++i) slots[-i] = nullptr;
+  return &slots[-8];
+}
+
+bool Runnable(const Fiber& f) {
+  return !f.done && (f.waiting_on == nullptr || f.waiting_on->generation != f.waiting_generation);
+}
+
+void RunBlock(Block& block) {
+  const int n = static_cast<int>(g_block_dim.x * g_block_dim.y * g_block_dim.z);
+  block.fibers.resize(n);
+  block.warps.assign((n + 31) / 32, Warp{});
+  block.live = n;
+  block.barrier = Barrier{};
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = block.fibers[i];
+    if (!f.stack) f.stack.reset(new char[kFiberStack]);
+    f.thread_idx = uint3{static_cast<unsigned>(i % g_block_dim.x), static_cast<unsigned>(i / g_block_dim.x % g_block_dim.y),
+                         static_cast<unsigned>(i / (g_block_dim.x * g_block_dim.y))};
+    f.warp = i / 32;
+    f.lane = i % 32;
+    f.done = false;
+    f.waiting_on = nullptr;
+    ++block.warps[f.warp].live;
+    ++block.warps[f.warp].size;
+    f.sp = StartFrame(f.stack.get(), kFiberStack);
+  }
+  while (block.live > 0) {
+    bool progressed = false;
+    for (Fiber& f : block.fibers) {
+      if (!Runnable(f)) continue;
+      f.waiting_on = nullptr;
+      block.current = &f;
+      shoal_simt_switch(&block.scheduler_sp, f.sp);
+      block.current = nullptr;
+      progressed = true;
+    }
+    if (!progressed) {
+      Fail(std::string(block.kernel) + ": every live thread of block (" + std::to_string(g_block_idx.x) + ", " +
+           std::to_string(g_block_idx.y) + ", " + std::to_string(g_block_idx.z) +
+           ") waits at a barrier another thread never reaches");
+    }
+  }
+}
+
+// The device's state: allocations, the sticky launch error.
+std::mutex g_mutex;
+std::map<uintptr_t, size_t> g_allocations;  // device allocations, by address
+size_t g_allocated = 0;
+thread_local cudaError_t g_last_error = cudaSuccess;  // per host thread, as CUDA's
+
+size_t DeviceBytes() {
+  const char* env = std::getenv("SHOAL_SIMT_DEVICE_MIB");
+  return static_cast<size_t>(env != nullptr ? std::atoll(env) : 4096) << 20;
+}
+
+// Runs `work` on `stream`, or records it when the stream is capturing.
+void Issue(cudaStream_t stream, std::function<void()> work) {
+  if (stream != nullptr && stream->capture != nullptr) {
+    stream->capture->push_back(std::move(work));
+    return;
+  }
+  work();
+}
+
+bool Capturing(cudaStream_t stream) { return stream != nullptr && stream->capture != nullptr; }
+
+}  // namespace
+
+const uint3& ThreadIdx() { return Current().thread_idx; }
+const uint3& BlockIdx() { return g_block_idx; }
+const dim3& BlockDim() { return g_block_dim; }
+const dim3& GridDim() { return g_grid_dim; }
+int LaneId() { return Current().lane; }
+
+void SyncThreads() { Arrive(g_block->barrier, g_block->live); }
+
+namespace {
+Warp& FullWarp(unsigned mask, const char* what) {
+  Warp& w = g_block->warps[Current().warp];
+  if (mask != 0xffffffffu) Fail(std::string(g_block->kernel) + ": " + what + " with a partial mask");
+  if (w.live != w.size) Fail(std::string(g_block->kernel) + ": " + what + " after lanes of the warp exited");
+  return w;
+}
+}  // namespace
+
+void SyncWarp(unsigned mask) {
+  Warp& w = FullWarp(mask, "__syncwarp");
+  Arrive(w.barrier, w.live);
+}
+
+void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, void* out) {
+  Fiber& f = Current();
+  Warp& w = FullWarp(mask, "a warp shuffle");
+  if (size > sizeof(w.slots[0][0])) Fail("a shuffled value wider than 16 bytes");
+  if (src_lane < 0 || src_lane >= w.size) Fail(std::string(g_block->kernel) + ": shuffle from a lane the warp lacks");
+  const int parity = static_cast<int>(w.barrier.generation % 2);
+  std::memcpy(w.slots[parity][f.lane], value, size);
+  Arrive(w.barrier, w.live);
+  std::memcpy(out, w.slots[parity][src_lane], size);
+}
+
+void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
+            const char* kernel) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
+      grid.y > 65535 || grid.z > 65535 || shared_bytes > 48 * 1024) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (stream != nullptr && stream->capture_invalidated) return;
+  std::string name = kernel;
+  Issue(stream, [grid, block, body = std::move(body), name] {
+    Block b(g_fibers);
+    b.body = &body;
+    b.kernel = name.c_str();
+    Block* outer = g_block;
+    const uint3 outer_idx = g_block_idx;
+    const dim3 outer_dim = g_block_dim, outer_grid = g_grid_dim;
+    g_block = &b;
+    g_block_dim = block;
+    g_grid_dim = grid;
+    for (unsigned z = 0; z < grid.z; ++z) {
+      for (unsigned y = 0; y < grid.y; ++y) {
+        for (unsigned x = 0; x < grid.x; ++x) {
+          g_block_idx = uint3{x, y, z};
+          RunBlock(b);
+        }
+      }
+    }
+    g_block = outer;
+    g_block_idx = outer_idx;
+    g_block_dim = outer_dim;
+    g_grid_dim = outer_grid;
+  });
+}
+
+// For the emulated cuBLAS: work on a stream, run now or captured.
+void IssueOnStream(cudaStream_t stream, std::function<void()> work) { Issue(stream, std::move(work)); }
+
+}  // namespace shoal::simt
+
+using shoal::simt::Capturing;
+using shoal::simt::g_allocated;
+using shoal::simt::g_allocations;
+using shoal::simt::g_last_error;
+using shoal::simt::g_mutex;
+using shoal::simt::Issue;
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  std::memset(prop, 0, sizeof(*prop));
+  std::snprintf(prop->name, sizeof(prop->name), "SIMT emulator on the CPU");
+  prop->major = 8;
+  prop->minor = 0;
+  prop->totalGlobalMem = shoal::simt::DeviceBytes();
+  prop->multiProcessorCount = 4;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->sharedMemPerBlock = 48 * 1024;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = 8; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = 4; return cudaSuccess;
+    default: *value = 0; return cudaSuccess;
+  }
+}
+
+cudaError_t cudaDeviceGetPCIBusId(char* pci_bus_id, int len, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  std::snprintf(pci_bus_id, static_cast<size_t>(len), "0000:00:00.0");
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard lock(g_mutex);
+  *total_bytes = shoal::simt::DeviceBytes();
+  *free_bytes = *total_bytes > g_allocated ? *total_bytes - g_allocated : 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  std::lock_guard lock(g_mutex);
+  if (g_allocated + size > shoal::simt::DeviceBytes()) {
+    *ptr = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
+  // 256-byte aligned, as cudaMalloc's pointers are (vector loads rely on it).
+  void* p = std::aligned_alloc(256, (std::max<size_t>(size, 1) + 255) / 256 * 256);
+  if (p == nullptr) return cudaErrorMemoryAllocation;
+  g_allocations[reinterpret_cast<uintptr_t>(p)] = size;
+  g_allocated += size;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  std::lock_guard lock(g_mutex);
+  auto it = g_allocations.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == g_allocations.end()) return cudaErrorInvalidValue;
+  g_allocated -= it->second;
+  g_allocations.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  *ptr = std::aligned_alloc(256, (std::max<size_t>(size, 1) + 255) / 256 * 256);
+  return *ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
+  if (count > 0) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t stream) {
+  if (count > 0) Issue(stream, [dst, src, count] { std::memmove(dst, src, count); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind, cudaStream_t stream) {
+  if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+  Issue(stream, [=] {
+    for (size_t r = 0; r < height; ++r) {
+      std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+    }
+  });
+  return cudaSuccess;
+}
+
+// One emulated device: no peers.
+cudaError_t cudaMemcpyPeer(void* dst, int dst_device, const void* src, int src_device, size_t count) {
+  if (dst_device != 0 || src_device != 0) return cudaErrorInvalidDevice;
+  return cudaMemcpy(dst, src, count, cudaMemcpyDeviceToDevice);
+}
+
+cudaError_t cudaDeviceEnablePeerAccess(int peer_device, unsigned int) {
+  (void)peer_device;
+  return cudaErrorInvalidDevice;
+}
+
+// Work runs when issued, so a stream is always idle and an event's time is when the work
+// before it finished.
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (Capturing(stream)) return cudaErrorStreamCaptureUnsupported;
+  event->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* dst, int value, size_t count) {
+  std::memset(dst, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t stream) {
+  Issue(stream, [dst, value, count] { std::memset(dst, value, count); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  *stream = new CUstream_st;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete stream;
+  return cudaSuccess;
+}
+
+// Synchronizing a capturing stream is illegal on the hardware; it invalidates the capture.
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (Capturing(stream)) {
+    stream->capture_invalidated = true;
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;
+  if (stream->capture != nullptr) return cudaErrorIllegalState;
+  stream->capture = new std::vector<std::function<void()>>;
+  stream->capture_invalidated = false;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  if (stream == nullptr || stream->capture == nullptr) return cudaErrorIllegalState;
+  std::unique_ptr<std::vector<std::function<void()>>> work(stream->capture);
+  stream->capture = nullptr;
+  if (stream->capture_invalidated) {
+    stream->capture_invalidated = false;
+    *graph = nullptr;
+    return cudaErrorStreamCaptureInvalidated;
+  }
+  *graph = new CUgraph_st{std::move(*work)};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (graph == nullptr) return cudaErrorInvalidValue;
+  *exec = new CUgraphExec_st{graph->work};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (exec == nullptr) return cudaErrorInvalidValue;
+  for (const auto& work : exec->work) Issue(stream, work);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorInvalidPitchValue: return "cudaErrorInvalidPitchValue";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) { return cudaGetErrorName(error); }
+
+}  // extern "C"

@@ -1,0 +1,79 @@
+#include "tests/simt/simt_selftest_kernels.h"
+
+namespace shoal::simt_selftest {
+namespace {
+
+__global__ void BlockSumKernel(const int32_t* in, int32_t* out) {
+  __shared__ int32_t s[1024];
+  const int t = threadIdx.x, n = blockDim.x;
+  s[t] = in[blockIdx.x * n + t];
+  __syncthreads();
+  for (int half = n / 2; half > 0; half /= 2) {
+    if (t < half) s[t] += s[t + half];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+
+__global__ void WarpKernel(const int32_t* in, int n, int32_t* out, int32_t* scan) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % 32;
+  const int32_t v = i < n ? in[i] : 0;
+  int32_t sum = v;
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  int32_t prefix = v;
+  for (int d = 1; d < 32; d *= 2) {
+    const int32_t up = __shfl_up_sync(0xffffffffu, prefix, d);
+    if (lane >= d) prefix += up;
+  }
+  if (i < n) {
+    out[i] = sum;
+    scan[i] = prefix;
+  }
+}
+
+__global__ void ExitedKernel(const int32_t* in, int live, int32_t* out) {
+  __shared__ int32_t total;
+  if (static_cast<int>(threadIdx.x) >= live) return;
+  if (threadIdx.x == 0) total = 0;
+  __syncthreads();
+  atomicAdd(&total, in[threadIdx.x]);
+  __syncthreads();
+  if (threadIdx.x == 0) *out = total;
+}
+
+__global__ void ShuffleAfterExitKernel(int32_t* out) {
+  if (threadIdx.x >= 16) return;
+  *out = __shfl_xor_sync(0xffffffffu, static_cast<int32_t>(threadIdx.x), 1);
+}
+
+__global__ void CountKernel(int32_t* out) { atomicAdd(out, 1); }
+
+__global__ void AddOneKernel(int32_t* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] += 1;
+}
+
+}  // namespace
+
+void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_t* out) {
+  BlockSumKernel<<<blocks, n, 0, stream>>>(in, out);
+}
+
+void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan) {
+  WarpKernel<<<(n + 63) / 64, 64, 0, stream>>>(in, n, out, scan);
+}
+
+void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, int live, int32_t* out) {
+  ExitedKernel<<<1, threads, 0, stream>>>(in, live, out);
+}
+
+void ShuffleAfterLanesExited(cudaStream_t stream, int32_t* out) { ShuffleAfterExitKernel<<<1, 32, 0, stream>>>(out); }
+
+void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out) {
+  CountKernel<<<1, threads, 0, stream>>>(out);
+}
+
+void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }
+
+}  // namespace shoal::simt_selftest

@@ -1,0 +1,24 @@
+#pragma once
+// Host wrappers of the SIMT emulator's self-test kernels (simt_selftest_kernels.cu).
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace shoal::simt_selftest {
+
+// out[b] = the sum of in[b * n .. b * n + n) by one block of n threads through shared
+// memory and __syncthreads (n a power of two, at most 1024).
+void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_t* out);
+// out[i] = the sum of its warp's values by a shuffle butterfly; scan[i] = the inclusive
+// prefix sum within the warp by __shfl_up_sync.
+void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan);
+// Threads at or past `live` return at once; the others reduce through __syncthreads.
+void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, int live, int32_t* out);
+// A full-mask shuffle after half the warp returned (the emulator ends the process).
+void ShuffleAfterLanesExited(cudaStream_t stream, int32_t* out);
+// A launch of `threads` threads per block (over 1024 is a bad configuration).
+void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out);
+// out[i] += 1 for i < n.
+void AddOne(cudaStream_t stream, int32_t* out, int n);
+
+}  // namespace shoal::simt_selftest
