@@ -95,7 +95,7 @@ T ShuffleUp(unsigned mask, T v, unsigned delta, int width) {
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static thread_local
+#define __shared__ static
 #define __constant__ static
 #define __forceinline__ inline
 #define __noinline__

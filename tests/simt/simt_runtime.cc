@@ -64,6 +64,15 @@ shoal_simt_switch:
   .size shoal_simt_switch, .-shoal_simt_switch
 )");
 
+// AddressSanitizer must be told when the stack changes under it (its fake stacks and
+// shadow follow the running stack); without ASan these are no-ops.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SHOAL_SIMT_ASAN 1
+#else
+#define SHOAL_SIMT_ASAN 0
+#endif
+
 namespace shoal::simt {
 namespace {
 
@@ -72,8 +81,6 @@ namespace {
   std::abort();
 }
 
-constexpr size_t kFiberStack = 256 * 1024;
-
 struct Barrier {
   int arrived = 0;
   uint64_t generation = 0;
@@ -81,6 +88,7 @@ struct Barrier {
 
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
+  void* asan_fake_stack = nullptr;
   std::unique_ptr<char[]> stack;
   uint3 thread_idx;
   int warp = 0, lane = 0;
@@ -105,6 +113,9 @@ struct Block {
   const std::function<void()>* body = nullptr;
   const char* kernel = "";
   void* scheduler_sp = nullptr;
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_stack_bottom = nullptr;  // the host thread's stack, for ASan
+  size_t scheduler_stack_size = 0;
   Fiber* current = nullptr;
 };
 
@@ -119,7 +130,23 @@ Fiber& Current() {
   return *g_block->current;
 }
 
-void Yield() { shoal_simt_switch(&Current().sp, g_block->scheduler_sp); }
+constexpr size_t kFiberStackBytes = 256 * 1024;
+
+// Fiber side of a switch back to the scheduler (exiting: its fake stack is dropped).
+void ToScheduler(Fiber& f, bool exiting) {
+#if SHOAL_SIMT_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f.asan_fake_stack, g_block->scheduler_stack_bottom,
+                                 g_block->scheduler_stack_size);
+#else
+  (void)exiting;
+#endif
+  shoal_simt_switch(&f.sp, g_block->scheduler_sp);
+#if SHOAL_SIMT_ASAN
+  __sanitizer_finish_switch_fiber(f.asan_fake_stack, &g_block->scheduler_stack_bottom, &g_block->scheduler_stack_size);
+#endif
+}
+
+void Yield() { ToScheduler(Current(), false); }
 
 // Arrive at `b` among `live` threads; the last one releases the others.
 void Arrive(Barrier& b, int live) {
@@ -136,6 +163,9 @@ void Arrive(Barrier& b, int live) {
 
 [[noreturn]] void FiberEntry() {
   Block* block = g_block;
+#if SHOAL_SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &block->scheduler_stack_bottom, &block->scheduler_stack_size);
+#endif
   (*block->body)();
   Fiber& f = *block->current;
   f.done = true;
@@ -149,7 +179,7 @@ void Arrive(Barrier& b, int live) {
     block->barrier.arrived = 0;
     ++block->barrier.generation;
   }
-  shoal_simt_switch(&f.sp, block->scheduler_sp);
+  ToScheduler(f, true);
   __builtin_unreachable();  // a finished fiber is never resumed
 }
 
@@ -176,7 +206,7 @@ void RunBlock(Block& block) {
   block.barrier = Barrier{};
   for (int i = 0; i < n; ++i) {
     Fiber& f = block.fibers[i];
-    if (!f.stack) f.stack.reset(new char[kFiberStack]);
+    if (!f.stack) f.stack.reset(new char[kFiberStackBytes]);
     f.thread_idx = uint3{static_cast<unsigned>(i % g_block_dim.x), static_cast<unsigned>(i / g_block_dim.x % g_block_dim.y),
                          static_cast<unsigned>(i / (g_block_dim.x * g_block_dim.y))};
     f.warp = i / 32;
@@ -185,7 +215,7 @@ void RunBlock(Block& block) {
     f.waiting_on = nullptr;
     ++block.warps[f.warp].live;
     ++block.warps[f.warp].size;
-    f.sp = StartFrame(f.stack.get(), kFiberStack);
+    f.sp = StartFrame(f.stack.get(), kFiberStackBytes);
   }
   while (block.live > 0) {
     bool progressed = false;
@@ -193,7 +223,13 @@ void RunBlock(Block& block) {
       if (!Runnable(f)) continue;
       f.waiting_on = nullptr;
       block.current = &f;
+#if SHOAL_SIMT_ASAN
+      __sanitizer_start_switch_fiber(&block.scheduler_fake_stack, f.stack.get(), kFiberStackBytes);
+#endif
       shoal_simt_switch(&block.scheduler_sp, f.sp);
+#if SHOAL_SIMT_ASAN
+      __sanitizer_finish_switch_fiber(block.scheduler_fake_stack, nullptr, nullptr);
+#endif
       block.current = nullptr;
       progressed = true;
     }
@@ -273,6 +309,11 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
   if (stream != nullptr && stream->capture_invalidated) return;
   std::string name = kernel;
   Issue(stream, [grid, block, body = std::move(body), name] {
+    // __shared__ variables are function statics, so one grid runs at a time in the
+    // process (tensor ranks as threads take turns). Not thread_local: static TLS that
+    // large would come out of every thread's stack.
+    static std::mutex kernel_mutex;
+    std::lock_guard lock(kernel_mutex);
     Block b(g_fibers);
     b.body = &body;
     b.kernel = name.c_str();
