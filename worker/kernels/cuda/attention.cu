@@ -79,11 +79,16 @@ __global__ void RopeAndWriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_he
 // With one split the block writes the normalized output; with several, split z of a row
 // takes the z-th of `splits` equal ranges of the row's positions and writes its partial
 // softmax (max, sum, unnormalized output) for MergeSplitsKernel.
+// Each warp takes kKeys consecutive positions per step (then the next kWarps * kKeys
+// further on): their loads are independent, so a warp has kKeys keys' worth in flight
+// rather than waiting out one key's latency at a time, and the running max and sum are
+// rescaled once per step.
 template <typename T, int kLaneDims>
 __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim,
                                 int64_t k_dim, int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq,
                                 int64_t num_heads, float scale, float* out, int64_t ldo, int splits,
                                 float* partials) {
+  constexpr int kKeys = kLaneDims <= 8 ? 4 : 2;  // MLA's 18 dims a lane leave room for 2
   const int64_t b = blockIdx.x, h = blockIdx.y;  // b: this launch's b-th row
   const int64_t r = rows.row_ids != nullptr ? rows.row_ids[b] : b;
   const int z = blockIdx.z;
@@ -101,20 +106,49 @@ __global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = begin + warp; j < end; j += kWarps) {
-    const int64_t at = SlotOffset(table, j, block_size, kv_heads, g, slot_dim);
-    float s = 0.0f;
-    for (int i = 0; i < kLaneDims; ++i) {
-      const int64_t d = lane + 32 * i;
-      if (d < k_dim) s += qv[i] * Load(kc, at + d);
+  for (int64_t j0 = begin + warp * kKeys; j0 < end; j0 += kWarps * kKeys) {
+    int64_t at[kKeys];
+    float s[kKeys];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      at[u] = j0 + u < end ? SlotOffset(table, j0 + u, block_size, kv_heads, g, slot_dim) : -1;
+      s[u] = 0.0f;
     }
-    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    const float m_new = fmaxf(m, s);
-    const float keep = __expf(m - m_new), p = __expf(s - m_new);
-    l = l * keep + p;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      if (at[u] < 0) continue;  // the same for every lane: j0 is the warp's
+      for (int i = 0; i < kLaneDims; ++i) {
+        const int64_t d = lane + 32 * i;
+        if (d < k_dim) s[u] += qv[i] * Load(kc, at[u] + d);
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], offset);
+    }
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      if (at[u] >= 0) m_new = fmaxf(m_new, s[u]);
+    }
+    const float keep = __expf(m - m_new);
+    float p[kKeys];
+    l *= keep;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      p[u] = at[u] >= 0 ? __expf(s[u] - m_new) : 0.0f;
+      l += p[u];
+    }
     for (int i = 0; i < kLaneDims; ++i) {
       const int64_t d = lane + 32 * i;
-      acc[i] = acc[i] * keep + (d < v_dim ? p * Load(vc, at + d) : 0.0f);
+      float a = acc[i] * keep;
+      if (d < v_dim) {
+#pragma unroll
+        for (int u = 0; u < kKeys; ++u) {
+          if (at[u] >= 0) a += p[u] * Load(vc, at[u] + d);
+        }
+      }
+      acc[i] = a;
     }
     m = m_new;
   }
