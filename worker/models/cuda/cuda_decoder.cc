@@ -280,9 +280,20 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
   return absl::OkStatus();
 }
 
+bool CudaDecoder::DenseGemmUsesGemv(int64_t T) const { return small_steps_gemv_ && T <= cuda::kGemvMaxRows; }
+
+void CudaDecoder::DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t T, DType y_type,
+                                    void* y, bool accumulate) {
+  if (!DenseGemmUsesGemv(T)) {
+    cuda::DieOnCudaError("DenseGemmF32Input", "a step too long for the GEMV kernel", __FILE__, __LINE__);
+  }
+  const cuda::StackedMatrices m{w, nullptr, wdt_, out, in, out};
+  cuda::Gemv(stream_.get(), m, T, DType::kF32, x, y_type, y, accumulate);
+}
+
 void CudaDecoder::DenseGemm(const void* w, int64_t in, int64_t out, const void* x, int64_t T, DType y_type, void* y,
                             bool accumulate) {
-  if (small_steps_gemv_ && T <= cuda::kGemvMaxRows) {
+  if (DenseGemmUsesGemv(T)) {
     const cuda::StackedMatrices m{w, nullptr, wdt_, out, in, out};
     cuda::Gemv(stream_.get(), m, T, wdt_, x, y_type, y, accumulate);
     return;

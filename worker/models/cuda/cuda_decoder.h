@@ -137,6 +137,12 @@ class CudaDecoder : public CudaCausalLM {
   // options.small_step_matmul is kCublas), longer ones through cuBLAS.
   void DenseGemm(const void* w, int64_t in, int64_t out, const void* x, int64_t num_tokens, DType y_type, void* y,
                  bool accumulate);
+  // True when DenseGemm takes a step of num_tokens rows through the GEMV kernel, which
+  // reads f32 input as well as wdt_ (DenseGemmF32Input), so the caller need not cast.
+  bool DenseGemmUsesGemv(int64_t num_tokens) const;
+  // DenseGemm of f32 input x, for a step where DenseGemmUsesGemv.
+  void DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t num_tokens, DType y_type,
+                         void* y, bool accumulate);
   // Random weights: uniform in ±bound (each call its own seed), or 1 (norms).
   void FillUniform(const cuda::DeviceBuffer& b, DType t, float bound);
   void FillUniform(const DeviceMatrix& m, float bound);

@@ -209,13 +209,18 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
     cuda::PagedAttention(s, cache, rest, qkv, qkv_width_, heads, scale, attn_.as<float>(), q_width_, split);
   }
 
-  // x += attn·Woᵀ
-  const void* attn_in = attn_.data();
-  if (wdt_ != DType::kF32) {
-    cuda::Cast(s, DType::kF32, attn_.data(), wdt_, attn_in_.data(), T * q_width_);
-    attn_in = attn_in_.data();
+  // x += attn·Woᵀ; the GEMV kernel reads the f32 attention output as it is, cuBLAS wants
+  // it in the weight type.
+  if (wdt_ == DType::kF32 || !DenseGemmUsesGemv(T)) {
+    const void* attn_in = attn_.data();
+    if (wdt_ != DType::kF32) {
+      cuda::Cast(s, DType::kF32, attn_.data(), wdt_, attn_in_.data(), T * q_width_);
+      attn_in = attn_in_.data();
+    }
+    DenseGemm(L.o.data(), q_width_, hidden, attn_in, T, DType::kF32, row_out, /*accumulate=*/alone);
+  } else {
+    DenseGemmF32Input(L.o.data(), q_width_, hidden, attn_.as<float>(), T, DType::kF32, row_out, /*accumulate=*/alone);
   }
-  DenseGemm(L.o.data(), q_width_, hidden, attn_in, T, DType::kF32, row_out, /*accumulate=*/alone);
   if (!alone) RETURN_IF_ERROR(AddReduced(T * hidden));
 
   // x += (silu(xn·Wgateᵀ) * xn·Wupᵀ)·Wdownᵀ
