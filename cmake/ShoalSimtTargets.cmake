@@ -15,8 +15,8 @@ add_library(shoal_simt_cudart SHARED ${SHOAL_SIMT_DIR}/simt_runtime.cc)
 target_include_directories(shoal_simt_cudart PUBLIC ${CUDAToolkit_INCLUDE_DIRS})
 set_target_properties(shoal_simt_cudart PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${SHOAL_SIMT_LIB_DIR})
 
-# dlopen("libcublas.so.13") from a test finds this one through the tests' RUNPATH (the
-# directory of libshoal_simt_cudart.so).
+# The emulated runtime loads this one from its own directory when it starts, so the
+# engine's dlopen("libcublas.so.13") finds it loaded.
 add_library(shoal_simt_cublas SHARED ${SHOAL_SIMT_DIR}/simt_cublas.cc)
 target_link_libraries(shoal_simt_cublas PRIVATE shoal_simt_cudart)
 set_target_properties(shoal_simt_cublas PROPERTIES OUTPUT_NAME cublas VERSION 13 SOVERSION 13

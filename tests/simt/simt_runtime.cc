@@ -3,6 +3,8 @@
 // heap, streams that run work when it is issued (or record it while a stream captures a
 // graph), and graphs that replay what was recorded. Linked instead of libcudart into the
 // `simt` tests.
+#include <dlfcn.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -337,6 +339,20 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
     g_grid_dim = outer_grid;
   });
 }
+
+namespace {
+// Loads the emulated libcublas.so.13 from this library's own directory, so the engine's
+// dlopen("libcublas.so.13") finds it already loaded whatever the caller's search path
+// (under ASan, dlopen is called from the sanitizer's runtime, not from the test binary
+// whose RUNPATH names this directory).
+__attribute__((constructor)) void LoadEmulatedCublas() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&LoadEmulatedCublas), &info) == 0 || info.dli_fname == nullptr) return;
+  std::string path(info.dli_fname);
+  path = path.substr(0, path.rfind('/') + 1) + "libcublas.so.13";
+  dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
+}
+}  // namespace
 
 // For the emulated cuBLAS: work on a stream, run now or captured.
 void IssueOnStream(cudaStream_t stream, std::function<void()> work) { Issue(stream, std::move(work)); }

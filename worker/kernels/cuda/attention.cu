@@ -348,9 +348,18 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
   }
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    LaunchAttention<T, kMaxHeadDim / 32>(stream, static_cast<const T*>(cache.k), static_cast<const T*>(cache.v),
-                                         cache.block_size, cache.num_kv_heads, cache.head_dim, cache.head_dim,
-                                         cache.head_dim, rows, q, ldq, num_heads, scale, out, ldo, split);
+    const T* k = static_cast<const T*>(cache.k);
+    const T* v = static_cast<const T*>(cache.v);
+    const int64_t hd = cache.head_dim;
+    // Heads of up to 128 (nearly every model) keep half the registers a lane, so more
+    // blocks fit on an SM.
+    if (hd <= 128) {
+      LaunchAttention<T, 4>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq, num_heads,
+                            scale, out, ldo, split);
+    } else {
+      LaunchAttention<T, kMaxHeadDim / 32>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q,
+                                           ldq, num_heads, scale, out, ldo, split);
+    }
   });
 }
 
