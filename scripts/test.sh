@@ -8,6 +8,7 @@
 #   SHOAL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz budget
 #   SHOAL_SKIP_K8S=1 scripts/test.sh       skip the Kubernetes step
 #   SHOAL_SKIP_CUDA=1 scripts/test.sh      skip compiling the CUDA sources
+#   SHOAL_SIMT_ASAN=1 scripts/test.sh      the emulated cuda tests under AddressSanitizer
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,11 +42,21 @@ if [[ ${SHOAL_SKIP_CUDA:-0} != 1 ]]; then
 
   # The same CUDA sources and cuda tests again, built for the SIMT emulator
   # (tests/simt): the kernels run on the CPU, so the tests run without a GPU.
+  # SHOAL_SIMT_ASAN=1 builds that tree with AddressSanitizer instead (build-simt-asan/):
+  # out-of-bounds device reads and writes then stop the test, as compute-sanitizer's
+  # memcheck would on a GPU (several times slower, so not the default).
+  simt_flags=() simt_env=()
   simt_build=${SHOAL_SIMT_BUILD_DIR:-$here/build-simt}
+  if [[ ${SHOAL_SIMT_ASAN:-0} == 1 ]]; then
+    simt_build=${SHOAL_SIMT_BUILD_DIR:-$here/build-simt-asan}
+    simt_flags=(-DCMAKE_CXX_FLAGS="-fsanitize=address -fno-omit-frame-pointer"
+      -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address)
+    simt_env=(ASAN_OPTIONS=detect_leaks=0)
+  fi
   cmake -S "$here" -B "$simt_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHOAL_SIMT_EMULATION=ON \
-    -DCUDAToolkit_ROOT="$cuda_root" >/dev/null
+    -DCUDAToolkit_ROOT="$cuda_root" "${simt_flags[@]}" >/dev/null
   cmake --build "$simt_build" --target shoal_cuda -j "$(nproc)"
-  (cd "$simt_build" && ctest --output-on-failure -j "$(nproc)" -L 'cuda|simt')
+  (cd "$simt_build" && env "${simt_env[@]}" ctest --output-on-failure -j "$(nproc)" -L 'cuda|simt')
 fi
 
 if ((fuzz_seconds > 0)); then

@@ -44,6 +44,17 @@ TEST(SimtEmulator, ThreadsThatReturnEarlyDoNotHoldUpTheBarrier) {
   EXPECT_EQ(out, 39 * 40 / 2);
 }
 
+// Threads of odd blocks run in the reverse order, so a race on shared memory shows up as
+// two blocks that disagree (here: one reads its neighbour's write, the other misses it).
+TEST(SimtEmulator, AMissingBarrierMakesEvenAndOddBlocksDisagree) {
+  const int n = 64;
+  std::vector<int32_t> out(2 * n, -1);
+  MissingBarrier(nullptr, n, out.data());
+  int differ = 0;
+  for (int t = 0; t < n; ++t) differ += out[t] != out[n + t];
+  EXPECT_GT(differ, n / 2);
+}
+
 TEST(SimtEmulatorDeathTest, FullMaskShuffleAfterLanesExitedEndsTheProcessNamingTheKernel) {
   int32_t out = 0;
   EXPECT_DEATH(ShuffleAfterLanesExited(nullptr, &out), "ShuffleAfterExitKernel: a lane returned while others of its warp wait at a shuffle");

@@ -219,9 +219,14 @@ void RunBlock(Block& block) {
     ++block.warps[f.warp].size;
     f.sp = StartFrame(f.stack.get(), kFiberStackBytes);
   }
+  // Odd blocks run their threads last to first: a read of another thread's shared-memory
+  // write without a barrier between them then sees the write in one order and not in the
+  // other, so blocks that should agree do not (a race the real GPU may or may not show).
+  const bool reverse = ((g_block_idx.x + g_block_idx.y + g_block_idx.z) & 1u) != 0;
   while (block.live > 0) {
     bool progressed = false;
-    for (Fiber& f : block.fibers) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = block.fibers[reverse ? n - 1 - k : k];
       if (!Runnable(f)) continue;
       f.waiting_on = nullptr;
       block.current = &f;

@@ -49,6 +49,14 @@ __global__ void ShuffleAfterExitKernel(int32_t* out) {
 
 __global__ void CountKernel(int32_t* out) { atomicAdd(out, 1); }
 
+__global__ void MissingBarrierKernel(int32_t* out) {
+  __shared__ int32_t s[1024];
+  const int t = threadIdx.x, n = blockDim.x;
+  if (blockIdx.x == 0) s[t] = 0;  // what the first block finds before anyone writes
+  s[t] = t + 1;
+  out[blockIdx.x * n + t] = s[(t + 1) % n];  // no __syncthreads: which value is here depends on order
+}
+
 __global__ void AddOneKernel(int32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] += 1;
@@ -73,6 +81,8 @@ void ShuffleAfterLanesExited(cudaStream_t stream, int32_t* out) { ShuffleAfterEx
 void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out) {
   CountKernel<<<1, threads, 0, stream>>>(out);
 }
+
+void MissingBarrier(cudaStream_t stream, int n, int32_t* out) { MissingBarrierKernel<<<2, n, 0, stream>>>(out); }
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }
 

@@ -18,6 +18,9 @@ void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, i
 void ShuffleAfterLanesExited(cudaStream_t stream, int32_t* out);
 // A launch of `threads` threads per block (over 1024 is a bad configuration).
 void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out);
+// Each of two blocks of n threads: thread t writes s[t] = t + 1, then reads s[(t + 1) % n]
+// with no barrier between (a race); out[b * n + t] is what it read.
+void MissingBarrier(cudaStream_t stream, int n, int32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 
