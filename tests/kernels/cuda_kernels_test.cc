@@ -1260,6 +1260,13 @@ TEST(CudaMoeRouting, DeviceRoutingAndPlanMatchTheHosts) {
       {"v2", 160, 6, 8, 3, DeepseekConfig::TopkMethod::kGroupLimitedGreedy, DeepseekConfig::ScoringFunc::kSoftmax,
        false, 16.0},
       {"v3", 256, 8, 8, 4, DeepseekConfig::TopkMethod::kNoauxTc, DeepseekConfig::ScoringFunc::kSigmoid, true, 2.5},
+      // Expert counts off the warp width: lanes past the last expert must stay out.
+      {"72 experts", 72, 6, 1, 1, DeepseekConfig::TopkMethod::kGreedy, DeepseekConfig::ScoringFunc::kSoftmax, true,
+       1.0},
+      {"40 experts in 4 groups", 40, 4, 4, 2, DeepseekConfig::TopkMethod::kNoauxTc,
+       DeepseekConfig::ScoringFunc::kSigmoid, true, 2.5},
+      {"8 experts", 8, 2, 1, 1, DeepseekConfig::TopkMethod::kGreedy, DeepseekConfig::ScoringFunc::kSoftmax, false,
+       1.0},
   };
   std::mt19937 rng(81);
   for (const Case& c : cases) {
