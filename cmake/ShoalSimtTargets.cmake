@@ -24,6 +24,7 @@ set_target_properties(shoal_simt_cublas PROPERTIES OUTPUT_NAME cublas VERSION 13
 # What links CUDA::cudart gets the runtime, and its build waits for the cuBLAS it dlopens.
 add_library(shoal_simt_cuda INTERFACE)
 target_link_libraries(shoal_simt_cuda INTERFACE shoal_simt_cudart)
+target_link_options(shoal_simt_cuda INTERFACE -fsanitize=alignment)  # the rewritten sources' UBSan runtime
 add_dependencies(shoal_simt_cuda shoal_simt_cublas)
 add_library(CUDA::cudart ALIAS shoal_simt_cuda)
 

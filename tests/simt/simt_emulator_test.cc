@@ -60,6 +60,14 @@ TEST(SimtEmulatorDeathTest, FullMaskShuffleAfterLanesExitedEndsTheProcessNamingT
   EXPECT_DEATH(ShuffleAfterLanesExited(nullptr, &out), "ShuffleAfterExitKernel: a lane returned while others of its warp wait at a shuffle");
 }
 
+TEST(SimtEmulatorDeathTest, AMisalignedVectorLoadEndsTheProcessAsOnTheGpu) {
+  alignas(16) char bytes[48] = {};
+  uint32_t out = 1;
+  VectorLoad(nullptr, bytes + 16, &out);
+  EXPECT_EQ(out, 0u);
+  EXPECT_DEATH(VectorLoad(nullptr, bytes + 4, &out), "misaligned address");
+}
+
 TEST(SimtEmulator, MoreThan1024ThreadsIsTheLaunchsInvalidConfiguration) {
   int32_t count = 0;
   LaunchWithThreads(nullptr, 1025, &count);

@@ -57,6 +57,11 @@ __global__ void MissingBarrierKernel(int32_t* out) {
   out[blockIdx.x * n + t] = s[(t + 1) % n];  // no __syncthreads: which value is here depends on order
 }
 
+__global__ void VectorLoadKernel(const char* p, uint32_t* out) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  *out = v.x ^ v.y ^ v.z ^ v.w;
+}
+
 __global__ void AddOneKernel(int32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] += 1;
@@ -83,6 +88,8 @@ void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out) {
 }
 
 void MissingBarrier(cudaStream_t stream, int n, int32_t* out) { MissingBarrierKernel<<<2, n, 0, stream>>>(out); }
+
+void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out) { VectorLoadKernel<<<1, 1, 0, stream>>>(p, out); }
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }
 

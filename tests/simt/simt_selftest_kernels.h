@@ -21,6 +21,8 @@ void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out);
 // Each of two blocks of n threads: thread t writes s[t] = t + 1, then reads s[(t + 1) % n]
 // with no barrier between (a race); out[b * n + t] is what it read.
 void MissingBarrier(cudaStream_t stream, int n, int32_t* out);
+// A 16-byte vector load from `p` (which faults on a GPU unless p is 16-byte aligned).
+void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 
