@@ -113,6 +113,26 @@ TEST(SimtEmulator, CapturedWorkRunsOnlyWhenTheGraphIsLaunchedAndEachTimeItIs) {
   cudaStreamDestroy(stream);
 }
 
+// Work on a created stream runs only when something synchronizes with it, so a host read
+// the code forgot to order after the work sees the old data (as it may on a GPU).
+TEST(SimtEmulator, StreamWorkWaitsForASynchronization) {
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  std::vector<int32_t> v(10, 1);
+  AddOne(stream, v.data(), 10);
+  EXPECT_EQ(v[0], 1) << "nothing synchronized yet";
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(v[0], 2);
+  // A pinned staging buffer rewritten before the copy that reads it has run: the copy
+  // takes the new value, which is why the engine synchronizes before reusing staging.
+  int32_t staging = 7, dst = 0;
+  ASSERT_EQ(cudaMemcpyAsync(&dst, &staging, sizeof(dst), cudaMemcpyHostToDevice, stream), cudaSuccess);
+  staging = 8;
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(dst, 8);
+  cudaStreamDestroy(stream);
+}
+
 TEST(SimtEmulator, DeviceMemoryIsBoundedAndCountedByMemGetInfo) {
   size_t free_before = 0, total = 0;
   ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <set>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,11 +22,15 @@
 
 // The runtime's opaque handles, defined here.
 struct CUstream_st {
+  unsigned flags = 0;                                     // cudaStreamNonBlocking or not
   std::vector<std::function<void()>>* capture = nullptr;  // non-null while capturing
   bool capture_invalidated = false;
+  std::mutex mutex;                                       // guards pending; held while it runs
+  std::deque<std::function<void()>> pending;              // issued, not yet run
 };
 struct CUevent_st {
   std::chrono::steady_clock::time_point at;
+  cudaStream_t stream = nullptr;  // where it was last recorded
 };
 struct CUgraph_st {
   std::vector<std::function<void()>> work;
@@ -259,12 +264,55 @@ size_t DeviceBytes() {
   return static_cast<size_t>(env != nullptr ? std::atoll(env) : 4096) << 20;
 }
 
-// Runs `work` on `stream`, or records it when the stream is capturing.
+// Work on a created stream waits until something synchronizes with it (a stream, event
+// or device synchronization, a query, a free, the legacy stream for a blocking stream), so
+// a host read or a host-buffer rewrite that the code did not order after the work sees the
+// old data, as it could on the hardware. SHOAL_SIMT_DEFER=0 runs work when it is issued.
+bool Deferred() {
+  static const bool deferred = [] {
+    const char* env = std::getenv("SHOAL_SIMT_DEFER");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return deferred;
+}
+
+std::mutex g_streams_mutex;
+std::set<cudaStream_t> g_streams;
+
+void Flush(cudaStream_t stream) {
+  std::lock_guard lock(stream->mutex);
+  while (!stream->pending.empty()) {
+    std::function<void()> work = std::move(stream->pending.front());
+    stream->pending.pop_front();
+    work();
+  }
+}
+
+// Every stream whose flags match (all of them for a device-wide synchronization).
+void FlushStreams(bool blocking_only) {
+  std::vector<cudaStream_t> streams;
+  {
+    std::lock_guard lock(g_streams_mutex);
+    for (cudaStream_t s : g_streams) {
+      if (!blocking_only || (s->flags & cudaStreamNonBlocking) == 0) streams.push_back(s);
+    }
+  }
+  for (cudaStream_t s : streams) Flush(s);
+}
+
+// Runs `work` on `stream`: recorded while the stream captures, queued on a created stream,
+// at once on the legacy stream (after the blocking streams, which it waits for).
 void Issue(cudaStream_t stream, std::function<void()> work) {
   if (stream != nullptr && stream->capture != nullptr) {
     stream->capture->push_back(std::move(work));
     return;
   }
+  if (stream != nullptr && Deferred()) {
+    std::lock_guard lock(stream->mutex);
+    stream->pending.push_back(std::move(work));
+    return;
+  }
+  if (stream == nullptr) FlushStreams(/*blocking_only=*/true);
   work();
 }
 
@@ -369,6 +417,8 @@ using shoal::simt::g_allocated;
 using shoal::simt::g_allocations;
 using shoal::simt::g_last_error;
 using shoal::simt::g_mutex;
+using shoal::simt::Flush;
+using shoal::simt::FlushStreams;
 using shoal::simt::Issue;
 
 extern "C" {
@@ -439,6 +489,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  FlushStreams(/*blocking_only=*/false);  // cudaFree synchronizes the device
   std::lock_guard lock(g_mutex);
   auto it = g_allocations.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == g_allocations.end()) return cudaErrorInvalidValue;
@@ -454,11 +505,14 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+  FlushStreams(/*blocking_only=*/false);
   std::free(ptr);
   return cudaSuccess;
 }
 
+// The legacy stream's: after the blocking streams' work.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
+  FlushStreams(/*blocking_only=*/true);
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
 }
@@ -490,9 +544,11 @@ cudaError_t cudaDeviceEnablePeerAccess(int peer_device, unsigned int) {
   return cudaErrorInvalidDevice;
 }
 
-// Work runs when issued, so a stream is always idle and an event's time is when the work
-// before it finished.
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+// An event's time is when the work issued before it ran.
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  if (stream != nullptr) Flush(stream);  // a poll loop must make progress
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st;
@@ -506,11 +562,15 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (Capturing(stream)) return cudaErrorStreamCaptureUnsupported;
-  event->at = std::chrono::steady_clock::now();
+  event->stream = stream;
+  Issue(stream, [event] { event->at = std::chrono::steady_clock::now(); });
   return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (event->stream != nullptr) Flush(event->stream);
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
@@ -518,6 +578,7 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
 }
 
 cudaError_t cudaMemset(void* dst, int value, size_t count) {
+  FlushStreams(/*blocking_only=*/true);
   std::memset(dst, value, count);
   return cudaSuccess;
 }
@@ -527,14 +588,22 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t str
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   *stream = new CUstream_st;
+  (*stream)->flags = flags;
+  std::lock_guard lock(shoal::simt::g_streams_mutex);
+  shoal::simt::g_streams.insert(*stream);
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  Flush(stream);  // its work completes first, as on the hardware
+  {
+    std::lock_guard lock(shoal::simt::g_streams_mutex);
+    shoal::simt::g_streams.erase(stream);
+  }
   delete stream;
   return cudaSuccess;
 }
@@ -545,10 +614,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     stream->capture_invalidated = true;
     return cudaErrorStreamCaptureUnsupported;
   }
+  if (stream != nullptr) Flush(stream);
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  FlushStreams(/*blocking_only=*/false);
+  return cudaSuccess;
+}
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
   if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;
