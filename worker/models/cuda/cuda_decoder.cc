@@ -287,15 +287,15 @@ void CudaDecoder::DenseGemmF32Input(const void* w, int64_t in, int64_t out, cons
   if (!DenseGemmUsesGemv(T)) {
     cuda::DieOnCudaError("DenseGemmF32Input", "a step too long for the GEMV kernel", __FILE__, __LINE__);
   }
-  const cuda::StackedMatrices m{w, nullptr, wdt_, out, in, out};
-  cuda::Gemv(stream_.get(), m, T, DType::kF32, x, y_type, y, accumulate);
+  cuda::Gemv(stream_.get(), cuda::StackedMatrices{w, nullptr, wdt_, out, in, out}, T, DType::kF32, x, y_type, y,
+             accumulate);
 }
 
 void CudaDecoder::DenseGemm(const void* w, int64_t in, int64_t out, const void* x, int64_t T, DType y_type, void* y,
                             bool accumulate) {
   if (DenseGemmUsesGemv(T)) {
-    const cuda::StackedMatrices m{w, nullptr, wdt_, out, in, out};
-    cuda::Gemv(stream_.get(), m, T, wdt_, x, y_type, y, accumulate);
+    cuda::Gemv(stream_.get(), cuda::StackedMatrices{w, nullptr, wdt_, out, in, out}, T, wdt_, x, y_type, y,
+               accumulate);
     return;
   }
   gemm_.Run(wdt_, x, w, T, in, out, y_type, y, accumulate);

@@ -211,15 +211,15 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
 
   // x += attn·Woᵀ; the GEMV kernel reads the f32 attention output as it is, cuBLAS wants
   // it in the weight type.
-  if (wdt_ == DType::kF32 || !DenseGemmUsesGemv(T)) {
+  if (DenseGemmUsesGemv(T)) {
+    DenseGemmF32Input(L.o.data(), q_width_, hidden, attn_.as<float>(), T, DType::kF32, row_out, /*accumulate=*/alone);
+  } else {
     const void* attn_in = attn_.data();
     if (wdt_ != DType::kF32) {
       cuda::Cast(s, DType::kF32, attn_.data(), wdt_, attn_in_.data(), T * q_width_);
       attn_in = attn_in_.data();
     }
     DenseGemm(L.o.data(), q_width_, hidden, attn_in, T, DType::kF32, row_out, /*accumulate=*/alone);
-  } else {
-    DenseGemmF32Input(L.o.data(), q_width_, hidden, attn_.as<float>(), T, DType::kF32, row_out, /*accumulate=*/alone);
   }
   if (!alone) RETURN_IF_ERROR(AddReduced(T * hidden));
 
