@@ -337,13 +337,21 @@ TEST_P(CudaKernels, GemmWritesTheInputTypeForOneRowAndMany) {
 }
 
 // Three sequences in one launch: a decode row after 37 cached tokens, a 5-row prompt chunk
-// after 10, a fresh 7-row prompt; GQA (8 heads over 2 kv heads); head_dim 80, so lanes
-// past the head are masked; scattered block tables. Keys and values are rounded to the
-// cache type first, so the CPU's f32 cache holds the same numbers the GPU's cache does.
+// after 10, a fresh 7-row prompt; scattered block tables. Head shapes: GQA of 4 heads a KV
+// head with head_dim 80 (the tile's words past the head stay zero), Qwen2-7B's 7 of 128,
+// 12 heads on one KV head (two blocks of 6), plain multi-head attention with head_dim 34
+// (slots not 16-byte multiples: loaded word by word), and head_dim 256. Keys and values
+// are rounded to the cache type first, so the CPU's f32 cache holds the same numbers the
+// GPU's cache does.
 TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
-  const int64_t heads = 8, kv_heads = 2, hd = 80, width = kv_heads * hd;
+  struct Shape {
+    int64_t heads, kv_heads, hd;
+  };
+  for (const Shape shape : {Shape{8, 2, 80}, Shape{28, 4, 128}, Shape{12, 1, 64}, Shape{3, 3, 34}, Shape{4, 2, 256}}) {
+  SCOPED_TRACE(::testing::Message() << shape.heads << " heads over " << shape.kv_heads << ", head_dim " << shape.hd);
+  const int64_t heads = shape.heads, kv_heads = shape.kv_heads, hd = shape.hd, width = kv_heads * hd;
   const int block_size = 16, blocks_per_seq = 4;
   const int64_t num_blocks = 3 * blocks_per_seq;
   struct Seq {
@@ -405,6 +413,7 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   ExpectSameSlots(Decode(Download(dk_cache), t), kc, lengths, width, [&](int s, int64_t p) {
     return cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
   });
+  }
 }
 
 // Split-K: a decode row over 1000 positions, one over 5 (fewer positions than splits)
@@ -434,10 +443,12 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   const DeviceRows all = all_dev.rows;
   const DeviceRows queries = q_dev.rows;
-  EXPECT_EQ(AttentionSplits(1, 28, 1024), 4);
-  EXPECT_EQ(AttentionSplits(64, 28, 1024), 1);
-  EXPECT_EQ(AttentionSplits(1, 16, 0), 1);
-  EXPECT_EQ(AttentionSplits(1, 1, 1 << 20), 32);
+  EXPECT_EQ(AttentionSplits(1, 28, 4, 1024), 16);  // 4 blocks (7 heads each): 16 splits of 64 positions
+  EXPECT_EQ(AttentionSplits(1, 28, 4, 1000), 16);  // rounded up to a power of two
+  EXPECT_EQ(AttentionSplits(64, 28, 4, 1024), 2);  // 256 blocks: twice as many are enough
+  EXPECT_EQ(AttentionSplits(64, 32, 32, 1024), 1);  // 2048 blocks fill the GPU
+  EXPECT_EQ(AttentionSplits(1, 16, 1, 0), 1);
+  EXPECT_EQ(AttentionSplits(1, 1, 1, 1 << 20), 32);
 
   // Standard cache.
   const std::vector<float> k = Random(n_all * width, 61), v = Random(n_all * width, 62);
@@ -597,14 +608,16 @@ TEST_P(CudaKernels, BatchedGemmMultipliesEachHeadsSliceInBothLayouts) {
 }
 
 // MLA's absorbed attention against the CPU's: DeepSeek-V2/V3's entry (512 latent + 64
-// rope, so every one of a lane's 18 dimensions is used), a decode row over 40 cached
+// rope), 4 heads (one block) and 12 (two blocks of 6 sharing nothing), a decode row over 40 cached
 // positions, a 6-row chunk after 9, a fresh 3-row prompt; scattered block tables. The
 // entries are rounded to the cache type first, so both caches hold the same numbers.
 TEST_P(CudaKernels, MlaLatentAttentionMatchesCpuOverMixedRows) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   if (t == DType::kBF16) GTEST_SKIP() << "the CPU latent cache keeps f32 or f16; bf16 is covered by the model tests";
-  const int64_t latent = 512, rope = 64, entry = latent + rope, heads = 4;
+  const int64_t latent = 512, rope = 64, entry = latent + rope;
+  for (const int64_t heads : {int64_t{4}, int64_t{12}}) {  // one block of heads, two of 6
+  SCOPED_TRACE(heads);
   const int block_size = 16, blocks_per_seq = 4;
   const int64_t num_blocks = 3 * blocks_per_seq;
   struct Seq {
@@ -662,6 +675,7 @@ TEST_P(CudaKernels, MlaLatentAttentionMatchesCpuOverMixedRows) {
   ExpectSameSlots(Decode(Download(dcache), t), cpu_data, lengths, entry, [&](int s, int64_t p) {
     return cpu_cache.Offset(std::span<const int32_t>(&tables[s * blocks_per_seq], blocks_per_seq), p);
   });
+  }
 }
 
 // DeepSeek's latent norm: the first n of wider f32 rows normalized in place (the rope

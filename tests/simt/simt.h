@@ -73,6 +73,15 @@ T ShuffleXor(unsigned mask, T v, int lane_mask, int width) {
 }
 
 template <typename T>
+T ShuffleIndex(unsigned mask, T v, int src_lane, int width) {
+  const int lane = LaneId();
+  const int src = (lane & ~(width - 1)) | (src_lane & (width - 1));
+  T out;
+  WarpExchange(mask, &v, sizeof(T), src, &out);
+  return out;
+}
+
+template <typename T>
 T ShuffleUp(unsigned mask, T v, unsigned delta, int width) {
   const int lane = LaneId();
   const int in_segment = lane & (width - 1);
@@ -113,6 +122,10 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { ::shoal::simt::SyncWarp(ma
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return ::shoal::simt::ShuffleXor(mask, v, lane_mask, width);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  return ::shoal::simt::ShuffleIndex(mask, v, src_lane, width);
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {

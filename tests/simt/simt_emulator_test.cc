@@ -24,15 +24,16 @@ TEST(SimtEmulator, BlockReductionThroughSharedMemoryAndSyncthreadsSumsEachBlock)
   }
 }
 
-TEST(SimtEmulator, WarpShufflesSumAndScanWithinEachWarp) {
+TEST(SimtEmulator, WarpShufflesSumScanAndGatherWithinEachWarp) {
   const int n = 128;
-  std::vector<int32_t> in(n), sum(n), scan(n);
+  std::vector<int32_t> in(n), sum(n), scan(n), gathered(n);
   for (int i = 0; i < n; ++i) in[i] = (i * 7) % 11 - 5;
-  WarpSumsAndScans(nullptr, in.data(), n, sum.data(), scan.data());
+  WarpSumsAndScans(nullptr, in.data(), n, sum.data(), scan.data(), gathered.data());
   for (int i = 0; i < n; ++i) {
     const int warp = i / 32 * 32;
     EXPECT_EQ(sum[i], std::accumulate(in.begin() + warp, in.begin() + warp + 32, 0)) << i;
     EXPECT_EQ(scan[i], std::accumulate(in.begin() + warp, in.begin() + i + 1, 0)) << i;
+    EXPECT_EQ(gathered[i], in[warp + (i % 32 * 7 + 3) % 32]) << i;
   }
 }
 

@@ -15,7 +15,7 @@ __global__ void BlockSumKernel(const int32_t* in, int32_t* out) {
   if (t == 0) out[blockIdx.x] = s[0];
 }
 
-__global__ void WarpKernel(const int32_t* in, int n, int32_t* out, int32_t* scan) {
+__global__ void WarpKernel(const int32_t* in, int n, int32_t* out, int32_t* scan, int32_t* gathered) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   const int lane = threadIdx.x % 32;
   const int32_t v = i < n ? in[i] : 0;
@@ -26,9 +26,11 @@ __global__ void WarpKernel(const int32_t* in, int n, int32_t* out, int32_t* scan
     const int32_t up = __shfl_up_sync(0xffffffffu, prefix, d);
     if (lane >= d) prefix += up;
   }
+  const int32_t from = __shfl_sync(0xffffffffu, v, (lane * 7 + 3) % 32);
   if (i < n) {
     out[i] = sum;
     scan[i] = prefix;
+    gathered[i] = from;
   }
 }
 
@@ -73,8 +75,9 @@ void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_
   BlockSumKernel<<<blocks, n, 0, stream>>>(in, out);
 }
 
-void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan) {
-  WarpKernel<<<(n + 63) / 64, 64, 0, stream>>>(in, n, out, scan);
+void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan,
+                      int32_t* gathered) {
+  WarpKernel<<<(n + 63) / 64, 64, 0, stream>>>(in, n, out, scan, gathered);
 }
 
 void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, int live, int32_t* out) {

@@ -10,8 +10,9 @@ namespace shoal::simt_selftest {
 // memory and __syncthreads (n a power of two, at most 1024).
 void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_t* out);
 // out[i] = the sum of its warp's values by a shuffle butterfly; scan[i] = the inclusive
-// prefix sum within the warp by __shfl_up_sync.
-void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan);
+// prefix sum within the warp by __shfl_up_sync; gathered[i] = the value of lane
+// (7 * lane + 3) % 32 of its warp by __shfl_sync.
+void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan, int32_t* gathered);
 // Threads at or past `live` return at once; the others reduce through __syncthreads.
 void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, int live, int32_t* out);
 // A full-mask shuffle after half the warp returned (the emulator ends the process).

@@ -4,14 +4,14 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
-
-constexpr int kWarps = 4;
 
 // Element offset of (position, kv head) in a layer's cache.
 __device__ __forceinline__ int64_t SlotOffset(const int32_t* table, int64_t pos, int block_size, int64_t kv_heads,
@@ -73,114 +73,226 @@ __global__ void RopeAndWriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_he
   cache[at + b] = FromFloat<T>(x1);
 }
 
-// One block per (row, head, split). Keys are the first k_dim elements of a cache slot of
-// slot_dim, values the first v_dim of the value cache's slot (for MLA both are the same
-// latent entry: keys [c, k_pe], values c). kLaneDims bounds max(k_dim, v_dim) / 32.
-// With one split the block writes the normalized output; with several, split z of a row
-// takes the z-th of `splits` equal ranges of the row's positions and writes its partial
-// softmax (max, sum, unnormalized output) for MergeSplitsKernel.
-// Each warp takes kKeys consecutive positions per step (then the next kWarps * kKeys
-// further on): their loads are independent, so a warp has kKeys keys' worth in flight
-// rather than waiting out one key's latency at a time, and the running max and sum are
-// rescaled once per step.
-template <typename T, int kLaneDims>
-__global__ void AttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim,
-                                int64_t k_dim, int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq,
-                                int64_t num_heads, float scale, float* out, int64_t ldo, int splits,
-                                float* partials) {
-  constexpr int kKeys = kLaneDims <= 8 ? 4 : 2;  // MLA's 18 dims a lane leave room for 2
-  const int64_t b = blockIdx.x, h = blockIdx.y;  // b: this launch's b-th row
+// Query heads a block of GroupAttentionKernel serves, one a warp: every head of a KV
+// group reads the same keys and values, so a block takes a tile of them from the cache
+// once for all its heads (grouped-query attention: 7 heads a group on Qwen2-7B; MLA: every
+// head shares the one latent cache, 16 on DeepSeek-V2-Lite).
+constexpr int kMaxGroupWarps = 8;
+
+// How a KV head's group of query heads is split over blocks: `per_group` blocks of at
+// most `per_block` heads, as even as can be (12 heads: 2 blocks of 6, not 8 and 4).
+struct HeadBlocks {
+  int per_block = 1;
+  int per_group = 1;
+};
+
+HeadBlocks HeadBlocksFor(int64_t group) {
+  const int64_t blocks = (group + kMaxGroupWarps - 1) / kMaxGroupWarps;
+  return {static_cast<int>((group + blocks - 1) / blocks), static_cast<int>(blocks)};
+}
+
+// The shared-memory tile of GroupAttentionKernel: kTile keys (and values) of rows of kDim
+// elements, held as 32-bit words (one f32, or two f16/bf16). While scoring, lane (j, part)
+// takes key j and every kParts-th word from `part`: with rows kStride = kWords + kParts
+// words apart (kParts modulo 32), the warp's 32 reads fall in 32 different banks.
+template <typename T, int kDim, bool kValuesInKeys>
+struct AttentionTile {
+  static constexpr int kElementsPerWord = 4 / static_cast<int>(sizeof(T));
+  static constexpr int kWords = kDim / kElementsPerWord;
+  static_assert(kWords % 32 == 0, "rows of whole warps of words");
+  static constexpr int kBuffers = kValuesInKeys ? 1 : 2;
+  static constexpr int kQueryBytes = kMaxGroupWarps * kDim * 4;
+  // 16 keys where they fit beside the queries in 48 KB of static shared memory, else 8.
+  static constexpr int kTile = kQueryBytes + kBuffers * 16 * (kWords + 2) * 4 <= 48 * 1024 ? 16 : 8;
+  static constexpr int kParts = 32 / kTile;
+  static constexpr int kStride = kWords + kParts;
+  static_assert(kQueryBytes + kBuffers * kTile * kStride * 4 <= 48 * 1024, "static shared memory");
+};
+
+// The 32-bit word of elements [at, at + 4 / sizeof(T)) of p, bits as they are (the last
+// element of a row with an odd count pairs with 0).
+template <typename T>
+__device__ __forceinline__ uint32_t WordAt(const T* p, int64_t at, int64_t valid) {
+  if constexpr (sizeof(T) == 4) {
+    uint32_t w;
+    memcpy(&w, p + at, 4);
+    return w;
+  } else {
+    uint16_t lo = 0, hi = 0;
+    memcpy(&lo, p + at, 2);
+    if (valid > 1) memcpy(&hi, p + at + 1, 2);
+    return lo | (static_cast<uint32_t>(hi) << 16);
+  }
+}
+
+// Four words into shared memory at a word boundary (rows kStride words apart are not
+// 16-byte aligned).
+__device__ __forceinline__ void StoreWords(uint32_t* to, uint4 w) {
+  to[0] = w.x;
+  to[1] = w.y;
+  to[2] = w.z;
+  to[3] = w.w;
+}
+
+// A word's elements as f32: x, and y for a 16-bit pair (0 for f32).
+template <typename T>
+__device__ __forceinline__ float2 Unpack(uint32_t w) {
+  if constexpr (std::is_same_v<T, float>) {
+    return make_float2(__uint_as_float(w), 0.0f);
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
+                       __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
+  } else {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  }
+}
+
+// One block per (row, block of a KV group's query heads, split); warp w serves head
+// g * group + first + w. Keys are the first k_dim elements of a cache slot of slot_dim,
+// values the first v_dim of the value cache's slot (kValuesInKeys: the keys' slot, MLA's
+// latent entry [c, k_pe] with values c). The block walks the split's positions a tile at
+// a time: every thread loads part of the tile into shared memory (16-byte loads where the
+// slots allow), then each warp scores the tile's keys for its head (a lane per key, or
+// per part of one), updates its running max and sum (online softmax), and adds the tile's
+// values, weighted, to its lanes' output elements. With one split the warp writes its
+// head's normalized output; with several, split z of a row takes the z-th of `splits`
+// equal ranges of the row's positions and writes its partial softmax (max, sum,
+// unnormalized output) for MergeSplitsKernel.
+template <typename T, int kDim, bool kValuesInKeys>
+__global__ void __launch_bounds__(32 * kMaxGroupWarps)
+    GroupAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim, int64_t k_dim,
+                         int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq, int64_t num_heads,
+                         HeadBlocks head_blocks, float scale, float* out, int64_t ldo, int splits, float* partials) {
+  using Tile = AttentionTile<T, kDim, kValuesInKeys>;
+  constexpr int kTile = Tile::kTile, kParts = Tile::kParts, kStride = Tile::kStride, kWords = Tile::kWords;
+  constexpr int kEpw = Tile::kElementsPerWord, kLaneWords = kWords / 32;
+  __shared__ float qs[kMaxGroupWarps][kDim];
+  __shared__ uint32_t ks[kTile * kStride];
+  __shared__ uint32_t vs_own[kValuesInKeys ? 1 : kTile * kStride];
+  const uint32_t* vs = kValuesInKeys ? ks : vs_own;
+
+  const int64_t b = blockIdx.x;  // this launch's b-th row
   const int64_t r = rows.row_ids != nullptr ? rows.row_ids[b] : b;
-  const int z = blockIdx.z;
-  const int64_t g = h / (num_heads / kv_heads);
+  const int64_t group = num_heads / kv_heads, g = blockIdx.y / head_blocks.per_group;
+  const int64_t first = (blockIdx.y % head_blocks.per_group) * head_blocks.per_block;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bool serves = first + warp < group;  // the same for a whole warp
+  const int64_t h = g * group + first + warp;
+  const int z = blockIdx.z;
   const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
   const int64_t count = rows.row_pos[r] + 1;  // positions this row sees
   const int64_t chunk = (count + splits - 1) / splits;
-  const int64_t begin = z * chunk, end = min(count, begin + chunk);
+  const int64_t begin = min(count, z * chunk), end = min(count, begin + chunk);
 
-  float qv[kLaneDims], acc[kLaneDims];
-  for (int i = 0; i < kLaneDims; ++i) {
-    const int64_t d = lane + 32 * i;
-    qv[i] = d < k_dim ? q[r * ldq + h * k_dim + d] * scale : 0.0f;
-    acc[i] = 0.0f;
+  // The warp's query, scaled, zeros past k_dim (as the tiles' rows are).
+  for (int d = lane; d < kDim; d += 32) qs[warp][d] = serves && d < k_dim ? q[r * ldq + h * k_dim + d] * scale : 0.0f;
+  // Words past a row's k_dim elements are never loaded: zero once.
+  const int64_t k_words = (k_dim + kEpw - 1) / kEpw;
+  for (int e = threadIdx.x; e < kTile * kStride; e += blockDim.x) {
+    if (e % kStride >= k_words) {
+      ks[e] = 0;
+      if constexpr (!kValuesInKeys) vs_own[e] = 0;
+    }
   }
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t j0 = begin + warp * kKeys; j0 < end; j0 += kWarps * kKeys) {
-    int64_t at[kKeys];
-    float s[kKeys];
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) {
-      at[u] = j0 + u < end ? SlotOffset(table, j0 + u, block_size, kv_heads, g, slot_dim) : -1;
-      s[u] = 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) {
-      if (at[u] < 0) continue;  // the same for every lane: j0 is the warp's
-      for (int i = 0; i < kLaneDims; ++i) {
-        const int64_t d = lane + 32 * i;
-        if (d < k_dim) s[u] += qv[i] * Load(kc, at[u] + d);
-      }
-    }
-    for (int offset = 16; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int u = 0; u < kKeys; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], offset);
-    }
-    float m_new = m;
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) {
-      if (at[u] >= 0) m_new = fmaxf(m_new, s[u]);
-    }
-    const float keep = __expf(m - m_new);
-    float p[kKeys];
-    l *= keep;
-#pragma unroll
-    for (int u = 0; u < kKeys; ++u) {
-      p[u] = at[u] >= 0 ? __expf(s[u] - m_new) : 0.0f;
-      l += p[u];
-    }
-    for (int i = 0; i < kLaneDims; ++i) {
-      const int64_t d = lane + 32 * i;
-      float a = acc[i] * keep;
-      if (d < v_dim) {
-#pragma unroll
-        for (int u = 0; u < kKeys; ++u) {
-          if (at[u] >= 0) a += p[u] * Load(vc, at[u] + d);
+  constexpr int kVecElements = 16 / static_cast<int>(sizeof(T));
+  const bool vector = (slot_dim * static_cast<int64_t>(sizeof(T))) % 16 == 0 && k_dim % kVecElements == 0 &&
+                      reinterpret_cast<uintptr_t>(kc) % 16 == 0 && reinterpret_cast<uintptr_t>(vc) % 16 == 0;
+  const int j = lane / kParts, part = lane % kParts;  // while scoring: this lane's key and share of it
+
+  float acc[kLaneWords][kEpw];
+  for (int i = 0; i < kLaneWords; ++i) {
+    for (int e = 0; e < kEpw; ++e) acc[i][e] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;  // l: this lane's share of the sum (lanes of part 0)
+  for (int64_t base = begin; base < end; base += kTile) {
+    const int valid = static_cast<int>(min(static_cast<int64_t>(kTile), end - base));
+    __syncthreads();  // every warp is done with the previous tile
+    if (vector) {  // 16 bytes: 4 words
+      const int64_t vecs = k_dim / kVecElements;
+      for (int64_t e = threadIdx.x; e < kTile * vecs; e += blockDim.x) {
+        const int jj = static_cast<int>(e / vecs), c = static_cast<int>(e % vecs);
+        uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
+        if (jj < valid) {
+          const int64_t at = SlotOffset(table, base + jj, block_size, kv_heads, g, slot_dim) + c * kVecElements;
+          kw = *reinterpret_cast<const uint4*>(kc + at);
+          if constexpr (!kValuesInKeys) vw = *reinterpret_cast<const uint4*>(vc + at);
         }
+        StoreWords(&ks[jj * kStride + 4 * c], kw);
+        if constexpr (!kValuesInKeys) StoreWords(&vs_own[jj * kStride + 4 * c], vw);
       }
-      acc[i] = a;
+    } else {
+      for (int64_t e = threadIdx.x; e < kTile * k_words; e += blockDim.x) {
+        const int jj = static_cast<int>(e / k_words);
+        const int64_t w = e % k_words, first_element = w * kEpw;
+        uint32_t kw = 0, vw = 0;
+        if (jj < valid) {
+          const int64_t at = SlotOffset(table, base + jj, block_size, kv_heads, g, slot_dim) + first_element;
+          kw = WordAt(kc, at, k_dim - first_element);
+          if constexpr (!kValuesInKeys) vw = WordAt(vc, at, k_dim - first_element);
+        }
+        ks[jj * kStride + w] = kw;
+        if constexpr (!kValuesInKeys) vs_own[jj * kStride + w] = vw;
+      }
     }
-    m = m_new;
-  }
+    __syncthreads();
+    if (!serves) continue;
 
-  // Merge the warps' partial softmaxes: rescale each to the largest max.
-  __shared__ float warp_m[kWarps], warp_l[kWarps];
-  __shared__ float warp_acc[kWarps][32 * kLaneDims];
-  if (lane == 0) {
-    warp_m[warp] = m;
-    warp_l[warp] = l;
+    // Scores: lane (j, part) sums its words of key j, then the key's kParts lanes add up.
+    float s = 0.0f;
+    const uint32_t* key = &ks[j * kStride];
+#pragma unroll 8
+    for (int t = 0; t < kWords / kParts; ++t) {
+      const int w = kParts * t + part;
+      const float2 kf = Unpack<T>(key[w]);
+      if constexpr (kEpw == 1) {
+        s += qs[warp][w] * kf.x;
+      } else {
+        s += qs[warp][2 * w] * kf.x + qs[warp][2 * w + 1] * kf.y;
+      }
+    }
+    for (int offset = 1; offset < kParts; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    if (j >= valid) s = -INFINITY;
+    float tile_max = s;
+    for (int offset = 16; offset > 0; offset /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+    const float m_new = fmaxf(m, tile_max);  // finite: key 0 of the tile is valid
+    const float keep = __expf(m - m_new);
+    const float p = j < valid ? __expf(s - m_new) : 0.0f;
+    l = l * keep + (part == 0 ? p : 0.0f);
+    m = m_new;
+
+    // Values: lane owns words lane + 32 i of every row.
+    for (int i = 0; i < kLaneWords; ++i) {
+      for (int e = 0; e < kEpw; ++e) acc[i][e] *= keep;
+    }
+    for (int jj = 0; jj < valid; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj * kParts);
+      const uint32_t* value = &vs[jj * kStride];
+#pragma unroll
+      for (int i = 0; i < kLaneWords; ++i) {
+        const float2 vf = Unpack<T>(value[lane + 32 * i]);
+        acc[i][0] += pj * vf.x;
+        if constexpr (kEpw == 2) acc[i][1] += pj * vf.y;
+      }
+    }
   }
-  for (int i = 0; i < kLaneDims; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
-  __syncthreads();
-  float big = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) big = fmaxf(big, warp_m[w]);
-  float total = 0.0f;
-  for (int w = 0; w < kWarps; ++w) total += warp_m[w] == -INFINITY ? 0.0f : warp_l[w] * __expf(warp_m[w] - big);
+  if (!serves) return;  // no barrier follows
+
+  for (int offset = 16; offset > 0; offset /= 2) l += __shfl_xor_sync(0xffffffffu, l, offset);
   // A split's record: [max, sum, v_dim unnormalized outputs]; max -inf when it saw no key.
   float* record = splits > 1 ? partials + ((b * num_heads + h) * splits + z) * (v_dim + 2) : nullptr;
-  if (record != nullptr && threadIdx.x == 0) {
-    record[0] = big;
-    record[1] = total;
+  if (record != nullptr && lane == 0) {
+    record[0] = m;
+    record[1] = l;
   }
-  for (int64_t d = threadIdx.x; d < v_dim; d += blockDim.x) {
-    float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {
-      if (warp_m[w] != -INFINITY) sum += warp_acc[w][d] * __expf(warp_m[w] - big);
-    }
-    if (record != nullptr) {
-      record[2 + d] = sum;
-    } else {
-      out[r * ldo + h * v_dim + d] = sum / total;
+  for (int i = 0; i < kLaneWords; ++i) {
+    for (int e = 0; e < kEpw; ++e) {
+      const int64_t d = static_cast<int64_t>(lane + 32 * i) * kEpw + e;
+      if (d >= v_dim) continue;
+      if (record != nullptr) {
+        record[2 + d] = acc[i][e];
+      } else {
+        out[r * ldo + h * v_dim + d] = acc[i][e] / l;
+      }
     }
   }
 }
@@ -209,16 +321,18 @@ __global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num
   }
 }
 
-// The launch of AttentionKernel (split or not) and, when split, the merge.
-template <typename T, int kLaneDims>
+// The launch of GroupAttentionKernel (split or not) and, when split, the merge.
+template <typename T, int kDim, bool kValuesInKeys>
 void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
                      int64_t slot_dim, int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const float* q,
                      int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split) {
   const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
-  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads), static_cast<unsigned>(splits));
-  AttentionKernel<T, kLaneDims><<<grid, 32 * kWarps, 0, stream>>>(kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim,
-                                                                   rows, q, ldq, num_heads, scale, out, ldo, splits,
-                                                                   split.partials);
+  const HeadBlocks head_blocks = HeadBlocksFor(num_heads / kv_heads);
+  const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(kv_heads * head_blocks.per_group),
+                  static_cast<unsigned>(splits));
+  GroupAttentionKernel<T, kDim, kValuesInKeys><<<grid, 32 * head_blocks.per_block, 0, stream>>>(
+      kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim, rows, q, ldq, num_heads, head_blocks, scale, out, ldo,
+      splits, split.partials);
   SHOAL_CUDA_CHECK_LAUNCH();
   if (splits == 1) return;
   const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
@@ -325,13 +439,19 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
   SHOAL_CUDA_CHECK_LAUNCH();
 }
 
-int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t max_positions) {
-  // Enough (row, head) blocks already fill the GPU; splitting short contexts only adds the
-  // merge. Otherwise about kSplitPositions positions per split, at most kMaxSplits.
-  constexpr int64_t kBusyBlocks = 512, kSplitPositions = 256, kMaxSplits = 32;
-  if (num_rows * num_heads >= kBusyBlocks) return 1;
-  const int64_t want = (max_positions + kSplitPositions - 1) / kSplitPositions;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min(kMaxSplits, kBusyBlocks / std::max<int64_t>(1, num_rows * num_heads))));
+int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, int64_t max_positions) {
+  // Enough blocks already fill the GPU; splitting short contexts only adds the merge.
+  // Otherwise about kSplitPositions positions per split, rounded up to a power of two (a
+  // decode step's CUDA graph is kept per split count: a new one at 64, 128, 256, ...
+  // positions, not at every 64th), at most kMaxSplits and kBusyBlocks blocks in all.
+  constexpr int64_t kBusyBlocks = 512, kSplitPositions = 64, kMaxSplits = 32;
+  const int64_t blocks = num_rows * std::max<int64_t>(1, num_kv_heads) *
+                         HeadBlocksFor(num_heads / std::max<int64_t>(1, num_kv_heads)).per_group;
+  if (blocks >= kBusyBlocks) return 1;
+  const int64_t positions_splits = (max_positions + kSplitPositions - 1) / kSplitPositions;
+  int64_t want = 1;
+  while (want < positions_splits && want < kMaxSplits) want *= 2;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min(kMaxSplits, kBusyBlocks / std::max<int64_t>(1, blocks))));
 }
 
 size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim) {
@@ -351,14 +471,16 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
     const T* k = static_cast<const T*>(cache.k);
     const T* v = static_cast<const T*>(cache.v);
     const int64_t hd = cache.head_dim;
-    // Heads of up to 128 (nearly every model) keep half the registers a lane, so more
-    // blocks fit on an SM.
-    if (hd <= 128) {
-      LaunchAttention<T, 4>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq, num_heads,
-                            scale, out, ldo, split);
+    // The head dimension padded to the kernel's: 64, 128 or 256.
+    if (hd <= 64) {
+      LaunchAttention<T, 64, false>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq,
+                                    num_heads, scale, out, ldo, split);
+    } else if (hd <= 128) {
+      LaunchAttention<T, 128, false>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq,
+                                     num_heads, scale, out, ldo, split);
     } else {
-      LaunchAttention<T, kMaxHeadDim / 32>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q,
-                                           ldq, num_heads, scale, out, ldo, split);
+      LaunchAttention<T, 256, false>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq,
+                                     num_heads, scale, out, ldo, split);
     }
   });
 }
@@ -421,8 +543,15 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* data = static_cast<const T*>(cache.data);
-    LaunchAttention<T, kMaxLatentEntry / 32>(stream, data, data, cache.block_size, 1, cache.entry(), cache.entry(),
-                                             cache.latent_dim, rows, q, ldq, num_heads, scale, out, ldo, split);
+    // Tiny test models' entries in a tile of 128, DeepSeek's 576.
+    const int64_t e = cache.entry();
+    if (e <= 128) {
+      LaunchAttention<T, 128, true>(stream, data, data, cache.block_size, 1, e, e, cache.latent_dim, rows, q, ldq,
+                                    num_heads, scale, out, ldo, split);
+    } else {
+      LaunchAttention<T, kMaxLatentEntry, true>(stream, data, data, cache.block_size, 1, e, e, cache.latent_dim, rows,
+                                                q, ldq, num_heads, scale, out, ldo, split);
+    }
   });
 }
 

@@ -58,15 +58,16 @@ constexpr int64_t kMaxLatentEntry = 576;
 // Split-K: each (row, head)'s positions divided over `splits` blocks, whose partial
 // softmaxes a second kernel merges, so a long context at a small batch still spreads over
 // the GPU (flash-decoding). partials: device scratch of AttentionPartialFloats floats;
-// with splits == 1 or no scratch, one block per (row, head).
+// with splits == 1 or no scratch, one pass over the positions per (row, head block).
 struct AttentionSplit {
   int splits = 1;
   float* partials = nullptr;
 };
 
-// How many splits a step wants: 1 when num_rows * num_heads blocks already fill the GPU,
-// else about one per 256 positions of the longest row (max_positions), at most 32.
-int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t max_positions);
+// How many splits a step wants: 1 when its blocks (rows x KV heads x blocks of up to 8 of
+// a KV head's query heads) already fill the GPU, else about one per 64 positions of the
+// longest row (max_positions), rounded up to a power of two, at most 32. MLA: one KV head.
+int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, int64_t max_positions);
 // Scratch floats for `splits` (0 for 1): per (row, head, split), max, sum and v_dim outputs.
 size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim);
 
@@ -88,10 +89,12 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
                     bool interleaved);
 
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
-// g = h / (num_heads / num_kv_heads). q and out f32. One block per (row, head); its warps
-// take every 4th key with a running max and sum (online softmax) and merge at the end,
-// so any context length fits in registers; with `split`, positions are also divided over
-// blocks (AttentionSplit).
+// g = h / (num_heads / num_kv_heads). q and out f32. The query heads of a KV head share
+// each pass over its keys and values: a block per (row, up to 8 of the group's heads), a
+// warp per head; the block reads a tile of 16 positions into shared memory once for all
+// its heads, where a block per head would read it once per head (7 times on Qwen2-7B);
+// each warp keeps a running max and sum (online softmax), so any context length fits;
+// with `split`, positions are also divided over blocks (AttentionSplit).
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                     const AttentionSplit& split = {});
@@ -113,9 +116,8 @@ void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const Dev
 // [q_lat (latent_dim), q_pe (rope_dim)], head h at h * entry() (row stride ldq); out[r,
 // h * latent_dim ..] = sum_t softmax_t(scale * q_h · entry_t) c_t over positions
 // 0..row_pos[r] (row stride ldo). PagedAttention's kernel with one kv head whose keys
-// are the whole entry and whose values are its first latent_dim elements. Every head
-// reads every entry: a block per (row, head) re-reads the row's latents once per head
-// (from L2 after the first); sharing one pass among a block of heads is the next step.
+// are the whole entry and whose values are its first latent_dim elements: a block's heads
+// (up to 8) share each tile of latents read from the cache.
 void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,
                         int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                         const AttentionSplit& split = {});

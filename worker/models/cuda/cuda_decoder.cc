@@ -321,7 +321,7 @@ absl::Status CudaDecoder::UploadRope(const float* cos, const float* sin, int64_t
 }
 
 absl::StatusOr<cuda::AttentionSplit> CudaDecoder::AttentionSplitFor(int64_t T, int64_t num_heads, int64_t v_dim) {
-  const int splits = cuda::AttentionSplits(T, num_heads, step_.max_pos);
+  const int splits = cuda::AttentionSplits(T, num_heads, attention_kv_heads_, step_.max_pos);
   const size_t bytes = cuda::AttentionPartialFloats(T, num_heads, splits, v_dim) * sizeof(float);
   if (bytes > attn_partials_.bytes()) {
     if (capturing_) return absl::FailedPreconditionError("the split-K scratch would grow inside a CUDA graph capture");
@@ -535,7 +535,7 @@ absl::Status CudaDecoder::EnqueueStep(int64_t T, int64_t R, std::span<const floa
 
 absl::StatusOr<bool> CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
   cudaStream_t s = stream_.get();
-  const auto key = std::make_tuple(T, max_blocks_, cuda::AttentionSplits(T, attention_heads_, step_.max_pos));
+  const auto key = std::make_tuple(T, max_blocks_, cuda::AttentionSplits(T, attention_heads_, attention_kv_heads_, step_.max_pos));
   auto it = graphs_.find(key);
   if (it != graphs_.end() && it->second.epoch == buffers_epoch_) {
     const cudaError_t e = cudaGraphLaunch(it->second.exec, s);

@@ -170,8 +170,9 @@ class CudaDecoder : public CudaCausalLM {
   // A buffer a captured step reads was reallocated: the captured graphs are stale (and
   // freed). Never called inside a capture: growth there fails with a Status instead.
   void BuffersMoved();
-  // The split-K plan of this step's attention over num_heads heads of v_dim outputs
-  // (cuda::AttentionSplits over the step's longest row), its scratch grown as needed.
+  // The split-K plan of this step's attention over num_heads heads (of attention_kv_heads_
+  // KV heads) of v_dim outputs (cuda::AttentionSplits over the step's longest row), its
+  // scratch grown as needed.
   absl::StatusOr<cuda::AttentionSplit> AttentionSplitFor(int64_t num_tokens, int64_t num_heads, int64_t v_dim);
   const int64_t* d_positions() const { return d_positions_; }
   // cudaSetDevice is per thread, and the engine steps on a thread of its own.
@@ -191,7 +192,8 @@ class CudaDecoder : public CudaCausalLM {
   bool keep_fp8_;     // FP8 checkpoint matrices stay FP8 (device_weight_dtype kF8E4M3; wdt_ is then bf16)
   DType kv_dtype_;    // kF16, kBF16 or kF32
   int64_t num_layers_ = 0;  // of this pipeline stage
-  int64_t attention_heads_ = 0;  // query heads of this rank, set by the architecture (graph keys)
+  int64_t attention_heads_ = 0;     // query heads of this rank, set by the architecture (graph keys)
+  int64_t attention_kv_heads_ = 1;  // their KV heads (MLA: 1, the latent cache), likewise
   int64_t num_blocks_ = 0;
   int block_size_ = 0;
   CudaStream stream_;  // every kernel, GEMM and copy of the model, in order (before gemm_, which uses it)

@@ -52,6 +52,7 @@ class CudaLlamaModel final : public CudaDecoder {
     qkv_width_ = q_width_ + 2 * kv_width_;
     inter_ = config.intermediate_size / shard.tp_size;
     attention_heads_ = heads.num_heads;
+    attention_kv_heads_ = heads.num_kv_heads;
   }
 
  private:
