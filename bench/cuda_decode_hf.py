@@ -51,6 +51,9 @@ def main():
     # Shoal's --weights fp8 keeps FP8 matrices on the GPU; the peer stays bf16 either way.
     p.add_argument("--weights", default="bf16", choices=["bf16", "fp8"])
     p.add_argument("--cuda-graphs", action="store_true")  # Shoal's; the peer runs eagerly
+    # cpu: this script's own check on a machine without a GPU (a layer or two, short
+    # lengths), so an API change in transformers shows before a GPU run depends on it.
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = p.parse_args()
     try:
         import torch
@@ -59,9 +62,14 @@ def main():
     except Exception as e:  # noqa: BLE001 - any import failure means no peer here
         print(f"skipped: transformers peer unavailable ({type(e).__name__}: {e})")
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: no GPU for torch")
         return 0
+    dev = args.device
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
     print(f"hf_versions: torch {torch.__version__} transformers {transformers.__version__}")
     try:
         config = make_config(args.shape, args.layers)
@@ -72,10 +80,10 @@ def main():
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)  # from_config's dtype keyword differs across versions
     t0 = time.time()
-    with torch.device("cuda"):
+    with torch.device(dev):
         model = AutoModelForCausalLM.from_config(config)
     model = model.to(torch.bfloat16).eval()
-    torch.cuda.synchronize()
+    sync()
     print(f"hf_init_s: {time.time() - t0:.1f}")
     base, head = model.model, model.lm_head
 
@@ -85,26 +93,27 @@ def main():
         return nxt, out.past_key_values
 
     def run(batch, steps, warm=False):
-        g = torch.Generator(device="cuda").manual_seed(batch)
-        ids = torch.randint(0, config.vocab_size, (batch, args.context), device="cuda", generator=g)
+        g = torch.Generator(device=dev).manual_seed(batch)
+        ids = torch.randint(0, config.vocab_size, (batch, args.context), device=dev, generator=g)
         with torch.inference_mode():
             if warm:  # the first forward's one-time costs, untimed as in the C++ bench
                 step(ids, None)
-            torch.cuda.synchronize()
+            sync()
             t = time.time()
             nxt, cache = step(ids, None)
-            torch.cuda.synchronize()
+            sync()
             prefill = time.time() - t
             for _ in range(args.warmup):
                 nxt, cache = step(nxt, cache)
-            torch.cuda.synchronize()
+            sync()
             t = time.time()
             for _ in range(steps):
                 nxt, cache = step(nxt, cache)
-            torch.cuda.synchronize()
+            sync()
             decode = time.time() - t
         del cache
-        torch.cuda.empty_cache()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
         return batch * args.context / prefill, batch * steps / decode, 1e3 * decode / steps
 
     pre, tps, ms = run(1, args.decode_steps, warm=True)

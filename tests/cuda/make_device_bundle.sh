@@ -3,7 +3,8 @@
 # GPU machine with a CUDA 13 driver and toolkit but none of Shoal's build dependencies
 # (no gRPC, Abseil, fmt, spdlog) runs them with tests/cuda/run_device_bundle.sh:
 #
-#   bin/       the cuda test binaries and cuda-decode-bench, stripped
+#   bin.tar.xz the cuda test binaries, cuda-decode-bench and cuda-kernels-bench, stripped
+#              (xz: their CUDA fat binaries shrink 44 MB -> 3 MB)
 #   lib.tar.xz every shared library they load that is not glibc, libstdc++/libgcc or CUDA
 #              (xz: ICU's data alone is 31 MB; run_device_bundle.sh unpacks it)
 #              (found with ldd: Abseil, fmt, ...)
@@ -22,7 +23,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-$here/build-cuda}
 bundle=$here/.devbundle
-binaries=(tests/cuda_kernels_test tests/cuda_decoder_test tests/cuda_engine_test tests/cuda_group_test bench/cuda-decode-bench bench/cuda-nccl-bench)
+binaries=(tests/cuda_kernels_test tests/cuda_decoder_test tests/cuda_engine_test tests/cuda_group_test bench/cuda-decode-bench
+          bench/cuda-kernels-bench bench/cuda-nccl-bench)
 fixtures=(llama-tiny llama3-rope-tiny qwen2-tiny deepseek-v2-tiny deepseek-v2-lite-tiny deepseek-v3-tiny fp8_llama_tiny
           fp8_deepseek_v3_tiny)
 
@@ -61,9 +63,11 @@ for f in "${fixtures[@]}"; do
   cp -r "$here/tests/oracle/fixtures/$f" "$bundle/src/tests/oracle/fixtures/"
 done
 cp "$here/bench/cuda_decode_hf.py" "$here/bench/cuda_decode_bench.sh" "$bundle/bench/"
-# The libraries compressed (53 MB -> 14 MB): the bundle must travel in under 64 MiB.
+# The libraries and binaries compressed (53 MB -> 14 MB, 44 MB -> 3 MB): the bundle must
+# travel in under 64 MiB.
 tar -C "$bundle" -cJf "$bundle/lib.tar.xz" lib
-rm -rf "$bundle/lib"
+tar -C "$bundle" -cJf "$bundle/bin.tar.xz" bin
+rm -rf "$bundle/lib" "$bundle/bin"
 # compute-sanitizer 13.0 as NVIDIA's wheel lays it out (bin/ and lib/), xz -9: its two
 # copies of the 12 MB collection library share one window (28 MB -> 4.5 MB).
 cache=${SHOAL_CACHE_DIR:-$HOME/.cache/shoal}

@@ -10,7 +10,8 @@
 #   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
-#      decode with CUDA graphs (GEMV kernel, then cuBLAS, for the dense products), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
+#      decode with CUDA graphs (GEMV kernel, then cuBLAS, for the dense products), the
+#      decode kernels one by one (cuda-kernels-bench), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
 #      DeepSeek-V2-Lite's shape, in bf16 and then FP8 (tensor-core and widened GEMMs);
 #   4. writes $OUT/summary.txt and prints it last.
 #
@@ -81,12 +82,18 @@ if [[ -f $bundle/lib.tar.xz ]]; then
   mkdir -p "$bundle_lib"
   tar -C "$bundle_lib" -xJf "$bundle/lib.tar.xz" --strip-components=1 || { echo "cannot unpack lib.tar.xz" >&2; exit 1; }
 fi
+bin_dir=$bundle/bin
+if [[ -f $bundle/bin.tar.xz ]]; then
+  bin_dir=${TMPDIR:-/tmp}/shoal-bundle-bin-$$
+  mkdir -p "$bin_dir"
+  tar -C "$bin_dir" -xJf "$bundle/bin.tar.xz" --strip-components=1 || { echo "cannot unpack bin.tar.xz" >&2; exit 1; }
+fi
 lib_path=$bundle_lib
 for d in "${cuda_dirs[@]}"; do lib_path+=":$d"; done
 export LD_LIBRARY_PATH=$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export SHOAL_SOURCE_DIR=$bundle/src
 # A GPU machine's libstdc++ older than the build machine's: take the bundle's.
-if ! "$bundle/bin/cuda_kernels_test" --gtest_list_tests >/dev/null 2>"$out/loader.err"; then
+if ! "$bin_dir/cuda_kernels_test" --gtest_list_tests >/dev/null 2>"$out/loader.err"; then
   if grep -q 'GLIBCXX\|CXXABI\|GCC_' "$out/loader.err"; then
     log "system libstdc++ too old; using the bundle's"
     export LD_LIBRARY_PATH=$bundle_lib:$bundle/lib-fallback:${LD_LIBRARY_PATH#"$bundle_lib:"}
@@ -96,7 +103,7 @@ if ! "$bundle/bin/cuda_kernels_test" --gtest_list_tests >/dev/null 2>"$out/loade
   fi
 fi
 log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-ldd "$bundle/bin/cuda_decoder_test" >"$out/ldd.txt" 2>&1
+ldd "$bin_dir/cuda_decoder_test" >"$out/ldd.txt" 2>&1
 if grep 'not found' "$out/ldd.txt"; then
   note "FAIL loader: libraries not found (see ldd.txt)"
   failed=1
@@ -188,17 +195,17 @@ run_gtest() {
   done
 }
 
-run_gtest cuda_kernels_test 120 "$bundle/bin/cuda_kernels_test"
-run_gtest cuda_decoder_test 240 "$bundle/bin/cuda_decoder_test"
-run_gtest cuda_engine_test 60 "$bundle/bin/cuda_engine_test"
+run_gtest cuda_kernels_test 120 "$bin_dir/cuda_kernels_test"
+run_gtest cuda_decoder_test 240 "$bin_dir/cuda_decoder_test"
+run_gtest cuda_engine_test 60 "$bin_dir/cuda_engine_test"
 # Forked groups of ranks, each shard on the GPU (Gloo between them: one GPU here).
-run_gtest cuda_group_test 120 "$bundle/bin/cuda_group_test"
+run_gtest cuda_group_test 120 "$bin_dir/cuda_group_test"
 grep -hE 'weight bytes' "$out/cuda_group_test.log" 2>/dev/null | tee -a "$summary"
 # The numbers the decoder test prints (relative errors per fixture).
 grep -hE 'relative error|bf16:' "$out/cuda_decoder_test.log" 2>/dev/null | tee -a "$summary"
 grep -hE "^skipped:" "$out/cuda_kernels_test.log" "$out/cuda_decoder_test.log" 2>/dev/null | sort -u | head -n 2
 
-run_stage decode_bench 240 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench"
+run_stage decode_bench 240 "$bundle/bench/cuda_decode_bench.sh" --bin "$bin_dir/cuda-decode-bench"
 grep -hE '^(device|skipped|hf_versions|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench.log" 2>/dev/null | tee -a "$summary"
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)
@@ -214,8 +221,8 @@ fi
 if grep -q 'skipped: no GPU' "$out/cuda_kernels_test.log" 2>/dev/null; then
   note "SKIP memcheck: no GPU"  # nothing of the tests reaches the device for it to check
 elif [[ -n $sanitizer && -x $sanitizer ]]; then
-  run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_kernels_test" --gtest_brief=1
-  run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bundle/bin/cuda_decoder_test" \
+  run_stage memcheck_kernels 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin_dir/cuda_kernels_test" --gtest_brief=1
+  run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin_dir/cuda_decoder_test" \
     --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:*PipelineStages*/qwen2_tiny:CudaDecoderGguf.*:*MixedBatch*/deepseek_v3_tiny:*F32LogitsMatch*/deepseek_v2_lite_tiny'
   grep -h 'ERROR SUMMARY' "$out"/memcheck_*.log 2>/dev/null | tee -a "$summary"
 else
@@ -223,29 +230,35 @@ else
 fi
 
 # Batch-1 decode again with CUDA graphs (the ratio to the eager run above is their gain).
-run_stage decode_bench_graphs 150 "$bundle/bin/cuda-decode-bench" --cuda-graphs --batch 0
+run_stage decode_bench_graphs 150 "$bin_dir/cuda-decode-bench" --cuda-graphs --batch 0
 grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs.log" 2>/dev/null | sed 's/^/graphs_/' |
   tee -a "$summary"
 # The same with cuBLAS for the dense products instead of the GEMV kernel (which decode
 # steps take by default): which of the two reads the weights faster at batch 1.
-run_stage decode_bench_graphs_cublas 120 "$bundle/bin/cuda-decode-bench" --cuda-graphs --batch 0 \
+run_stage decode_bench_graphs_cublas 120 "$bin_dir/cuda-decode-bench" --cuda-graphs --batch 0 \
   --small-step-matmul cublas
 grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs_cublas.log" 2>/dev/null |
   sed 's/^/graphs_cublas_/' | tee -a "$summary"
 
+# The step's heaviest kernels one by one against the copy bandwidth: which of them holds
+# the batch-1 fraction of the roofline down.
+run_stage kernels_bench 60 "$bin_dir/cuda-kernels-bench"
+grep -hE '^(skipped|[a-z_0-9]+(_fraction_of_copy|_splits): [0-9.]+$)' "$out/kernels_bench.log" 2>/dev/null | sed 's/^/kernels_/' |
+  tee -a "$summary"
+
 # NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
-run_stage nccl_bench 90 "$bundle/bin/cuda-nccl-bench"
+run_stage nccl_bench 90 "$bin_dir/cuda-nccl-bench"
 grep -hE '^(skipped|gpus|allreduce|peer|ratio)' "$out/nccl_bench.log" 2>/dev/null | tee -a "$summary"
 
 # DeepSeek-V2-Lite's shape last: it is the first thing cut when time is short.
-run_stage decode_bench_deepseek 200 "$bundle/bench/cuda_decode_bench.sh" --bin "$bundle/bin/cuda-decode-bench" \
+run_stage decode_bench_deepseek 200 "$bundle/bench/cuda_decode_bench.sh" --bin "$bin_dir/cuda-decode-bench" \
   --shape deepseek-v2-lite
 grep -hE '^(shape|skipped|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench_deepseek.log" 2>/dev/null | tee -a "$summary"
 
 # DeepSeek-V2-Lite's shape with FP8 weights (8 of its layers, to fit): prompt and batch-64
 # steps on FP8 tensor cores, then with the weights widened, side by side.
 for gemm in tensor-cores exact; do
-  run_stage "decode_bench_deepseek_fp8_$gemm" 120 "$bundle/bin/cuda-decode-bench" --shape deepseek-v2-lite \
+  run_stage "decode_bench_deepseek_fp8_$gemm" 120 "$bin_dir/cuda-decode-bench" --shape deepseek-v2-lite \
     --weights fp8 --fp8-gemm "$gemm" --layers 8 --batch 64
   grep -hE '^(skipped|[a-z_0-9]+: [0-9.]+$)' "$out/decode_bench_deepseek_fp8_$gemm.log" 2>/dev/null |
     sed "s/^/fp8_${gemm//-/_}_/" | tee -a "$summary"

@@ -417,7 +417,7 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
 }
 
 // Split-K: a decode row over 1000 positions, one over 5 (fewer positions than splits)
-// and a 3-row prompt, each (row, head)'s positions over 2, 7 and 32 blocks, give what one
+// and a 3-row prompt, each (row, head)'s positions over 2, 7, 32 and 64 blocks, give what one
 // block per (row, head) gives, for the standard cache and MLA's latent one.
 TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   SKIP_WITHOUT_GPU();
@@ -443,12 +443,14 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   const DeviceRows all = all_dev.rows;
   const DeviceRows queries = q_dev.rows;
-  EXPECT_EQ(AttentionSplits(1, 28, 4, 1024), 16);  // 4 blocks (7 heads each): 16 splits of 64 positions
-  EXPECT_EQ(AttentionSplits(1, 28, 4, 1000), 16);  // rounded up to a power of two
+  EXPECT_EQ(AttentionSplits(1, 28, 4, 1024), 32);  // 4 blocks (7 heads each): 32 splits of 32 positions
+  EXPECT_EQ(AttentionSplits(1, 28, 4, 1000), 32);  // rounded up to a power of two
+  EXPECT_EQ(AttentionSplits(1, 28, 4, 1100), 64);
   EXPECT_EQ(AttentionSplits(64, 28, 4, 1024), 2);  // 256 blocks: twice as many are enough
   EXPECT_EQ(AttentionSplits(64, 32, 32, 1024), 1);  // 2048 blocks fill the GPU
   EXPECT_EQ(AttentionSplits(1, 16, 1, 0), 1);
-  EXPECT_EQ(AttentionSplits(1, 1, 1, 1 << 20), 32);
+  EXPECT_EQ(AttentionSplits(1, 1, 1, 1 << 20), 64);
+  EXPECT_EQ(AttentionSplits(8, 32, 8, 1 << 20), 8);  // 64 blocks: 512 in all
 
   // Standard cache.
   const std::vector<float> k = Random(n_all * width, 61), v = Random(n_all * width, 62);
@@ -461,7 +463,7 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dwant.as<float>(), heads * hd);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<float> want = Decode(Download(dwant), DType::kF32);
-  for (int splits : {2, 7, 32}) {
+  for (int splits : {2, 7, 32, 64}) {
     SCOPED_TRACE(splits);
     DeviceBuffer scratch(AttentionPartialFloats(rows, heads, splits, hd) * 4);
     PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dgot.as<float>(), heads * hd,

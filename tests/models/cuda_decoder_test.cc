@@ -497,7 +497,7 @@ TEST_P(CudaDecoder, CudaGraphsReplayTheEagerDecodeSteps) {
 }
 
 // The paths the engine takes through graphs, over a context long enough for split-K
-// attention (560 prompt positions: 16 splits): greedy steps (ForwardGreedy) and
+// attention (560 prompt positions: 32 splits): greedy steps (ForwardGreedy) and
 // seeded device sampling (ForwardSample) choose the eager model's tokens at every step.
 TEST_P(CudaDecoder, CudaGraphsCarryGreedyAndSampledStepsOverSplitAttention) {
   // DeepSeek's tokens here hang on discrete expert choices, which cuBLAS's other kernels

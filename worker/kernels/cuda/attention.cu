@@ -441,10 +441,11 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
 
 int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, int64_t max_positions) {
   // Enough blocks already fill the GPU; splitting short contexts only adds the merge.
-  // Otherwise about kSplitPositions positions per split, rounded up to a power of two (a
-  // decode step's CUDA graph is kept per split count: a new one at 64, 128, 256, ...
-  // positions, not at every 64th), at most kMaxSplits and kBusyBlocks blocks in all.
-  constexpr int64_t kBusyBlocks = 512, kSplitPositions = 64, kMaxSplits = 32;
+  // Otherwise about kSplitPositions positions per split (two tiles: at batch 1 a block's
+  // tiles follow one another, each waiting out a load), the count rounded up to a power of
+  // two (a decode step's CUDA graph is kept per split count: a new one at 64, 128, 256, ...
+  // positions, not at every 32nd), at most kMaxSplits and kBusyBlocks blocks in all.
+  constexpr int64_t kBusyBlocks = 512, kSplitPositions = 32, kMaxSplits = 64;
   const int64_t blocks = num_rows * std::max<int64_t>(1, num_kv_heads) *
                          HeadBlocksFor(num_heads / std::max<int64_t>(1, num_kv_heads)).per_group;
   if (blocks >= kBusyBlocks) return 1;

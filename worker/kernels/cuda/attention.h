@@ -65,8 +65,9 @@ struct AttentionSplit {
 };
 
 // How many splits a step wants: 1 when its blocks (rows x KV heads x blocks of up to 8 of
-// a KV head's query heads) already fill the GPU, else about one per 64 positions of the
-// longest row (max_positions), rounded up to a power of two, at most 32. MLA: one KV head.
+// a KV head's query heads) already fill the GPU, else about one per 32 positions of the
+// longest row (max_positions), rounded up to a power of two, at most 64 and 512 blocks in
+// all. MLA: one KV head.
 int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, int64_t max_positions);
 // Scratch floats for `splits` (0 for 1): per (row, head, split), max, sum and v_dim outputs.
 size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim);

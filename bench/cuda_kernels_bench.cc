@@ -1,0 +1,265 @@
+// The decode step's heaviest kernels one at a time, at real models' shapes, each against
+// the GPU's measured copy bandwidth (bench/cuda_copy_bandwidth.h): where cuda-decode-bench's
+// batch-1 fraction of the roofline is lost, kernel by kernel. Every case reads far more
+// than the L2 (50-60 MB on Hopper) over its repetitions: weights rotate over enough copies,
+// batch-1 attention over 64 sequences' caches.
+//
+//   gemv_<matrix>_b<rows>_*    R1-Distill-Qwen-7B's dense products, bf16 weights, through the
+//                              GEMV kernel (a decode step's default) and through cuBLAS
+//   experts_<proj>_b1_*        DeepSeek-V2-Lite's 6 routed experts of a token in one
+//                              GroupedGemv launch, a different 6 of the 64 each time
+//   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
+//                              cache), the split-K plan the model would use, merge included
+//
+// Each case prints _us (mean time a call, launches back to back on one stream) and
+// _fraction_of_copy (its bytes read / that time / the copy bandwidth).
+//
+//   build-cuda/bench/cuda-kernels-bench [--context 1024] [--reps 50] [--only gemv|experts|attention]
+//
+// Without a GPU it prints "skipped: no GPU: ..." and exits 0.
+#include <CLI/CLI.hpp>
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/cuda_copy_bandwidth.h"
+#include "bench/model_shapes.h"
+#include "worker/kernels/cuda/attention.h"
+#include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/gemm.h"
+#include "worker/kernels/cuda/grouped_gemv.h"
+#include "worker/kernels/cuda/ops.h"
+
+namespace shoal::worker {
+namespace {
+
+// Enough copies of a buffer that the repetitions stream from memory, not from the L2.
+constexpr size_t kRotateBytes = size_t{512} << 20;
+
+int CopiesFor(size_t bytes) { return static_cast<int>(std::max<size_t>(1, (kRotateBytes + bytes - 1) / bytes)); }
+
+// Mean microseconds of one call(rep) over `reps` calls back to back, after 3 untimed.
+template <typename Call>
+double MeanMicros(cudaStream_t stream, int reps, Call&& call) {
+  for (int i = 0; i < 3; ++i) call(i);
+  cudaEvent_t start, stop;
+  SHOAL_CUDA_CHECK(cudaEventCreate(&start));
+  SHOAL_CUDA_CHECK(cudaEventCreate(&stop));
+  SHOAL_CUDA_CHECK(cudaEventRecord(start, stream));
+  for (int i = 0; i < reps; ++i) call(i);
+  SHOAL_CUDA_CHECK(cudaEventRecord(stop, stream));
+  SHOAL_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  SHOAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 1e3 * ms / reps;
+}
+
+void Report(const std::string& name, double us, double bytes, double bandwidth) {
+  fmt::print("{}_us: {:.2f}\n", name, us);
+  fmt::print("{}_fraction_of_copy: {:.3f}\n", name, bytes / (us * 1e-6) / bandwidth);
+}
+
+cuda::DeviceBuffer Filled(size_t bytes, DType t, uint64_t seed) {
+  cuda::DeviceBuffer b(bytes);
+  cuda::FillUniform(nullptr, t, b.data(), static_cast<int64_t>(bytes / BlockBytes(t)), seed, -0.5f, 0.5f);
+  return b;
+}
+
+struct Matrix {
+  const char* name;
+  int64_t out, in;
+  DType x_type;  // what the decoder feeds it: the normed bf16 row, or o_proj's f32 attention output
+};
+
+void BenchGemv(cudaStream_t stream, int reps, double bandwidth) {
+  const ModelConfig c = R1DistillQwen7B();
+  const int64_t h = c.hidden_size, hd = c.head_dim;
+  const std::vector<Matrix> matrices = {
+      {"qkv", (c.num_heads + 2 * c.num_kv_heads) * hd, h, DType::kBF16},
+      {"o", c.num_heads * hd, h, DType::kF32},
+      {"gate_up", 2 * c.intermediate_size, h, DType::kBF16},
+      {"down", h, c.intermediate_size, DType::kBF16},
+      {"lm_head", c.vocab_size, h, DType::kBF16},
+  };
+  cuda::CublasGemm gemm(stream);
+  for (const Matrix& m : matrices) {
+    const size_t bytes = static_cast<size_t>(m.out * m.in) * 2;
+    const int copies = CopiesFor(bytes);
+    std::vector<cuda::DeviceBuffer> w;
+    for (int i = 0; i < copies; ++i) w.push_back(Filled(bytes, DType::kBF16, 7 + i));
+    const int64_t max_rows = cuda::kGemvMaxRows;
+    cuda::DeviceBuffer x = Filled(max_rows * m.in * BlockBytes(m.x_type), m.x_type, 3);
+    cuda::DeviceBuffer xb = Filled(max_rows * m.in * 2, DType::kBF16, 4);  // cuBLAS: x of the weights' type
+    cuda::DeviceBuffer y(max_rows * m.out * 4);
+    for (int64_t rows : {int64_t{1}, max_rows}) {
+      const double gemv_us = MeanMicros(stream, reps, [&](int rep) {
+        const cuda::StackedMatrices sm{w[rep % copies].data(), nullptr, DType::kBF16, m.out, m.in, m.out};
+        cuda::Gemv(stream, sm, rows, m.x_type, x.data(), DType::kF32, y.data(), false);
+      });
+      Report(fmt::format("gemv_{}_b{}", m.name, rows), gemv_us, static_cast<double>(bytes), bandwidth);
+      const double cublas_us = MeanMicros(stream, reps, [&](int rep) {
+        gemm.Run(DType::kBF16, xb.data(), w[rep % copies].data(), rows, m.in, m.out, DType::kF32, y.data(), false);
+      });
+      Report(fmt::format("cublas_{}_b{}", m.name, rows), cublas_us, static_cast<double>(bytes), bandwidth);
+    }
+  }
+}
+
+void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
+  const DeepseekConfig d = DeepseekV2Lite().deepseek;
+  const int64_t h = DeepseekV2Lite().hidden_size, inter = d.moe_intermediate_size, E = d.n_routed_experts;
+  const int k = static_cast<int>(d.num_experts_per_tok);
+  // Per rep, k distinct experts of the E, the token's row in each group.
+  std::mt19937 rng(5);
+  std::vector<cuda::GemvGroup> groups;
+  for (int rep = 0; rep < reps + 3; ++rep) {
+    std::vector<int32_t> experts(E);
+    std::iota(experts.begin(), experts.end(), 0);
+    std::shuffle(experts.begin(), experts.end(), rng);
+    for (int i = 0; i < k; ++i) groups.push_back({experts[i], i, 1, 0});
+  }
+  cuda::DeviceBuffer d_groups(groups.size() * sizeof(cuda::GemvGroup));
+  d_groups.CopyFromHost(groups.data(), d_groups.bytes());
+  struct Projection {
+    const char* name;
+    int64_t out, in;
+  };
+  for (const Projection p : {Projection{"gate_up", 2 * inter, h}, Projection{"down", h, inter}}) {
+    const size_t matrix_bytes = static_cast<size_t>(p.out * p.in) * 2;
+    cuda::DeviceBuffer w = Filled(matrix_bytes * E, DType::kBF16, 11);
+    cuda::DeviceBuffer x = Filled(k * p.in * 2, DType::kBF16, 12);
+    cuda::DeviceBuffer y(k * p.out * 4);
+    const cuda::StackedMatrices sm{w.data(), nullptr, DType::kBF16, p.out, p.in, p.out};
+    const double us = MeanMicros(stream, reps, [&](int rep) {
+      cuda::GroupedGemv(stream, sm, d_groups.as<cuda::GemvGroup>() + rep * k, k, DType::kBF16, x.data(), DType::kF32,
+                        y.data(), false);
+    });
+    Report(fmt::format("experts_{}_b1", p.name), us, static_cast<double>(matrix_bytes) * k, bandwidth);
+  }
+}
+
+// A bf16 cache of kSeqs sequences of `context` positions (tables laid out sequence after
+// sequence); batch-1 reps take the sequences in turn.
+constexpr int kSeqs = 64;
+constexpr int kBlockSize = 16;
+
+struct CachedRows {
+  cuda::DeviceBuffer tables, seq, pos;
+  int64_t blocks_per_seq = 0;
+  cuda::DeviceRows Rows(int64_t first_seq, int64_t num_rows) const {
+    cuda::DeviceRows r;
+    r.row_seq = seq.as<int32_t>() + first_seq;
+    r.row_pos = pos.as<int64_t>() + first_seq;
+    r.block_tables = tables.as<int32_t>();
+    r.max_blocks_per_seq = blocks_per_seq;
+    r.num_rows = num_rows;
+    return r;
+  }
+};
+
+CachedRows MakeRows(int64_t context) {
+  CachedRows c;
+  c.blocks_per_seq = (context + kBlockSize - 1) / kBlockSize;
+  std::vector<int32_t> tables(kSeqs * c.blocks_per_seq), seq(kSeqs);
+  std::iota(tables.begin(), tables.end(), 0);
+  std::iota(seq.begin(), seq.end(), 0);
+  const std::vector<int64_t> pos(kSeqs, context - 1);  // each row sees all `context` positions
+  c.tables = cuda::DeviceBuffer(tables.size() * 4);
+  c.tables.CopyFromHost(tables.data(), c.tables.bytes());
+  c.seq = cuda::DeviceBuffer(seq.size() * 4);
+  c.seq.CopyFromHost(seq.data(), c.seq.bytes());
+  c.pos = cuda::DeviceBuffer(pos.size() * 8);
+  c.pos.CopyFromHost(pos.data(), c.pos.bytes());
+  return c;
+}
+
+void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandwidth) {
+  const CachedRows cached = MakeRows(context);
+  const int64_t slots = kSeqs * cached.blocks_per_seq * kBlockSize;
+  {
+    const ModelConfig c = R1DistillQwen7B();
+    const int64_t heads = c.num_heads, kv = c.num_kv_heads, hd = c.head_dim;
+    cuda::DeviceBuffer k = Filled(slots * kv * hd * 2, DType::kBF16, 21), v = Filled(slots * kv * hd * 2, DType::kBF16, 22);
+    const cuda::DeviceKvLayer cache{k.data(), v.data(), kSeqs * cached.blocks_per_seq, kBlockSize, kv, hd, DType::kBF16};
+    cuda::DeviceBuffer q = Filled(kSeqs * heads * hd * 4, DType::kF32, 23), out(kSeqs * heads * hd * 4);
+    for (int64_t batch : {int64_t{1}, int64_t{kSeqs}}) {
+      const int splits = cuda::AttentionSplits(batch, heads, kv, context);
+      cuda::DeviceBuffer scratch(std::max<size_t>(4, cuda::AttentionPartialFloats(batch, heads, splits, hd) * 4));
+      const double us = MeanMicros(stream, reps, [&](int rep) {
+        const int64_t first = batch == 1 ? rep % kSeqs : 0;
+        cuda::PagedAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * hd, heads * hd,
+                             heads, 0.088f, out.as<float>(), heads * hd, {splits, scratch.as<float>()});
+      });
+      const std::string name = fmt::format("attention_qwen7b_b{}", batch);
+      fmt::print("{}_splits: {}\n", name, splits);
+      Report(name, us, static_cast<double>(batch) * context * kv * hd * 2 * 2, bandwidth);
+    }
+  }
+  {
+    const DeepseekConfig d = DeepseekV2Lite().deepseek;
+    const int64_t heads = DeepseekV2Lite().num_heads, latent = d.kv_lora_rank, entry = latent + d.qk_rope_head_dim;
+    cuda::DeviceBuffer data = Filled(slots * entry * 2, DType::kBF16, 31);
+    const cuda::DeviceLatentLayer cache{data.data(), kSeqs * cached.blocks_per_seq, kBlockSize, latent,
+                                        d.qk_rope_head_dim, DType::kBF16};
+    cuda::DeviceBuffer q = Filled(kSeqs * heads * entry * 4, DType::kF32, 32), out(kSeqs * heads * latent * 4);
+    for (int64_t batch : {int64_t{1}, int64_t{kSeqs}}) {
+      const int splits = cuda::AttentionSplits(batch, heads, 1, context);
+      cuda::DeviceBuffer scratch(std::max<size_t>(4, cuda::AttentionPartialFloats(batch, heads, splits, latent) * 4));
+      const double us = MeanMicros(stream, reps, [&](int rep) {
+        const int64_t first = batch == 1 ? rep % kSeqs : 0;
+        cuda::MlaLatentAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * entry,
+                                 heads * entry, heads, 0.07f, out.as<float>(), heads * latent,
+                                 {splits, scratch.as<float>()});
+      });
+      const std::string name = fmt::format("attention_mla_v2lite_b{}", batch);
+      fmt::print("{}_splits: {}\n", name, splits);
+      Report(name, us, static_cast<double>(batch) * context * entry * 2, bandwidth);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shoal::worker
+
+int main(int argc, char** argv) {
+  using namespace shoal::worker;
+  CLI::App app{"The CUDA decode step's kernels one by one against the copy bandwidth"};
+  int64_t context = 1024;
+  int reps = 50;
+  std::string only;
+  app.add_option("--context", context, "cached positions each attention row sees")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--reps", reps, "timed calls per case")->check(CLI::Range(1, 100000));
+  app.add_option("--only", only, "one group of cases: gemv, experts or attention")
+      ->check(CLI::IsMember({"gemv", "experts", "attention"}));
+  CLI11_PARSE(app, argc, argv);
+
+  std::string why_not;
+  if (cuda::CudaDeviceCount(&why_not) == 0) {
+    fmt::print("skipped: {}\n", why_not);
+    return 0;
+  }
+  if (!cuda::LoadCublas(&why_not)) {
+    fmt::print("skipped: {}\n", why_not);
+    return 0;
+  }
+  fmt::print("device: {}\n", cuda::DeviceDescription(0));
+  const double bandwidth = CopyBandwidth(size_t{1} << 30, 10);
+  fmt::print("device_copy_bandwidth_gbs: {:.1f}\n", bandwidth / 1e9);
+  cudaStream_t stream = nullptr;
+  SHOAL_CUDA_CHECK(cudaStreamCreate(&stream));
+  if (only.empty() || only == "gemv") BenchGemv(stream, reps, bandwidth);
+  if (only.empty() || only == "experts") BenchExperts(stream, reps, bandwidth);
+  if (only.empty() || only == "attention") BenchAttention(stream, reps, context, bandwidth);
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaStreamDestroy(stream);
+  return 0;
+}
