@@ -5,7 +5,8 @@
 // batch-1 attention over 64 sequences' caches.
 //
 //   gemv_<matrix>_b<rows>_*    R1-Distill-Qwen-7B's dense products, bf16 weights, through the
-//                              GEMV kernel (a decode step's default) and through cuBLAS
+//                              GEMV kernel (a decode step's default) and through cuBLAS;
+//                              gemv_fp8_<matrix>_b1 the same matrices as FP8 codes + scales
 //   experts_<proj>_b1_*        DeepSeek-V2-Lite's 6 routed experts of a token in one
 //                              GroupedGemv launch, a different 6 of the 64 each time
 //   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
@@ -33,6 +34,7 @@
 #include "worker/kernels/cuda/attention.h"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/device.h"
+#include "worker/kernels/cuda/fp8.h"
 #include "worker/kernels/cuda/gemm.h"
 #include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
@@ -111,6 +113,23 @@ void BenchGemv(cudaStream_t stream, int reps, double bandwidth) {
       });
       Report(fmt::format("cublas_{}_b{}", m.name, rows), cublas_us, static_cast<double>(bytes), bandwidth);
     }
+    // The same matrix as FP8 codes with a block scale per 128 (DeepSeek-V3's weights).
+    const size_t scale_bytes = static_cast<size_t>(m.out * cuda::Fp8ScaleCols(m.in)) * 4;
+    const size_t fp8_bytes = static_cast<size_t>(m.out * m.in) + scale_bytes;
+    const int fp8_copies = CopiesFor(fp8_bytes);
+    w.clear();
+    std::vector<cuda::DeviceBuffer> scales;
+    for (int i = 0; i < fp8_copies; ++i) {
+      w.emplace_back(static_cast<size_t>(m.out * m.in));
+      scales.emplace_back(scale_bytes);
+      cuda::Fp8FillUniform(nullptr, w.back().as<uint8_t>(), scales.back().as<float>(), m.out, m.in, 9 + i, 0.01f);
+    }
+    const double fp8_us = MeanMicros(stream, reps, [&](int rep) {
+      const cuda::StackedMatrices sm{w[rep % fp8_copies].data(), scales[rep % fp8_copies].as<float>(), DType::kF8E4M3,
+                                     m.out, m.in, m.out};
+      cuda::Gemv(stream, sm, 1, m.x_type, x.data(), DType::kF32, y.data(), false);
+    });
+    Report(fmt::format("gemv_fp8_{}_b1", m.name), fp8_us, static_cast<double>(fp8_bytes), bandwidth);
   }
 }
 
@@ -140,8 +159,8 @@ void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
     cuda::DeviceBuffer y(k * p.out * 4);
     const cuda::StackedMatrices sm{w.data(), nullptr, DType::kBF16, p.out, p.in, p.out};
     const double us = MeanMicros(stream, reps, [&](int rep) {
-      cuda::GroupedGemv(stream, sm, d_groups.as<cuda::GemvGroup>() + rep * k, k, DType::kBF16, x.data(), DType::kF32,
-                        y.data(), false);
+      cuda::GroupedGemv(stream, sm, d_groups.as<cuda::GemvGroup>() + rep * k, k, 1, DType::kBF16, x.data(),
+                        DType::kF32, y.data(), false);
     });
     Report(fmt::format("experts_{}_b1", p.name), us, static_cast<double>(matrix_bytes) * k, bandwidth);
   }

@@ -1036,16 +1036,20 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
 
 // A stack of three matrices, each group of rows times its own: groups of 1, 3, 20 and 33
 // rows (one pass of 8 rows, several, and past kGroupedGemvMaxRows, which only the
-// planner's choice bounds), weights of the activation type and FP8 with block scales, a
-// width with the scalar tail and one with 16-byte loads, y in f32 (written, then
-// accumulated) and in the activation type. Rows outside every group stay as they were.
+// planner's choice bounds), weights of the activation type and FP8 with block scales,
+// widths with the scalar tail and with 16-byte loads, short and long, y in f32 (written,
+// then accumulated) and in the activation type, through the 8-row kernel and the one-row
+// one. Rows outside every group stay as they were.
 TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937 rng(17);
   const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
   const int64_t total_rows = 63, rows = 37, stack = 3;
-  for (const int64_t cols : {int64_t{200}, int64_t{384}}) {
+  // Widths: element loads with a tail, 16-byte loads, and past one warp's span group (512
+  // elements; the one-row kernel takes two spans a lane at once) with 16-byte loads and
+  // with element loads.
+  for (const int64_t cols : {int64_t{200}, int64_t{384}, int64_t{1040}, int64_t{1544}}) {
     for (const bool fp8 : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
       const int64_t scale_cols = Fp8ScaleCols(cols);
@@ -1092,9 +1096,13 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
         if (!covered[r]) std::copy(y0.begin() + r * rows, y0.begin() + (r + 1) * rows, want.begin() + r * rows);
       }
       DeviceBuffer dgroups = Upload(groups.data(), groups.size() * sizeof(GemvGroup));
+      // The groups' true bound, and 1: the one-row kernel (more weight spans in flight)
+      // must multiply bigger groups right too, a row a pass.
+      for (const int64_t bound : {int64_t{33}, int64_t{1}}) {
+      SCOPED_TRACE(::testing::Message() << "max_group_rows " << bound);
       DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size()), dy = Upload(y0.data(), y0.size() * 4);
-      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), DType::kF32,
-                  dy.data(), /*accumulate=*/false);
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), bound, t, dx.data(),
+                  DType::kF32, dy.data(), /*accumulate=*/false);
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       ExpectClose(Decode(Download(dy), DType::kF32), want, 1e-5);
       std::vector<float> want_acc = want;
@@ -1104,20 +1112,21 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
         }
       }
       dy.CopyFromHost(y0.data(), y0.size() * 4);
-      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), DType::kF32,
-                  dy.data(), /*accumulate=*/true);
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), bound, t, dx.data(),
+                  DType::kF32, dy.data(), /*accumulate=*/true);
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       ExpectClose(Decode(Download(dy), DType::kF32), want_acc, 1e-5);
       const Typed yt0 = Round(y0, t);
       DeviceBuffer dyt = Upload(yt0.bytes.data(), yt0.bytes.size());
-      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), t, dx.data(), t, dyt.data(),
-                  /*accumulate=*/false);
+      GroupedGemv(nullptr, m, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), bound, t, dx.data(), t,
+                  dyt.data(), /*accumulate=*/false);
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       std::vector<float> want_t = want;
       for (int64_t r = 0; r < total_rows; ++r) {
         if (!covered[r]) std::copy(yt0.values.begin() + r * rows, yt0.values.begin() + (r + 1) * rows, want_t.begin() + r * rows);
       }
       ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
+      }
     }
   }
 }

@@ -32,9 +32,12 @@ struct StackedMatrices {
 // (accumulate ? y[r, o] : 0) + sum_i x[r, i] * W[o, i] over o < w.rows, W the group's
 // matrix. x [*, cols] of x_type, y [*, rows] of y_type, dense rows. Any group size works;
 // each 8 rows are one more walk along the weights, so past kGroupedGemvMaxRows a GEMM is
-// the faster choice (callers plan that, step_plan.h's PlanExpertSlots).
+// the faster choice (callers plan that, step_plan.h's PlanExpertSlots). max_group_rows
+// bounds every group's rows (a step's token count does): at 1 the launch takes a kernel
+// that keeps more weight loads in flight, which a batch-1 step's products are bound by
+// (a bigger group there is still multiplied right, a row at a time).
 void GroupedGemv(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, int num_groups,
-                 DType x_type, const void* x, DType y_type, void* y, bool accumulate);
+                 int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate);
 
 // Rows a Gemv multiplies in one walk along the weights: up to here a decode step's dense
 // products take it rather than a GEMM (CausalLMOptions.small_step_matmul).

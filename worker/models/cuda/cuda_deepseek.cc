@@ -562,7 +562,8 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
     // Experts of a few rows (every one at decode) in one launch per projection; the
     // others, a GEMM each.
     const int64_t mi = d_.moe_intermediate_size;
-    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, wdt_, xg_.data(), wdt_,
+    // A token takes an expert once: no group has more rows than the step has tokens.
+    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, T, wdt_, xg_.data(), wdt_,
                       eg_up_.data(), false);
     for (const int64_t e : *large) {
       const int64_t o = plan_.offset[e];
@@ -570,7 +571,7 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
                            At(eg_up_, o * 2 * mi), false));
     }
     cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
-    cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups_dev, num_groups, wdt_, e_mlp_.data(), DType::kF32,
+    cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups_dev, num_groups, T, wdt_, e_mlp_.data(), DType::kF32,
                       e_out_.data(), false);
     for (const int64_t e : *large) {
       const int64_t o = plan_.offset[e];
