@@ -10,7 +10,8 @@
 #   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
-#      decode with CUDA graphs (GEMV kernel, then cuBLAS, for the dense products), the
+#      decode with CUDA graphs (GEMV kernel; launches not overlapped, SHOAL_CUDA_PDL=0;
+#      cuBLAS for the dense products), the
 #      decode kernels one by one (cuda-kernels-bench), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
 #      DeepSeek-V2-Lite's shape, in bf16 and then FP8 (tensor-core and widened GEMMs);
 #   4. writes $OUT/summary.txt and prints it last.
@@ -233,6 +234,11 @@ fi
 run_stage decode_bench_graphs 150 "$bin_dir/cuda-decode-bench" --cuda-graphs --batch 0
 grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs.log" 2>/dev/null | sed 's/^/graphs_/' |
   tee -a "$summary"
+# The same with every kernel launched the plain way (SHOAL_CUDA_PDL=0): what overlapping
+# each kernel's launch with the previous one's tail (launch.cuh) gains.
+run_stage decode_bench_graphs_no_overlap 120 env SHOAL_CUDA_PDL=0 "$bin_dir/cuda-decode-bench" --cuda-graphs --batch 0
+grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_graphs_no_overlap.log" 2>/dev/null |
+  sed 's/^/graphs_no_overlap_/' | tee -a "$summary"
 # The same with cuBLAS for the dense products instead of the GEMV kernel (which decode
 # steps take by default): which of the two reads the weights faster at batch 1.
 run_stage decode_bench_graphs_cublas 120 "$bin_dir/cuda-decode-bench" --cuda-graphs --batch 0 \

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <cuda_runtime.h>
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -23,6 +24,9 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+// Sources compiled for the emulator can tell (worker/kernels/cuda/launch.cuh does).
+#define SHOAL_SIMT 1
 
 namespace shoal::simt {
 
@@ -45,21 +49,28 @@ int LaneId();
 
 // Runs `body` once per thread of `grid` x `block` on `stream` (now, or recorded into the
 // stream's capture). An invalid configuration is the launch's error, as cudaGetLastError
-// reports it.
+// reports it. `overlapped`: a launch that may overlap the grid before it on a GPU
+// (launch.cuh), so each of its threads must call WaitForPriorGrid before it exits; one
+// that does not ends the process naming the kernel.
 void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
-            const char* kernel);
+            const char* kernel, bool overlapped);
+
+// griddepcontrol.wait: blocks run one grid after another here, so it only records that
+// the thread waited.
+void WaitForPriorGrid();
 
 struct LaunchConfig {
   dim3 grid;
   dim3 block;
   size_t shared_bytes = 0;
   cudaStream_t stream = nullptr;
+  bool overlapped = false;
 
   template <typename... P, typename... A>
   void Run(const char* name, void (*kernel)(P...), A&&... args) const {
     // Arguments convert to the kernel's parameter types once, as a launch copies them.
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-    Launch(grid, block, shared_bytes, stream, [kernel, params] { std::apply(kernel, params); }, name);
+    Launch(grid, block, shared_bytes, stream, [kernel, params] { std::apply(kernel, params); }, name, overlapped);
   }
 };
 

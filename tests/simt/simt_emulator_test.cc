@@ -61,6 +61,16 @@ TEST(SimtEmulatorDeathTest, FullMaskShuffleAfterLanesExitedEndsTheProcessNamingT
   EXPECT_DEATH(ShuffleAfterLanesExited(nullptr, &out), "ShuffleAfterExitKernel: a lane returned while others of its warp wait at a shuffle");
 }
 
+// A launch that may overlap the kernel before it (launch.cuh) runs when its threads wait
+// for that kernel, and ends the process naming the kernel when one does not.
+TEST(SimtEmulatorDeathTest, AnOverlappedLaunchWhoseThreadsDoNotWaitEndsTheProcess) {
+  std::vector<int32_t> out(32, 0);
+  OverlappedLaunch(nullptr, out.data(), /*wait=*/true);
+  for (int t = 0; t < 32; ++t) EXPECT_EQ(out[t], t + 1);
+  EXPECT_DEATH(OverlappedLaunch(nullptr, out.data(), /*wait=*/false),
+               "OverlappedKernel: a thread exited without WaitForPriorKernel");
+}
+
 TEST(SimtEmulatorDeathTest, AMisalignedVectorLoadEndsTheProcessAsOnTheGpu) {
   alignas(16) char bytes[48] = {};
   uint32_t out = 1;

@@ -100,6 +100,7 @@ struct Fiber {
   uint3 thread_idx;
   int warp = 0, lane = 0;
   bool done = false;
+  bool waited_for_prior_grid = false;
   Barrier* waiting_on = nullptr;
   uint64_t waiting_generation = 0;
 };
@@ -119,6 +120,7 @@ struct Block {
   int live = 0;
   const std::function<void()>* body = nullptr;
   const char* kernel = "";
+  bool overlapped = false;  // launched to overlap the previous grid (launch.cuh)
   void* scheduler_sp = nullptr;
   void* scheduler_fake_stack = nullptr;
   const void* scheduler_stack_bottom = nullptr;  // the host thread's stack, for ASan
@@ -176,6 +178,10 @@ void Arrive(Barrier& b, int live) {
   (*block->body)();
   Fiber& f = *block->current;
   f.done = true;
+  if (block->overlapped && !f.waited_for_prior_grid) {
+    Fail(std::string(block->kernel) +
+         ": a thread exited without WaitForPriorKernel(), though its launch may overlap the kernel before it");
+  }
   if (block->warps[f.warp].barrier.arrived > 0) {
     Fail(std::string(block->kernel) + ": a lane returned while others of its warp wait at a shuffle or __syncwarp");
   }
@@ -219,6 +225,7 @@ void RunBlock(Block& block) {
     f.warp = i / 32;
     f.lane = i % 32;
     f.done = false;
+    f.waited_for_prior_grid = false;
     f.waiting_on = nullptr;
     ++block.warps[f.warp].live;
     ++block.warps[f.warp].size;
@@ -353,8 +360,10 @@ void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, v
   std::memcpy(out, w.slots[parity][src_lane], size);
 }
 
+void WaitForPriorGrid() { Current().waited_for_prior_grid = true; }
+
 void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
-            const char* kernel) {
+            const char* kernel, bool overlapped) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
       grid.y > 65535 || grid.z > 65535 || shared_bytes > 48 * 1024) {
@@ -363,7 +372,7 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
   }
   if (stream != nullptr && stream->capture_invalidated) return;
   std::string name = kernel;
-  Issue(stream, [grid, block, body = std::move(body), name] {
+  Issue(stream, [grid, block, body = std::move(body), name, overlapped] {
     // __shared__ variables are function statics, so one grid runs at a time in the
     // process (tensor ranks as threads take turns). Not thread_local: static TLS that
     // large would come out of every thread's stack.
@@ -372,6 +381,7 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
     Block b(g_fibers);
     b.body = &body;
     b.kernel = name.c_str();
+    b.overlapped = overlapped;
     Block* outer = g_block;
     const uint3 outer_idx = g_block_idx;
     const dim3 outer_dim = g_block_dim, outer_grid = g_grid_dim;

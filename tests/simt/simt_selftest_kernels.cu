@@ -1,7 +1,15 @@
 #include "tests/simt/simt_selftest_kernels.h"
 
+#include "worker/kernels/cuda/launch.cuh"
+
 namespace shoal::simt_selftest {
 namespace {
+
+// Launched to overlap the kernel before it: every thread must wait for that kernel first.
+__global__ void OverlappedKernel(int32_t* out, bool wait) {
+  if (wait) worker::cuda::WaitForPriorKernel();
+  out[threadIdx.x] = static_cast<int32_t>(threadIdx.x) + 1;
+}
 
 __global__ void BlockSumKernel(const int32_t* in, int32_t* out) {
   __shared__ int32_t s[1024];
@@ -78,6 +86,10 @@ void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_
 void WarpSumsAndScans(cudaStream_t stream, const int32_t* in, int n, int32_t* out, int32_t* scan,
                       int32_t* gathered) {
   WarpKernel<<<(n + 63) / 64, 64, 0, stream>>>(in, n, out, scan, gathered);
+}
+
+void OverlappedLaunch(cudaStream_t stream, int32_t* out, bool wait) {
+  worker::cuda::LaunchKernel("OverlappedKernel", OverlappedKernel, 1, 32, 0, stream, out, wait);
 }
 
 void SumWithExitedThreads(cudaStream_t stream, const int32_t* in, int threads, int live, int32_t* out) {

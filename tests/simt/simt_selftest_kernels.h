@@ -24,6 +24,10 @@ void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out);
 void MissingBarrier(cudaStream_t stream, int n, int32_t* out);
 // A 16-byte vector load from `p` (which faults on a GPU unless p is 16-byte aligned).
 void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out);
+// out[t] = t + 1 for t < 32, launched through LaunchKernel (overlapping the kernel before
+// it on a Hopper GPU); wait: whether the kernel calls WaitForPriorKernel first (without,
+// the emulator ends the process).
+void OverlappedLaunch(cudaStream_t stream, int32_t* out, bool wait);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 

@@ -9,6 +9,7 @@
 
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -24,6 +25,7 @@ __device__ __forceinline__ int64_t SlotOffset(const int32_t* table, int64_t pos,
 template <typename T>
 __global__ void WriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, int64_t head_dim, DeviceRows rows,
                               const float* k, int64_t ldk, const float* v, int64_t ldv) {
+  WaitForPriorKernel();
   const int64_t width = kv_heads * head_dim;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows.num_rows * width) return;
@@ -41,6 +43,7 @@ template <typename T>
 __global__ void RopeAndWriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_heads, int64_t head_dim, DeviceRows rows,
                                      float* qkv, int64_t ld, const float* bias, int64_t num_heads, int64_t rotary_dim,
                                      const float* cos, const float* sin, bool interleaved) {
+  WaitForPriorKernel();
   const int64_t pairs = head_dim / 2, half = rotary_dim / 2, heads = num_heads + 2 * kv_heads;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows.num_rows * heads * pairs) return;
@@ -163,6 +166,7 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
     GroupAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim, int64_t k_dim,
                          int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq, int64_t num_heads,
                          HeadBlocks head_blocks, float scale, float* out, int64_t ldo, int splits, float* partials) {
+  WaitForPriorKernel();
   using Tile = AttentionTile<T, kDim, kValuesInKeys>;
   constexpr int kTile = Tile::kTile, kParts = Tile::kParts, kStride = Tile::kStride, kWords = Tile::kWords;
   constexpr int kEpw = Tile::kElementsPerWord, kLaneWords = kWords / 32;
@@ -253,7 +257,9 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
     for (int offset = 1; offset < kParts; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
     if (j >= valid) s = -INFINITY;
     float tile_max = s;
-    for (int offset = 16; offset > 0; offset /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+    for (int offset = 16; offset > 0; offset /= 2) {
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+    }
     const float m_new = fmaxf(m, tile_max);  // finite: key 0 of the tile is valid
     const float keep = __expf(m - m_new);
     const float p = j < valid ? __expf(s - m_new) : 0.0f;
@@ -301,6 +307,7 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
 // and summed, then normalized.
 __global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num_heads, int64_t v_dim,
                                   const int32_t* row_ids, float* out, int64_t ldo) {
+  WaitForPriorKernel();
   const int64_t b = blockIdx.x, h = blockIdx.y;
   const int64_t r = row_ids != nullptr ? row_ids[b] : b;
   const float* records = partials + (b * num_heads + h) * splits * (v_dim + 2);
@@ -325,19 +332,19 @@ __global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num
 template <typename T, int kDim, bool kValuesInKeys>
 void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
                      int64_t slot_dim, int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const float* q,
-                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split) {
+                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                     const AttentionSplit& split) {
   const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
   const HeadBlocks head_blocks = HeadBlocksFor(num_heads / kv_heads);
   const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(kv_heads * head_blocks.per_group),
                   static_cast<unsigned>(splits));
-  GroupAttentionKernel<T, kDim, kValuesInKeys><<<grid, 32 * head_blocks.per_block, 0, stream>>>(
-      kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim, rows, q, ldq, num_heads, head_blocks, scale, out, ldo,
-      splits, split.partials);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("GroupAttentionKernel", GroupAttentionKernel<T, kDim, kValuesInKeys>, grid, 32 * head_blocks.per_block,
+      0, stream, kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim, rows, q, ldq, num_heads, head_blocks, scale,
+      out, ldo, splits, split.partials);
   if (splits == 1) return;
   const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
-  MergeSplitsKernel<<<merge_grid, 128, 0, stream>>>(split.partials, splits, num_heads, v_dim, rows.row_ids, out, ldo);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, merge_grid, 128, 0, stream, split.partials, splits, num_heads,
+      v_dim, rows.row_ids, out, ldo);
 }
 
 // One block of kQueryTileRows * 4 threads per (tile, head): thread t serves row t / 4 of
@@ -347,6 +354,7 @@ template <typename T, int D>
 __global__ void TiledAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t head_dim,
                                      DeviceRows rows, const QueryTile* tiles, const float* q, int64_t ldq,
                                      int64_t num_heads, float scale, float* out, int64_t ldo) {
+  WaitForPriorKernel();
   constexpr int kParts = 4, kDims = D / kParts, kKeys = 4096 / D;
   __shared__ float ks[kKeys][D];
   __shared__ float vs[kKeys][D];
@@ -414,11 +422,10 @@ void WriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& 
   if (work == 0) return;
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    WriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
-        static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim,
-        rows, k, ldk, v, ldv);
+    LaunchKernel("WriteKvKernel", WriteKvKernel<T>, static_cast<unsigned>((work + 255) / 256), 256, 0, stream,
+        static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim, rows,
+        k, ldk, v, ldv);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, float* qkv, int64_t ld,
@@ -432,11 +439,10 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
   if (work == 0) return;
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    RopeAndWriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
-        static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads, cache.head_dim,
-        rows, qkv, ld, bias, num_heads, rotary_dim, cos, sin, interleaved);
+    LaunchKernel("RopeAndWriteKvKernel", RopeAndWriteKvKernel<T>, static_cast<unsigned>((work + 255) / 256), 256, 0,
+        stream, static_cast<T*>(cache.k), static_cast<T*>(cache.v), cache.block_size, cache.num_kv_heads,
+        cache.head_dim, rows, qkv, ld, bias, num_heads, rotary_dim, cos, sin, interleaved);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, int64_t max_positions) {
@@ -452,7 +458,8 @@ int AttentionSplits(int64_t num_rows, int64_t num_heads, int64_t num_kv_heads, i
   const int64_t positions_splits = (max_positions + kSplitPositions - 1) / kSplitPositions;
   int64_t want = 1;
   while (want < positions_splits && want < kMaxSplits) want *= 2;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min(kMaxSplits, kBusyBlocks / std::max<int64_t>(1, blocks))));
+  const int64_t most = std::min(kMaxSplits, kBusyBlocks / std::max<int64_t>(1, blocks));
+  return static_cast<int>(std::clamp<int64_t>(want, 1, most));
 }
 
 size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, int64_t v_dim) {
@@ -503,20 +510,16 @@ void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const 
     const T* v = static_cast<const T*>(cache.v);
     // The head dimension padded to the kernel's: 64, 128 or 256.
     if (cache.head_dim <= 64) {
-      TiledAttentionKernel<T, 64><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
-                                                                cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
-                                                                out, ldo);
+      LaunchKernel("TiledAttentionKernel", TiledAttentionKernel<T, 64>, grid, threads, 0, stream, k, v,
+          cache.block_size, cache.num_kv_heads, cache.head_dim, rows, tiles, q, ldq, num_heads, scale, out, ldo);
     } else if (cache.head_dim <= 128) {
-      TiledAttentionKernel<T, 128><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
-                                                                 cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
-                                                                 out, ldo);
+      LaunchKernel("TiledAttentionKernel", TiledAttentionKernel<T, 128>, grid, threads, 0, stream, k, v,
+          cache.block_size, cache.num_kv_heads, cache.head_dim, rows, tiles, q, ldq, num_heads, scale, out, ldo);
     } else {
-      TiledAttentionKernel<T, 256><<<grid, threads, 0, stream>>>(k, v, cache.block_size, cache.num_kv_heads,
-                                                                 cache.head_dim, rows, tiles, q, ldq, num_heads, scale,
-                                                                 out, ldo);
+      LaunchKernel("TiledAttentionKernel", TiledAttentionKernel<T, 256>, grid, threads, 0, stream, k, v,
+          cache.block_size, cache.num_kv_heads, cache.head_dim, rows, tiles, q, ldq, num_heads, scale, out, ldo);
     }
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
@@ -525,10 +528,9 @@ void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const Dev
   if (work == 0) return;
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
-    WriteKvKernel<T><<<static_cast<unsigned>((work + 255) / 256), 256, 0, stream>>>(
+    LaunchKernel("WriteKvKernel", WriteKvKernel<T>, static_cast<unsigned>((work + 255) / 256), 256, 0, stream,
         static_cast<T*>(cache.data), nullptr, cache.block_size, 1, cache.entry(), rows, entries, ld, nullptr, 0);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* q,

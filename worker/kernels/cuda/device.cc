@@ -1,6 +1,8 @@
 #include "worker/kernels/cuda/device.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "worker/kernels/cuda/cuda_check.h"
@@ -26,6 +28,21 @@ std::string DeviceDescription(int device) {
   std::snprintf(text, sizeof(text), "%s (sm_%d%d, %.1f GiB)", p.name, p.major, p.minor,
                 static_cast<double>(p.totalGlobalMem) / (1ull << 30));
   return text;
+}
+
+bool OverlappedLaunches() {
+  static const bool overlapped = [] {
+    const char* env = std::getenv("SHOAL_CUDA_PDL");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return overlapped;
 }
 
 std::string PciBusId(int device) {

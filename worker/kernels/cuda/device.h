@@ -15,6 +15,9 @@ int CudaDeviceCount(std::string* why_not);
 
 // "NVIDIA H200 (sm_90, 139.8 GiB)" for logs and benchmark output.
 std::string DeviceDescription(int device);
+// Whether kernels launch overlapping the one before them on the stream (launch.cuh):
+// sm_90 or newer and SHOAL_CUDA_PDL not "0"; decided once per process.
+bool OverlappedLaunches();
 
 // The device's PCI bus id ("0000:17:00.0"), which tells two ranks on one machine whether
 // they share a GPU whatever each one's CUDA_VISIBLE_DEVICES numbering; "" on error.

@@ -11,6 +11,7 @@
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 #include "worker/kernels/cuda/grouped_gemv.h"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -28,6 +29,7 @@ __device__ __forceinline__ int64_t ScaleCols(int64_t cols) { return (cols + kFp8
 
 template <typename T>
 __global__ void Fp8DequantizeKernel(Fp8Matrix w, T* dst) {
+  WaitForPriorKernel();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t n = w.rows * w.cols, scale_cols = ScaleCols(w.cols);
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
@@ -43,6 +45,7 @@ constexpr float kE4M3Max = 448.0f;
 template <typename X>
 __global__ void Fp8QuantizeRowsKernel(const X* x, int64_t rows, int64_t cols, uint8_t* codes, float* scales,
                                       Fp8ScaleLayout layout) {
+  WaitForPriorKernel();
   const int64_t scale_cols = ScaleCols(cols);
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (warp >= rows * scale_cols) return;
@@ -69,6 +72,7 @@ __global__ void Fp8QuantizeRowsKernel(const X* x, int64_t rows, int64_t cols, ui
 }
 
 __global__ void Fp8ScalesByBlockKernel(const float* scales, int64_t rows, int64_t scale_cols, float* dst, int64_t ld) {
+  WaitForPriorKernel();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * scale_cols; i += stride) {
     const int64_t b = i / rows, r = i % rows;  // consecutive threads write consecutive rows of a block
@@ -84,6 +88,7 @@ __device__ __forceinline__ uint64_t Mix(uint64_t z) {  // splitmix64, as ops.cu'
 
 __global__ void Fp8FillKernel(uint8_t* codes, float* scales, int64_t n, int64_t num_scales, uint64_t seed,
                               float bound) {
+  WaitForPriorKernel();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float u = static_cast<float>(Mix(seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(i)) >> 40) *
@@ -113,9 +118,8 @@ void Fp8Dequantize(cudaStream_t stream, const Fp8Matrix& w, DType to, void* dst)
   WithType(to, [&](auto zero) {
     using T = decltype(zero);
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
-    Fp8DequantizeKernel<T><<<blocks, 256, 0, stream>>>(w, static_cast<T*>(dst));
+    LaunchKernel("Fp8DequantizeKernel", Fp8DequantizeKernel<T>, blocks, 256, 0, stream, w, static_cast<T*>(dst));
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void Fp8QuantizeRows(cudaStream_t stream, DType x_type, const void* x, int64_t rows, int64_t cols, uint8_t* codes,
@@ -125,9 +129,9 @@ void Fp8QuantizeRows(cudaStream_t stream, DType x_type, const void* x, int64_t r
   WithType(x_type, [&](auto zero) {
     using X = decltype(zero);
     const unsigned blocks = static_cast<unsigned>((warps + 7) / 8);
-    Fp8QuantizeRowsKernel<X><<<blocks, 256, 0, stream>>>(static_cast<const X*>(x), rows, cols, codes, scales, layout);
+    LaunchKernel("Fp8QuantizeRowsKernel", Fp8QuantizeRowsKernel<X>, blocks, 256, 0, stream, static_cast<const X*>(x),
+        rows, cols, codes, scales, layout);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void Fp8ScalesByBlock(cudaStream_t stream, const float* scales, int64_t rows, int64_t scale_cols, float* dst,
@@ -135,8 +139,8 @@ void Fp8ScalesByBlock(cudaStream_t stream, const float* scales, int64_t rows, in
   const int64_t n = rows * scale_cols;
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
-  Fp8ScalesByBlockKernel<<<blocks, 256, 0, stream>>>(scales, rows, scale_cols, dst, ld);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("Fp8ScalesByBlockKernel", Fp8ScalesByBlockKernel, blocks, 256, 0, stream, scales, rows, scale_cols, dst,
+      ld);
 }
 
 void Fp8FillUniform(cudaStream_t stream, uint8_t* codes, float* scales, int64_t rows, int64_t cols, uint64_t seed,
@@ -144,8 +148,8 @@ void Fp8FillUniform(cudaStream_t stream, uint8_t* codes, float* scales, int64_t 
   const int64_t n = rows * cols, num_scales = rows * Fp8ScaleCols(cols);
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((std::max(n, num_scales) + 255) / 256, 65536));
-  Fp8FillKernel<<<blocks, 256, 0, stream>>>(codes, scales, std::max(n, num_scales), num_scales, seed, bound);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("Fp8FillKernel", Fp8FillKernel, blocks, 256, 0, stream, codes, scales, std::max(n, num_scales),
+      num_scales, seed, bound);
 }
 
 }  // namespace shoal::worker::cuda

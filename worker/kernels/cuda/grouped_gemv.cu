@@ -11,6 +11,7 @@
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 #include "worker/kernels/cuda/fp8.h"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -148,8 +149,9 @@ __device__ __forceinline__ void MultiplyRows(const float (&wv)[kSpan], const X* 
 // each (a batch-1 decode step's products), which then keeps kSpansInFlight spans of
 // weights loading at once (the 8-row pass has no registers left for them).
 template <typename W, typename X, typename Y, int kRows>
-__global__ void __launch_bounds__(32 * kWarps, 4) GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y,
-                                  bool accumulate) {
+__global__ void __launch_bounds__(32 * kWarps, 4)
+    GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y, bool accumulate) {
+  WaitForPriorKernel();
   const GemvGroup g = groups != nullptr ? groups[blockIdx.y] : single;
   const int lane = threadIdx.x % 32;
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -231,16 +233,15 @@ void Launch(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* grou
         using X = decltype(xz);
         using Y = decltype(yz);
         if (max_group_rows == 1) {
-          GroupedGemvKernel<W, X, Y, 1><<<grid, 32 * kWarps, 0, stream>>>(w, groups, single, static_cast<const X*>(x),
-                                                                          static_cast<Y*>(y), accumulate);
+          LaunchKernel("GroupedGemvKernel", GroupedGemvKernel<W, X, Y, 1>, grid, 32 * kWarps, 0, stream, w, groups,
+              single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate);
         } else {
-          GroupedGemvKernel<W, X, Y, kChunk><<<grid, 32 * kWarps, 0, stream>>>(
-              w, groups, single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate);
+          LaunchKernel("GroupedGemvKernel", GroupedGemvKernel<W, X, Y, kChunk>, grid, 32 * kWarps, 0, stream, w,
+              groups, single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate);
         }
       });
     });
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

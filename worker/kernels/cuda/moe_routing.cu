@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -27,6 +28,7 @@ __device__ __forceinline__ void WarpArgmax(float& v, int& i) {
 
 __global__ void RouteTokensKernel(RouterRules r, const float* logits, int64_t num_tokens, const float* bias,
                                   int32_t* ids, float* weights) {
+  WaitForPriorKernel();
   __shared__ float s_score[kRouteWarps][kMaxRoutedExperts];
   __shared__ float s_choice[kRouteWarps][kMaxRoutedExperts];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -131,6 +133,7 @@ __global__ void RouteTokensKernel(RouterRules r, const float* logits, int64_t nu
 __global__ void PlanExpertSlotsKernel(const int32_t* ids, const float* weights, int num_tokens, int k, int begin,
                                       int end, int32_t* gather, int32_t* slot_rows, float* slot_weights,
                                       GemvGroup* groups) {
+  WaitForPriorKernel();
   __shared__ int32_t s_ids[kMaxPlannedSlots];
   __shared__ int32_t s_row_of[kMaxPlannedSlots];
   __shared__ int32_t s_count[kMaxRoutedExperts];
@@ -200,8 +203,8 @@ void RouteTokensOnDevice(cudaStream_t stream, const RouterRules& rules, const fl
     DieOnCudaError("RouteTokensOnDevice", "routing rules outside what the kernel takes", __FILE__, __LINE__);
   }
   const unsigned blocks = static_cast<unsigned>((num_tokens + kRouteWarps - 1) / kRouteWarps);
-  RouteTokensKernel<<<blocks, 32 * kRouteWarps, 0, stream>>>(rules, logits, num_tokens, bias, ids, weights);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("RouteTokensKernel", RouteTokensKernel, blocks, 32 * kRouteWarps, 0, stream, rules, logits, num_tokens,
+      bias, ids, weights);
 }
 
 void PlanExpertSlotsOnDevice(cudaStream_t stream, const int32_t* ids, const float* weights, int64_t num_tokens,
@@ -212,9 +215,8 @@ void PlanExpertSlotsOnDevice(cudaStream_t stream, const int32_t* ids, const floa
       expert_end - expert_begin > kMaxRoutedExperts) {
     DieOnCudaError("PlanExpertSlotsOnDevice", "more slots or experts than the kernel takes", __FILE__, __LINE__);
   }
-  PlanExpertSlotsKernel<<<1, 1024, 0, stream>>>(ids, weights, static_cast<int>(num_tokens), k, expert_begin,
-                                                expert_end, gather, slot_rows, slot_weights, groups);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("PlanExpertSlotsKernel", PlanExpertSlotsKernel, 1, 1024, 0, stream, ids, weights,
+      static_cast<int>(num_tokens), k, expert_begin, expert_end, gather, slot_rows, slot_weights, groups);
 }
 
 }  // namespace shoal::worker::cuda

@@ -9,6 +9,7 @@
 
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -19,6 +20,7 @@ constexpr int kNormThreads = 256;
 // shuffles, the block through shared memory.
 template <typename T>
 __global__ void RmsNormKernel(T* x, const T* residual, const float* weight, T* out, int64_t n, float eps) {
+  WaitForPriorKernel();
   const int64_t row = blockIdx.x;
   T* xr = x + row * n;
   float sum = 0.0f;
@@ -51,6 +53,7 @@ template <typename T>
 __global__ void RopeKernel(T* x, int64_t num_tokens, int64_t ld, const int64_t* positions, int64_t num_heads,
                            int64_t head_dim, int64_t rotary_dim, const float* cos, const float* sin,
                            bool interleaved) {
+  WaitForPriorKernel();
   const int64_t half = rotary_dim / 2;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * num_heads * half) return;
@@ -65,6 +68,7 @@ __global__ void RopeKernel(T* x, int64_t num_tokens, int64_t ld, const int64_t* 
 
 template <typename T>
 __global__ void SiluMulKernel(const T* gate, const T* up, T* out, int64_t n) {
+  WaitForPriorKernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float g = Load(gate, i);
@@ -93,6 +97,7 @@ __device__ __forceinline__ float BlockSum(float v) {
 template <typename T>
 __global__ void RmsNormRowsKernel(const float* x, int64_t ldx, const int32_t* rows, const float* weight, T* out,
                                   int64_t ldo, int64_t n, float eps) {
+  WaitForPriorKernel();
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows != nullptr ? static_cast<int64_t>(rows[r]) : r) * ldx;
   float sum = 0.0f;
@@ -104,6 +109,7 @@ __global__ void RmsNormRowsKernel(const float* x, int64_t ldx, const int32_t* ro
 // One thread per (row, column): out[r] = src[rows[r]].
 template <typename T>
 __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* out, int64_t num_rows, int64_t n) {
+  WaitForPriorKernel();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_rows * n) return;
   out[idx] = src[static_cast<int64_t>(rows[idx / n]) * n + idx % n];
@@ -112,6 +118,7 @@ __global__ void GatherRowsKernel(const T* src, const int32_t* rows, T* out, int6
 // One thread per (token, column), adding the token's k slots in slot order.
 __global__ void AddWeightedRowsKernel(const float* src, const int32_t* slot_rows, const float* slot_weights,
                                       int64_t k, float* dst, int64_t num_tokens, int64_t n) {
+  WaitForPriorKernel();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * n) return;
   const int64_t t = idx / n, c = idx % n;
@@ -126,6 +133,7 @@ __global__ void AddWeightedRowsKernel(const float* src, const int32_t* slot_rows
 
 template <typename T>
 __global__ void SiluMulRowsKernel(const T* gate_up, T* out, int64_t num_tokens, int64_t n) {
+  WaitForPriorKernel();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * n) return;
   const int64_t t = idx / n, i = idx % n;
@@ -136,6 +144,7 @@ __global__ void SiluMulRowsKernel(const T* gate_up, T* out, int64_t num_tokens, 
 template <typename T>
 __global__ void EmbeddingKernel(const T* table, int64_t width, const int32_t* ids, int64_t num_tokens, float* out,
                                 int64_t first_id, int64_t num_ids) {
+  WaitForPriorKernel();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * width) return;
   const int64_t t = idx / width, i = idx % width;
@@ -144,11 +153,13 @@ __global__ void EmbeddingKernel(const T* table, int64_t width, const int32_t* id
 }
 
 __global__ void AddIntoKernel(const float* src, float* dst, int64_t n) {
+  WaitForPriorKernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) dst[i] += src[i];
 }
 
 __global__ void AddBiasKernel(float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n) {
+  WaitForPriorKernel();
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= num_tokens * n) return;
   y[(idx / n) * ld + idx % n] += bias[idx % n];
@@ -156,6 +167,7 @@ __global__ void AddBiasKernel(float* y, int64_t num_tokens, int64_t ld, const fl
 
 template <typename From, typename To>
 __global__ void CastKernel(const From* src, To* dst, int64_t n) {
+  WaitForPriorKernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) Store(dst, i, Load(src, i));
 }
@@ -170,6 +182,7 @@ __device__ __forceinline__ uint64_t Mix(uint64_t z) {
 
 template <typename T>
 __global__ void FillUniformKernel(T* dst, int64_t n, uint64_t seed, float lo, float hi) {
+  WaitForPriorKernel();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const float u = static_cast<float>(Mix(seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(i)) >> 40) *
@@ -195,10 +208,9 @@ void RmsNorm(cudaStream_t stream, DType act, void* x, const void* residual, cons
   if (num_tokens == 0) return;
   WithActivationType(act, [&](auto zero) {
     using T = decltype(zero);
-    RmsNormKernel<T><<<static_cast<unsigned>(num_tokens), kNormThreads, 0, stream>>>(
+    LaunchKernel("RmsNormKernel", RmsNormKernel<T>, static_cast<unsigned>(num_tokens), kNormThreads, 0, stream,
         static_cast<T*>(x), static_cast<const T*>(residual), weight, static_cast<T*>(out), n, eps);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void ApplyRope(cudaStream_t stream, DType act, void* x, int64_t num_tokens, int64_t ld, const int64_t* positions,
@@ -208,20 +220,18 @@ void ApplyRope(cudaStream_t stream, DType act, void* x, int64_t num_tokens, int6
   if (work == 0) return;
   WithActivationType(act, [&](auto zero) {
     using T = decltype(zero);
-    RopeKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<T*>(x), num_tokens, ld, positions, num_heads,
-                                                         head_dim, rotary_dim, cos, sin, interleaved);
+    LaunchKernel("RopeKernel", RopeKernel<T>, Blocks(work, 256), 256, 0, stream, static_cast<T*>(x), num_tokens, ld,
+        positions, num_heads, head_dim, rotary_dim, cos, sin, interleaved);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void SiluMul(cudaStream_t stream, DType act, const void* gate, const void* up, void* out, int64_t n) {
   if (n == 0) return;
   WithActivationType(act, [&](auto zero) {
     using T = decltype(zero);
-    SiluMulKernel<T><<<Blocks(n, 256), 256, 0, stream>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
-                                                         static_cast<T*>(out), n);
+    LaunchKernel("SiluMulKernel", SiluMulKernel<T>, Blocks(n, 256), 256, 0, stream, static_cast<const T*>(gate),
+        static_cast<const T*>(up), static_cast<T*>(out), n);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const float* weight, DType out_type,
@@ -229,10 +239,9 @@ void RmsNormRows(cudaStream_t stream, const float* x, const int32_t* rows, const
   if (num_rows == 0) return;
   WithActivationType(out_type, [&](auto zero) {
     using T = decltype(zero);
-    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(
+    LaunchKernel("RmsNormRowsKernel", RmsNormRowsKernel<T>, static_cast<unsigned>(num_rows), kNormThreads, 0, stream,
         x, n, rows, weight, static_cast<T*>(out), n, n, eps);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void RmsNormStrided(cudaStream_t stream, const float* x, int64_t ldx, const float* weight, DType out_type, void* out,
@@ -240,10 +249,9 @@ void RmsNormStrided(cudaStream_t stream, const float* x, int64_t ldx, const floa
   if (num_rows == 0) return;
   WithActivationType(out_type, [&](auto zero) {
     using T = decltype(zero);
-    RmsNormRowsKernel<T><<<static_cast<unsigned>(num_rows), kNormThreads, 0, stream>>>(
+    LaunchKernel("RmsNormRowsKernel", RmsNormRowsKernel<T>, static_cast<unsigned>(num_rows), kNormThreads, 0, stream,
         x, ldx, nullptr, weight, static_cast<T*>(out), ldo, n, eps);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void GatherRows(cudaStream_t stream, DType t, const void* src, const int32_t* rows, void* out, int64_t num_rows,
@@ -252,18 +260,17 @@ void GatherRows(cudaStream_t stream, DType t, const void* src, const int32_t* ro
   if (work == 0) return;
   WithActivationType(t, [&](auto zero) {
     using T = decltype(zero);
-    GatherRowsKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(src), rows,
-                                                               static_cast<T*>(out), num_rows, n);
+    LaunchKernel("GatherRowsKernel", GatherRowsKernel<T>, Blocks(work, 256), 256, 0, stream,
+        static_cast<const T*>(src), rows, static_cast<T*>(out), num_rows, n);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void AddWeightedRows(cudaStream_t stream, const float* src, const int32_t* slot_rows, const float* slot_weights,
                      int64_t k, float* dst, int64_t num_tokens, int64_t n) {
   const int64_t work = num_tokens * n;
   if (work == 0) return;
-  AddWeightedRowsKernel<<<Blocks(work, 256), 256, 0, stream>>>(src, slot_rows, slot_weights, k, dst, num_tokens, n);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("AddWeightedRowsKernel", AddWeightedRowsKernel, Blocks(work, 256), 256, 0, stream, src, slot_rows,
+      slot_weights, k, dst, num_tokens, n);
 }
 
 void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out, int64_t num_tokens, int64_t n) {
@@ -271,10 +278,9 @@ void SiluMulRows(cudaStream_t stream, DType act, const void* gate_up, void* out,
   if (work == 0) return;
   WithActivationType(act, [&](auto zero) {
     using T = decltype(zero);
-    SiluMulRowsKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(gate_up), static_cast<T*>(out),
-                                                                num_tokens, n);
+    LaunchKernel("SiluMulRowsKernel", SiluMulRowsKernel<T>, Blocks(work, 256), 256, 0, stream,
+        static_cast<const T*>(gate_up), static_cast<T*>(out), num_tokens, n);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, int64_t width, const int32_t* ids,
@@ -283,23 +289,20 @@ void EmbeddingLookup(cudaStream_t stream, DType table_type, const void* table, i
   if (work == 0) return;
   WithActivationType(table_type, [&](auto zero) {
     using T = decltype(zero);
-    EmbeddingKernel<T><<<Blocks(work, 256), 256, 0, stream>>>(static_cast<const T*>(table), width, ids, num_tokens,
-                                                              out, first_id, num_ids);
+    LaunchKernel("EmbeddingKernel", EmbeddingKernel<T>, Blocks(work, 256), 256, 0, stream,
+        static_cast<const T*>(table), width, ids, num_tokens, out, first_id, num_ids);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void AddInto(cudaStream_t stream, const float* src, float* dst, int64_t n) {
   if (n == 0) return;
-  AddIntoKernel<<<Blocks(n, 256), 256, 0, stream>>>(src, dst, n);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("AddIntoKernel", AddIntoKernel, Blocks(n, 256), 256, 0, stream, src, dst, n);
 }
 
 void AddBias(cudaStream_t stream, float* y, int64_t num_tokens, int64_t ld, const float* bias, int64_t n) {
   const int64_t work = num_tokens * n;
   if (work == 0) return;
-  AddBiasKernel<<<Blocks(work, 256), 256, 0, stream>>>(y, num_tokens, ld, bias, n);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("AddBiasKernel", AddBiasKernel, Blocks(work, 256), 256, 0, stream, y, num_tokens, ld, bias, n);
 }
 
 void Cast(cudaStream_t stream, DType from, const void* src, DType to, void* dst, int64_t n) {
@@ -308,11 +311,10 @@ void Cast(cudaStream_t stream, DType from, const void* src, DType to, void* dst,
     WithActivationType(to, [&](auto to_zero) {
       using From = decltype(from_zero);
       using To = decltype(to_zero);
-      CastKernel<From, To><<<Blocks(n, 256), 256, 0, stream>>>(static_cast<const From*>(src), static_cast<To*>(dst),
-                                                               n);
+      LaunchKernel("CastKernel", CastKernel<From, To>, Blocks(n, 256), 256, 0, stream, static_cast<const From*>(src),
+          static_cast<To*>(dst), n);
     });
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 void FillUniform(cudaStream_t stream, DType t, void* dst, int64_t n, uint64_t seed, float lo, float hi) {
@@ -321,9 +323,9 @@ void FillUniform(cudaStream_t stream, DType t, void* dst, int64_t n, uint64_t se
     using T = decltype(zero);
     // A grid-stride loop: billions of elements need no more than a few waves of blocks.
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
-    FillUniformKernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(dst), n, seed, lo, hi);
+    LaunchKernel("FillUniformKernel", FillUniformKernel<T>, blocks, 256, 0, stream, static_cast<T*>(dst), n, seed, lo,
+        hi);
   });
-  SHOAL_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace shoal::worker::cuda

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "worker/kernels/cuda/cuda_check.h"
+#include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -17,6 +18,7 @@ __device__ __forceinline__ bool Better(float v, int64_t i, float best, int64_t b
 
 // One block per row: threads scan strided slices, then warps and the block reduce.
 __global__ void ArgmaxKernel(const float* logits, int64_t n, int32_t* out) {
+  WaitForPriorKernel();
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * n;
   float best = -INFINITY;
   int64_t best_i = n;  // "none yet": loses every comparison with a real index at -inf
@@ -138,6 +140,7 @@ __device__ void KeepAboveAndFirstTies(float* p, int64_t n, uint32_t cut, int64_t
 // One block of kSampleThreads per row; the row's logits become its probabilities.
 __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, const PenaltyToken* penalties,
                              int32_t* out) {
+  WaitForPriorKernel();
   const int64_t r = blockIdx.x;
   const SamplingRow P = rows[r];
   float* l = logits + r * n;
@@ -301,14 +304,13 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
 void SampleRows(cudaStream_t stream, float* logits, int64_t num_rows, int64_t n, const SamplingRow* rows,
                 const PenaltyToken* penalties, int32_t* out) {
   if (num_rows == 0) return;
-  SampleKernel<<<static_cast<unsigned>(num_rows), kSampleThreads, 0, stream>>>(logits, n, rows, penalties, out);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("SampleKernel", SampleKernel, static_cast<unsigned>(num_rows), kSampleThreads, 0, stream, logits, n,
+      rows, penalties, out);
 }
 
 void ArgmaxRows(cudaStream_t stream, const float* logits, int64_t num_rows, int64_t n, int32_t* out) {
   if (num_rows == 0) return;
-  ArgmaxKernel<<<static_cast<unsigned>(num_rows), kThreads, 0, stream>>>(logits, n, out);
-  SHOAL_CUDA_CHECK_LAUNCH();
+  LaunchKernel("ArgmaxKernel", ArgmaxKernel, static_cast<unsigned>(num_rows), kThreads, 0, stream, logits, n, out);
 }
 
 }  // namespace shoal::worker::cuda
