@@ -1034,6 +1034,44 @@ TEST_P(CudaKernels, Fp8GemvAndDequantizeMatchTheExactProducts) {
   }
 }
 
+// A stack of `stack` matrices of rows x cols on the device, of type t or (fp8) as FP8 codes
+// with random block scales, and the values they stand for.
+struct MatrixStack {
+  std::vector<float> values;
+  DeviceBuffer data, scales;
+  StackedMatrices matrices;
+};
+
+MatrixStack MakeMatrixStack(DType t, bool fp8, int64_t stack, int64_t rows, int64_t cols, std::mt19937& rng) {
+  MatrixStack out;
+  const int64_t scale_cols = Fp8ScaleCols(cols);
+  out.values.resize(stack * rows * cols);
+  if (fp8) {
+    std::vector<uint8_t> codes(out.values.size());
+    std::vector<float> scales(stack * rows * scale_cols);
+    for (uint8_t& c : codes) {
+      do {
+        c = static_cast<uint8_t>(rng());
+      } while ((c & 0x7f) == 0x7f);
+    }
+    for (float& sc : scales) sc = std::uniform_real_distribution<float>(1e-3f, 2e-2f)(rng);
+    for (int64_t r = 0; r < stack * rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        out.values[r * cols + c] = cpu::E4M3ToFloat(codes[r * cols + c]) * scales[r * scale_cols + c / kFp8ScaleBlock];
+      }
+    }
+    out.data = Upload(codes.data(), codes.size());
+    out.scales = Upload(scales.data(), scales.size() * 4);
+  } else {
+    const Typed typed = Round(Random(out.values.size(), 31), t);
+    out.values = typed.values;
+    out.data = Upload(typed.bytes.data(), typed.bytes.size());
+  }
+  out.matrices = StackedMatrices{out.data.data(), fp8 ? out.scales.as<float>() : nullptr, fp8 ? DType::kF8E4M3 : t,
+                                 rows, cols, rows};
+  return out;
+}
+
 // A stack of three matrices, each group of rows times its own: groups of 1, 3, 20 and 33
 // rows (one pass of 8 rows, several, and past kGroupedGemvMaxRows, which only the
 // planner's choice bounds), weights of the activation type and FP8 with block scales,
@@ -1052,34 +1090,9 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
   for (const int64_t cols : {int64_t{200}, int64_t{384}, int64_t{1040}, int64_t{1544}}) {
     for (const bool fp8 : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
-      const int64_t scale_cols = Fp8ScaleCols(cols);
-      std::vector<float> w(stack * rows * cols);
-      std::vector<uint8_t> codes;
-      std::vector<float> scales;
-      DeviceBuffer dw, dscales;
-      if (fp8) {
-        codes.resize(w.size());
-        scales.resize(stack * rows * scale_cols);
-        for (uint8_t& c : codes) {
-          do {
-            c = static_cast<uint8_t>(rng());
-          } while ((c & 0x7f) == 0x7f);
-        }
-        for (float& sc : scales) sc = std::uniform_real_distribution<float>(1e-3f, 2e-2f)(rng);
-        for (int64_t r = 0; r < stack * rows; ++r) {
-          for (int64_t c = 0; c < cols; ++c) {
-            w[r * cols + c] = cpu::E4M3ToFloat(codes[r * cols + c]) * scales[r * scale_cols + c / kFp8ScaleBlock];
-          }
-        }
-        dw = Upload(codes.data(), codes.size());
-        dscales = Upload(scales.data(), scales.size() * 4);
-      } else {
-        const Typed typed = Round(Random(w.size(), 31), t);
-        w = typed.values;
-        dw = Upload(typed.bytes.data(), typed.bytes.size());
-      }
-      const StackedMatrices m{dw.data(), fp8 ? dscales.as<float>() : nullptr, fp8 ? DType::kF8E4M3 : t, rows, cols,
-                              rows};
+      const MatrixStack stack_on_device = MakeMatrixStack(t, fp8, stack, rows, cols, rng);
+      const std::vector<float>& w = stack_on_device.values;
+      const StackedMatrices m = stack_on_device.matrices;
       const Typed x = Round(Random(total_rows * cols, 32), t);
       const std::vector<float> y0 = Random(total_rows * rows, 33);
       std::vector<float> want(total_rows * rows, 0.0f);
@@ -1126,6 +1139,52 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
         if (!covered[r]) std::copy(yt0.values.begin() + r * rows, yt0.values.begin() + (r + 1) * rows, want_t.begin() + r * rows);
       }
       ExpectClose(Decode(Download(dyt), t), want_t, OutputTolerance(t, 1e-5));
+      }
+    }
+  }
+}
+
+// The SiLU epilogue: each matrix's rows are 19 gate rows then 19 up rows (the last block's
+// second half of warps idle), groups as above through the 8-row and the one-row kernel,
+// FP8 and typed weights, short and long rows: y[r, f] = silu(gate) * up of the exact
+// products, [rows, 19] in the activation type. Rows outside every group stay as they were.
+TEST_P(CudaKernels, GroupedGemvWithTheSiluEpilogueWritesSiluGateTimesUp) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937 rng(23);
+  const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
+  const int64_t total_rows = 63, features = 19, rows = 2 * features, stack = 3;
+  for (const int64_t cols : {int64_t{200}, int64_t{1040}}) {
+    for (const bool fp8 : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
+      const MatrixStack stack_on_device = MakeMatrixStack(t, fp8, stack, rows, cols, rng);
+      const Typed x = Round(Random(total_rows * cols, 41), t);
+      const Typed y0 = Round(Random(total_rows * features, 42), t);
+      std::vector<float> want = y0.values;
+      for (const GemvGroup& g : groups) {
+        const std::vector<float> xs(x.values.begin() + g.first_row * cols,
+                                    x.values.begin() + (g.first_row + g.num_rows) * cols);
+        const std::vector<float> ws(stack_on_device.values.begin() + g.matrix * rows * cols,
+                                    stack_on_device.values.begin() + (g.matrix + 1) * rows * cols);
+        const std::vector<float> y = ReferenceGemm(xs, ws, g.num_rows, cols, rows);
+        for (int32_t r = 0; r < g.num_rows; ++r) {
+          for (int64_t f = 0; f < features; ++f) {
+            // The products rounded to the output type first, as a SiluMul would read them.
+            const float gate = Round({y[r * rows + f]}, t).values[0];
+            const float up = Round({y[r * rows + features + f]}, t).values[0];
+            want[(g.first_row + r) * features + f] = gate / (1.0f + std::exp(-gate)) * up;
+          }
+        }
+      }
+      DeviceBuffer dgroups = Upload(groups.data(), groups.size() * sizeof(GemvGroup));
+      DeviceBuffer dx = Upload(x.bytes.data(), x.bytes.size());
+      for (const int64_t bound : {int64_t{33}, int64_t{1}}) {
+        SCOPED_TRACE(::testing::Message() << "max_group_rows " << bound);
+        DeviceBuffer dy = Upload(y0.bytes.data(), y0.bytes.size());
+        GroupedGemv(nullptr, stack_on_device.matrices, dgroups.as<GemvGroup>(), static_cast<int>(groups.size()), bound,
+                    t, dx.data(), t, dy.data(), /*accumulate=*/false, GemvOutput::kSiluGateTimesUp);
+        SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+        ExpectClose(Decode(Download(dy), t), want, OutputTolerance(t, 1e-5));
       }
     }
   }

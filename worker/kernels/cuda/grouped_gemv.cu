@@ -148,14 +148,25 @@ __device__ __forceinline__ void MultiplyRows(const float (&wv)[kSpan], const X* 
 // kRows: x rows a pass multiplies, kChunk, or 1 for a launch whose groups are one row
 // each (a batch-1 decode step's products), which then keeps kSpansInFlight spans of
 // weights loading at once (the 8-row pass has no registers left for them).
+// silu_mul (GemvOutput::kSiluGateTimesUp): the matrix's rows are gate rows [0, F) then up
+// rows [F, 2F); warps 2k and 2k + 1 of a block take gate and up row f (the block's k-th
+// of its kWarps / 2 features), meet in shared memory, and the gate warp writes
+// silu(gate) * up as output f of the row's F.
 template <typename W, typename X, typename Y, int kRows>
 __global__ void __launch_bounds__(32 * kWarps, 4)
-    GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y, bool accumulate) {
+    GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y, bool accumulate,
+                      bool silu_mul) {
   WaitForPriorKernel();
+  __shared__ float pair[kWarps][kRows];
   const GemvGroup g = groups != nullptr ? groups[blockIdx.y] : single;
-  const int lane = threadIdx.x % 32;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (o >= w.rows || g.num_rows <= 0) return;  // whole warps only: o is the same on every lane
+  if (g.num_rows <= 0) return;  // the whole block
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t features = silu_mul ? w.rows / 2 : w.rows;
+  const int64_t f = silu_mul ? static_cast<int64_t>(blockIdx.x) * (kWarps / 2) + warp / 2
+                             : static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  const bool active = f < features;  // the same on every lane of the warp (and of its pair)
+  if (!silu_mul && !active) return;  // no barrier to keep
+  const int64_t o = silu_mul ? (warp % 2) * features + f : f;  // the weight row
   const int64_t cols = w.cols, wrow = static_cast<int64_t>(g.matrix) * w.matrix_stride + o;
   const W* row = static_cast<const W*>(w.data) + wrow * cols;
   const int64_t scale_cols = (cols + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
@@ -169,7 +180,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4)
     const X* xr = x + (static_cast<int64_t>(g.first_row) + r0) * cols;
     float acc[kRows] = {};
     constexpr int kInFlight = kRows == 1 ? kSpansInFlight<W> : 1;
-    for (int64_t i00 = static_cast<int64_t>(lane) * kSpan; i00 < cols; i00 += 32 * kSpan * kInFlight) {
+    for (int64_t i00 = static_cast<int64_t>(lane) * kSpan; active && i00 < cols; i00 += 32 * kSpan * kInFlight) {
       if constexpr (kInFlight == 1) {
         const int64_t i0 = i00;
         float wv[kSpan];
@@ -203,10 +214,26 @@ __global__ void __launch_bounds__(32 * kWarps, 4)
       if (t >= rows) break;
       float v = acc[t];
       for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) {
+      if (lane != 0 || !active) continue;
+      if (silu_mul) {
+        pair[warp][t] = v;
+      } else {
         const int64_t at = (static_cast<int64_t>(g.first_row) + r0 + t) * w.rows + o;
         Store(y, at, accumulate ? Load(y, at) + v : v);
       }
+    }
+    if (silu_mul) {
+      __syncthreads();
+      if (lane == 0 && active && warp % 2 == 0) {
+        for (int t = 0; t < rows; ++t) {
+          // Rounded to y's type first, as a SiluMul after plain products would read them,
+          // so the fused and the unfused step compute the same.
+          const Y gate_y = FromFloat<Y>(pair[warp][t]), up_y = FromFloat<Y>(pair[warp + 1][t]);
+          const float gate = Load(&gate_y, 0), up = Load(&up_y, 0);
+          Store(y, (static_cast<int64_t>(g.first_row) + r0 + t) * features + f, gate / (1.0f + __expf(-gate)) * up);
+        }
+      }
+      __syncthreads();  // before the next pass writes `pair` again
     }
   }
 }
@@ -221,11 +248,18 @@ void WithWeightType(DType t, Fn&& fn) {
 }
 
 void Launch(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, GemvGroup single, int num_groups,
-            int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate) {
+            int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate,
+            GemvOutput output) {
   if (w.dtype == DType::kF8E4M3 && w.scales == nullptr) {
     DieOnCudaError("GroupedGemv", "FP8 weights without block scales", __FILE__, __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>((w.rows + kWarps - 1) / kWarps), static_cast<unsigned>(num_groups));
+  const bool silu_mul = output == GemvOutput::kSiluGateTimesUp;
+  if (silu_mul && (w.rows % 2 != 0 || accumulate)) {
+    DieOnCudaError("GroupedGemv", "kSiluGateTimesUp needs an even row count (gate, then up) and no accumulate",
+                   __FILE__, __LINE__);
+  }
+  const int64_t per_block = silu_mul ? kWarps / 2 : kWarps, features = silu_mul ? w.rows / 2 : w.rows;
+  const dim3 grid(static_cast<unsigned>((features + per_block - 1) / per_block), static_cast<unsigned>(num_groups));
   WithWeightType(w.dtype, [&](auto wz) {
     WithFloatType(x_type, "GroupedGemv input type", [&](auto xz) {
       WithFloatType(y_type, "GroupedGemv output type", [&](auto yz) {
@@ -234,10 +268,10 @@ void Launch(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* grou
         using Y = decltype(yz);
         if (max_group_rows == 1) {
           LaunchKernel("GroupedGemvKernel", GroupedGemvKernel<W, X, Y, 1>, grid, 32 * kWarps, 0, stream, w, groups,
-              single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate);
+              single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate, silu_mul);
         } else {
           LaunchKernel("GroupedGemvKernel", GroupedGemvKernel<W, X, Y, kChunk>, grid, 32 * kWarps, 0, stream, w,
-              groups, single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate);
+              groups, single, static_cast<const X*>(x), static_cast<Y*>(y), accumulate, silu_mul);
         }
       });
     });
@@ -247,16 +281,17 @@ void Launch(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* grou
 }  // namespace
 
 void GroupedGemv(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, int num_groups,
-                 int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate) {
+                 int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate,
+                 GemvOutput output) {
   if (num_groups == 0 || w.rows == 0) return;
-  Launch(stream, w, groups, GemvGroup{}, num_groups, max_group_rows, x_type, x, y_type, y, accumulate);
+  Launch(stream, w, groups, GemvGroup{}, num_groups, max_group_rows, x_type, x, y_type, y, accumulate, output);
 }
 
 void Gemv(cudaStream_t stream, const StackedMatrices& w, int64_t num_rows, DType x_type, const void* x, DType y_type,
-          void* y, bool accumulate) {
+          void* y, bool accumulate, GemvOutput output) {
   if (num_rows == 0 || w.rows == 0) return;
   Launch(stream, w, nullptr, GemvGroup{0, 0, static_cast<int32_t>(num_rows), 0}, 1, num_rows, x_type, x, y_type, y,
-         accumulate);
+         accumulate, output);
 }
 
 }  // namespace shoal::worker::cuda

@@ -28,6 +28,14 @@ struct StackedMatrices {
   int64_t matrix_stride = 0;
 };
 
+// What a GEMV writes: the products, or, for a matrix whose rows are a SwiGLU's gate rows
+// then its up rows ([2F, cols], as a gate_up projection is stored), silu(gate) * up per
+// feature: y [*, F], where the products would have been [*, 2F] and a SiluMul after them.
+// Saves that launch and the round trip of the products through memory; the products are
+// still rounded to y's type before the SiLU, so both ways give the same numbers. Never
+// with accumulate.
+enum class GemvOutput { kProducts, kSiluGateTimesUp };
+
 // For each of the num_groups groups (a device array) and each row r of it: y[r, o] =
 // (accumulate ? y[r, o] : 0) + sum_i x[r, i] * W[o, i] over o < w.rows, W the group's
 // matrix. x [*, cols] of x_type, y [*, rows] of y_type, dense rows. Any group size works;
@@ -37,7 +45,8 @@ struct StackedMatrices {
 // that keeps more weight loads in flight, which a batch-1 step's products are bound by
 // (a bigger group there is still multiplied right, a row at a time).
 void GroupedGemv(cudaStream_t stream, const StackedMatrices& w, const GemvGroup* groups, int num_groups,
-                 int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate);
+                 int64_t max_group_rows, DType x_type, const void* x, DType y_type, void* y, bool accumulate,
+                 GemvOutput output = GemvOutput::kProducts);
 
 // Rows a Gemv multiplies in one walk along the weights: up to here a decode step's dense
 // products take it rather than a GEMM (CausalLMOptions.small_step_matmul).
@@ -45,6 +54,6 @@ constexpr int64_t kGemvMaxRows = 8;
 
 // One group without a device array: rows [0, num_rows) of x and y times matrix 0.
 void Gemv(cudaStream_t stream, const StackedMatrices& w, int64_t num_rows, DType x_type, const void* x, DType y_type,
-          void* y, bool accumulate);
+          void* y, bool accumulate, GemvOutput output = GemvOutput::kProducts);
 
 }  // namespace shoal::worker::cuda

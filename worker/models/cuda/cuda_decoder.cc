@@ -280,6 +280,18 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
   return absl::OkStatus();
 }
 
+absl::Status CudaDecoder::GateUpSiluMul(const MatrixView& w, const void* x, int64_t T, void* gate_up, void* mlp) {
+  const bool fp8 = w.dtype == DType::kF8E4M3;
+  if (fp8 ? T <= cuda::kFp8GemvMaxRows : DenseGemmUsesGemv(T)) {
+    const cuda::StackedMatrices m{w.data, w.scales, fp8 ? DType::kF8E4M3 : wdt_, w.rows, w.cols, w.rows};
+    cuda::Gemv(stream_.get(), m, T, wdt_, x, wdt_, mlp, /*accumulate=*/false, cuda::GemvOutput::kSiluGateTimesUp);
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(Gemm(w, x, T, wdt_, gate_up, false));
+  cuda::SiluMulRows(stream_.get(), wdt_, gate_up, mlp, T, w.rows / 2);
+  return absl::OkStatus();
+}
+
 bool CudaDecoder::DenseGemmUsesGemv(int64_t T) const { return small_steps_gemv_ && T <= cuda::kGemvMaxRows; }
 
 void CudaDecoder::DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t T, DType y_type,

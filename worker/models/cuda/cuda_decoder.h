@@ -143,6 +143,11 @@ class CudaDecoder : public CudaCausalLM {
   // DenseGemm of f32 input x, for a step where DenseGemmUsesGemv.
   void DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t num_tokens, DType y_type,
                          void* y, bool accumulate);
+  // mlp[T, w.rows / 2] = silu(x · W_gateᵀ) * (x · W_upᵀ), w a SwiGLU's gate rows then its
+  // up rows, x and mlp of wdt_: on the steps Gemm takes through a GEMV, one launch with
+  // the SiLU in its epilogue (cuda::GemvOutput::kSiluGateTimesUp); on longer ones Gemm
+  // into gate_up [T, w.rows], then SiluMulRows.
+  absl::Status GateUpSiluMul(const MatrixView& w, const void* x, int64_t num_tokens, void* gate_up, void* mlp);
   // Random weights: uniform in ±bound (each call its own seed), or 1 (norms).
   void FillUniform(const cuda::DeviceBuffer& b, DType t, float bound);
   void FillUniform(const DeviceMatrix& m, float bound);

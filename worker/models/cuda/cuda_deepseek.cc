@@ -415,8 +415,7 @@ absl::Status CudaDeepseekModel::AllocateLayerActivations(int64_t n) {
 absl::Status CudaDeepseekModel::RunSwiGlu(const SwiGluWeights& w, int64_t index, const void* in, int64_t T,
                                            float* out, bool accumulate, void* gate_up, void* mlp) {
   const int64_t hidden = config_.hidden_size, n = w.features;
-  RETURN_IF_ERROR(Gemm(w.gate_up.Rows(index * 2 * n, 2 * n), in, T, wdt_, gate_up, false));
-  cuda::SiluMulRows(stream(), wdt_, gate_up, mlp, T, n);
+  RETURN_IF_ERROR(GateUpSiluMul(w.gate_up.Rows(index * 2 * n, 2 * n), in, T, gate_up, mlp));
   return Gemm(w.down.Rows(index * hidden, hidden), mlp, T, DType::kF32, out, accumulate);
 }
 
@@ -563,14 +562,21 @@ absl::Status CudaDeepseekModel::Moe(const DeepseekLayerWeights& L, int64_t T) {
     // others, a GEMM each.
     const int64_t mi = d_.moe_intermediate_size;
     // A token takes an expert once: no group has more rows than the step has tokens.
-    cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, T, wdt_, xg_.data(), wdt_,
-                      eg_up_.data(), false);
-    for (const int64_t e : *large) {
-      const int64_t o = plan_.offset[e];
-      RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan_.count[e], wdt_,
-                           At(eg_up_, o * 2 * mi), false));
+    // With no expert past the groups (every step of up to 32 rows), the SiLU is the
+    // grouped GEMV's epilogue; else every expert's gate_up goes through eg_up_ first.
+    if (large->empty()) {
+      cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, T, wdt_, xg_.data(), wdt_,
+                        e_mlp_.data(), false, cuda::GemvOutput::kSiluGateTimesUp);
+    } else {
+      cuda::GroupedGemv(s, Stacked(L.routed->gate_up, 2 * mi), groups_dev, num_groups, T, wdt_, xg_.data(), wdt_,
+                        eg_up_.data(), false);
+      for (const int64_t e : *large) {
+        const int64_t o = plan_.offset[e];
+        RETURN_IF_ERROR(Gemm(L.routed->gate_up.Rows(e * 2 * mi, 2 * mi), At(xg_, o * hidden), plan_.count[e], wdt_,
+                             At(eg_up_, o * 2 * mi), false));
+      }
+      cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
     }
-    cuda::SiluMulRows(s, wdt_, eg_up_.data(), e_mlp_.data(), gathered, mi);
     cuda::GroupedGemv(s, Stacked(L.routed->down, hidden), groups_dev, num_groups, T, wdt_, e_mlp_.data(), DType::kF32,
                       e_out_.data(), false);
     for (const int64_t e : *large) {

@@ -226,8 +226,9 @@ absl::Status CudaLlamaModel::RunLayer(int64_t l, int64_t T) {
 
   // x += (silu(xn·Wgateᵀ) * xn·Wupᵀ)·Wdownᵀ
   cuda::RmsNormRows(s, x, nullptr, L.mlp_norm.as<float>(), wdt_, xn_.data(), T, hidden, eps);
-  DenseGemm(L.gate_up.data(), hidden, 2 * inter_, xn_.data(), T, wdt_, gate_up_.data(), /*accumulate=*/false);
-  cuda::SiluMulRows(s, wdt_, gate_up_.data(), mlp_.data(), T, inter_);
+  RETURN_IF_ERROR(
+      GateUpSiluMul(MatrixView{L.gate_up.data(), nullptr, wdt_, 2 * inter_, hidden}, xn_.data(), T, gate_up_.data(),
+                    mlp_.data()));
   DenseGemm(L.down.data(), inter_, hidden, mlp_.data(), T, DType::kF32, row_out, /*accumulate=*/alone);
   if (!alone) RETURN_IF_ERROR(AddReduced(T * hidden));
   return absl::OkStatus();
