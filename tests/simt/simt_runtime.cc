@@ -295,16 +295,14 @@ void Flush(cudaStream_t stream) {
   }
 }
 
-// Every stream whose flags match (all of them for a device-wide synchronization).
+// Every stream whose flags match (all of them for a device-wide synchronization). The set
+// stays locked throughout: a stream another thread destroys meanwhile (tensor ranks as
+// threads) is then deleted only after this is done with it.
 void FlushStreams(bool blocking_only) {
-  std::vector<cudaStream_t> streams;
-  {
-    std::lock_guard lock(g_streams_mutex);
-    for (cudaStream_t s : g_streams) {
-      if (!blocking_only || (s->flags & cudaStreamNonBlocking) == 0) streams.push_back(s);
-    }
+  std::lock_guard lock(g_streams_mutex);
+  for (cudaStream_t s : g_streams) {
+    if (!blocking_only || (s->flags & cudaStreamNonBlocking) == 0) Flush(s);
   }
-  for (cudaStream_t s : streams) Flush(s);
 }
 
 // Runs `work` on `stream`: recorded while the stream captures, queued on a created stream,
