@@ -76,11 +76,13 @@ __global__ void RopeAndWriteKvKernel(T* kc, T* vc, int block_size, int64_t kv_he
   cache[at + b] = FromFloat<T>(x1);
 }
 
-// Query heads a block of GroupAttentionKernel serves, one a warp: every head of a KV
+// Query heads a block of GroupAttentionKernel serves, two a warp: every head of a KV
 // group reads the same keys and values, so a block takes a tile of them from the cache
 // once for all its heads (grouped-query attention: 7 heads a group on Qwen2-7B; MLA: every
-// head shares the one latent cache, 16 on DeepSeek-V2-Lite).
-constexpr int kMaxGroupWarps = 8;
+// head shares the one latent cache, 16 on DeepSeek-V2-Lite), and a warp reads each key and
+// value word from shared memory once for both of its heads.
+constexpr int kMaxBlockHeads = 8;
+constexpr int kHeadsPerWarp = 2;
 
 // How a KV head's group of query heads is split over blocks: `per_group` blocks of at
 // most `per_block` heads, as even as can be (12 heads: 2 blocks of 6, not 8 and 4).
@@ -90,7 +92,7 @@ struct HeadBlocks {
 };
 
 HeadBlocks HeadBlocksFor(int64_t group) {
-  const int64_t blocks = (group + kMaxGroupWarps - 1) / kMaxGroupWarps;
+  const int64_t blocks = (group + kMaxBlockHeads - 1) / kMaxBlockHeads;
   return {static_cast<int>((group + blocks - 1) / blocks), static_cast<int>(blocks)};
 }
 
@@ -104,7 +106,7 @@ struct AttentionTile {
   static constexpr int kWords = kDim / kElementsPerWord;
   static_assert(kWords % 32 == 0, "rows of whole warps of words");
   static constexpr int kBuffers = kValuesInKeys ? 1 : 2;
-  static constexpr int kQueryBytes = kMaxGroupWarps * kDim * 4;
+  static constexpr int kQueryBytes = kMaxBlockHeads * kDim * 4;
   // 16 keys where they fit beside the queries in 48 KB of static shared memory, else 8.
   static constexpr int kTile = kQueryBytes + kBuffers * 16 * (kWords + 2) * 4 <= 48 * 1024 ? 16 : 8;
   static constexpr int kParts = 32 / kTile;
@@ -150,19 +152,43 @@ __device__ __forceinline__ float2 Unpack(uint32_t w) {
   }
 }
 
-// One block per (row, block of a KV group's query heads, split); warp w serves head
-// g * group + first + w. Keys are the first k_dim elements of a cache slot of slot_dim,
-// values the first v_dim of the value cache's slot (kValuesInKeys: the keys' slot, MLA's
-// latent entry [c, k_pe] with values c). The block walks the split's positions a tile at
-// a time: every thread loads part of the tile into shared memory (16-byte loads where the
-// slots allow), then each warp scores the tile's keys for its head (a lane per key, or
-// per part of one), updates its running max and sum (online softmax), and adds the tile's
-// values, weighted, to its lanes' output elements. With one split the warp writes its
-// head's normalized output; with several, split z of a row takes the z-th of `splits`
-// equal ranges of the row's positions and writes its partial softmax (max, sum,
-// unnormalized output) for MergeSplitsKernel.
+// A warp's head after its last tile: with a split record, [max, sum, v_dim unnormalized
+// outputs] (max -inf when the split saw no key); without, the normalized outputs at out.
+// acc: the lane's words lane + 32 i of the output; l: the warp's whole sum.
+template <int kLaneWords, int kEpw>
+__device__ __forceinline__ void WriteHeadOutput(const float (&acc)[kLaneWords][kEpw], float m, float l, int lane,
+                                                int64_t v_dim, float* record, float* out) {
+  if (record != nullptr && lane == 0) {
+    record[0] = m;
+    record[1] = l;
+  }
+  for (int i = 0; i < kLaneWords; ++i) {
+    for (int e = 0; e < kEpw; ++e) {
+      const int64_t d = static_cast<int64_t>(lane + 32 * i) * kEpw + e;
+      if (d >= v_dim) continue;
+      if (record != nullptr) {
+        record[2 + d] = acc[i][e];
+      } else {
+        out[d] = acc[i][e] / l;
+      }
+    }
+  }
+}
+
+// One block per (row, block of a KV group's query heads, split); warp w serves heads
+// g * group + first + 2w and the next. Keys are the first k_dim elements of a cache slot
+// of slot_dim, values the first v_dim of the value cache's slot (kValuesInKeys: the keys'
+// slot, MLA's latent entry [c, k_pe] with values c). The block walks the split's
+// positions a tile at a time: every thread loads part of the tile into shared memory
+// (16-byte loads where the slots allow), then each warp scores the tile's keys for its
+// heads (a lane per key, or per part of one), updates their running max and sum (online
+// softmax), and adds the tile's values, weighted, to its lanes' output elements, each key
+// and value word read once for both heads. With one split the warp writes its heads'
+// normalized outputs; with several, split z of a row takes the z-th of `splits` equal
+// ranges of the row's positions and writes its partial softmax (max, sum, unnormalized
+// output) for MergeSplitsKernel.
 template <typename T, int kDim, bool kValuesInKeys>
-__global__ void __launch_bounds__(32 * kMaxGroupWarps)
+__global__ void __launch_bounds__(32 * kMaxBlockHeads / kHeadsPerWarp)
     GroupAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t slot_dim, int64_t k_dim,
                          int64_t v_dim, DeviceRows rows, const float* q, int64_t ldq, int64_t num_heads,
                          HeadBlocks head_blocks, float scale, float* out, int64_t ldo, int splits, float* partials) {
@@ -170,7 +196,7 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
   using Tile = AttentionTile<T, kDim, kValuesInKeys>;
   constexpr int kTile = Tile::kTile, kParts = Tile::kParts, kStride = Tile::kStride, kWords = Tile::kWords;
   constexpr int kEpw = Tile::kElementsPerWord, kLaneWords = kWords / 32;
-  __shared__ float qs[kMaxGroupWarps][kDim];
+  __shared__ float qs[kMaxBlockHeads][kDim];
   __shared__ uint32_t ks[kTile * kStride];
   __shared__ uint32_t vs_own[kValuesInKeys ? 1 : kTile * kStride];
   const uint32_t* vs = kValuesInKeys ? ks : vs_own;
@@ -180,16 +206,29 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
   const int64_t group = num_heads / kv_heads, g = blockIdx.y / head_blocks.per_group;
   const int64_t first = (blockIdx.y % head_blocks.per_group) * head_blocks.per_block;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const bool serves = first + warp < group;  // the same for a whole warp
-  const int64_t h = g * group + first + warp;
+  constexpr int H = kHeadsPerWarp;
+  // Head u of this warp: the block's head H * warp + u; both the same for a whole warp.
+  bool serves[H];
+  int64_t h[H];
+#pragma unroll
+  for (int u = 0; u < H; ++u) {
+    const int in_block = H * warp + u;
+    serves[u] = in_block < head_blocks.per_block && first + in_block < group;
+    h[u] = g * group + first + in_block;
+  }
   const int z = blockIdx.z;
   const int32_t* table = rows.block_tables + rows.row_seq[r] * rows.max_blocks_per_seq;
   const int64_t count = rows.row_pos[r] + 1;  // positions this row sees
   const int64_t chunk = (count + splits - 1) / splits;
   const int64_t begin = min(count, z * chunk), end = min(count, begin + chunk);
 
-  // The warp's query, scaled, zeros past k_dim (as the tiles' rows are).
-  for (int d = lane; d < kDim; d += 32) qs[warp][d] = serves && d < k_dim ? q[r * ldq + h * k_dim + d] * scale : 0.0f;
+  // The warp's queries, scaled, zeros past k_dim (as the tiles' rows are).
+#pragma unroll
+  for (int u = 0; u < H; ++u) {
+    for (int d = lane; d < kDim; d += 32) {
+      qs[H * warp + u][d] = serves[u] && d < k_dim ? q[r * ldq + h[u] * k_dim + d] * scale : 0.0f;
+    }
+  }
   // Words past a row's k_dim elements are never loaded: zero once.
   const int64_t k_words = (k_dim + kEpw - 1) / kEpw;
   for (int e = threadIdx.x; e < kTile * kStride; e += blockDim.x) {
@@ -203,11 +242,17 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
                       reinterpret_cast<uintptr_t>(kc) % 16 == 0 && reinterpret_cast<uintptr_t>(vc) % 16 == 0;
   const int j = lane / kParts, part = lane % kParts;  // while scoring: this lane's key and share of it
 
-  float acc[kLaneWords][kEpw];
-  for (int i = 0; i < kLaneWords; ++i) {
-    for (int e = 0; e < kEpw; ++e) acc[i][e] = 0.0f;
+  float acc[H][kLaneWords][kEpw];
+#pragma unroll
+  for (int u = 0; u < H; ++u) {
+#pragma unroll
+    for (int i = 0; i < kLaneWords; ++i) {
+      for (int e = 0; e < kEpw; ++e) acc[u][i][e] = 0.0f;
+    }
   }
-  float m = -INFINITY, l = 0.0f;  // l: this lane's share of the sum (lanes of part 0)
+  float m[H], l[H];  // l: this lane's share of the sum (lanes of part 0)
+#pragma unroll
+  for (int u = 0; u < H; ++u) m[u] = -INFINITY, l[u] = 0.0f;
   for (int64_t base = begin; base < end; base += kTile) {
     const int valid = static_cast<int>(min(static_cast<int64_t>(kTile), end - base));
     __syncthreads();  // every warp is done with the previous tile
@@ -239,67 +284,76 @@ __global__ void __launch_bounds__(32 * kMaxGroupWarps)
       }
     }
     __syncthreads();
-    if (!serves) continue;
+    if (!serves[0]) continue;  // the warp's first head idle: so is its second
 
-    // Scores: lane (j, part) sums its words of key j, then the key's kParts lanes add up.
-    float s = 0.0f;
+    // Scores: lane (j, part) sums its words of key j for both heads, then the key's
+    // kParts lanes add up.
+    float sc[H] = {};
     const uint32_t* key = &ks[j * kStride];
+    const float* q0 = qs[H * warp];
+    const float* q1 = qs[H * warp + 1];
 #pragma unroll 8
     for (int t = 0; t < kWords / kParts; ++t) {
       const int w = kParts * t + part;
       const float2 kf = Unpack<T>(key[w]);
       if constexpr (kEpw == 1) {
-        s += qs[warp][w] * kf.x;
+        sc[0] += q0[w] * kf.x;
+        sc[1] += q1[w] * kf.x;
       } else {
-        s += qs[warp][2 * w] * kf.x + qs[warp][2 * w + 1] * kf.y;
+        sc[0] += q0[2 * w] * kf.x + q0[2 * w + 1] * kf.y;
+        sc[1] += q1[2 * w] * kf.x + q1[2 * w + 1] * kf.y;
       }
     }
-    for (int offset = 1; offset < kParts; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    if (j >= valid) s = -INFINITY;
-    float tile_max = s;
-    for (int offset = 16; offset > 0; offset /= 2) {
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+    float p[H], keep[H];
+#pragma unroll
+    for (int u = 0; u < H; ++u) {
+      float sv = sc[u];
+      for (int offset = 1; offset < kParts; offset *= 2) sv += __shfl_xor_sync(0xffffffffu, sv, offset);
+      if (j >= valid) sv = -INFINITY;
+      float tile_max = sv;
+      for (int offset = 16; offset > 0; offset /= 2) {
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+      }
+      const float m_new = fmaxf(m[u], tile_max);  // finite: key 0 of the tile is valid
+      keep[u] = __expf(m[u] - m_new);
+      p[u] = j < valid ? __expf(sv - m_new) : 0.0f;
+      l[u] = l[u] * keep[u] + (part == 0 ? p[u] : 0.0f);
+      m[u] = m_new;
     }
-    const float m_new = fmaxf(m, tile_max);  // finite: key 0 of the tile is valid
-    const float keep = __expf(m - m_new);
-    const float p = j < valid ? __expf(s - m_new) : 0.0f;
-    l = l * keep + (part == 0 ? p : 0.0f);
-    m = m_new;
 
     // Values: lane owns words lane + 32 i of every row.
-    for (int i = 0; i < kLaneWords; ++i) {
-      for (int e = 0; e < kEpw; ++e) acc[i][e] *= keep;
+#pragma unroll
+    for (int u = 0; u < H; ++u) {
+#pragma unroll
+      for (int i = 0; i < kLaneWords; ++i) {
+        for (int e = 0; e < kEpw; ++e) acc[u][i][e] *= keep[u];
+      }
     }
     for (int jj = 0; jj < valid; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj * kParts);
+      const float p0 = __shfl_sync(0xffffffffu, p[0], jj * kParts);
+      const float p1 = __shfl_sync(0xffffffffu, p[1], jj * kParts);
       const uint32_t* value = &vs[jj * kStride];
 #pragma unroll
       for (int i = 0; i < kLaneWords; ++i) {
         const float2 vf = Unpack<T>(value[lane + 32 * i]);
-        acc[i][0] += pj * vf.x;
-        if constexpr (kEpw == 2) acc[i][1] += pj * vf.y;
+        acc[0][i][0] += p0 * vf.x;
+        acc[1][i][0] += p1 * vf.x;
+        if constexpr (kEpw == 2) {
+          acc[0][i][1] += p0 * vf.y;
+          acc[1][i][1] += p1 * vf.y;
+        }
       }
     }
   }
-  if (!serves) return;  // no barrier follows
 
-  for (int offset = 16; offset > 0; offset /= 2) l += __shfl_xor_sync(0xffffffffu, l, offset);
-  // A split's record: [max, sum, v_dim unnormalized outputs]; max -inf when it saw no key.
-  float* record = splits > 1 ? partials + ((b * num_heads + h) * splits + z) * (v_dim + 2) : nullptr;
-  if (record != nullptr && lane == 0) {
-    record[0] = m;
-    record[1] = l;
-  }
-  for (int i = 0; i < kLaneWords; ++i) {
-    for (int e = 0; e < kEpw; ++e) {
-      const int64_t d = static_cast<int64_t>(lane + 32 * i) * kEpw + e;
-      if (d >= v_dim) continue;
-      if (record != nullptr) {
-        record[2 + d] = acc[i][e];
-      } else {
-        out[r * ldo + h * v_dim + d] = acc[i][e] / l;
-      }
-    }
+#pragma unroll
+
+  for (int u = 0; u < H; ++u) {
+    if (!serves[u]) continue;  // no barrier follows
+    float lu = l[u];
+    for (int offset = 16; offset > 0; offset /= 2) lu += __shfl_xor_sync(0xffffffffu, lu, offset);
+    float* record = splits > 1 ? partials + ((b * num_heads + h[u]) * splits + z) * (v_dim + 2) : nullptr;
+    WriteHeadOutput(acc[u], m[u], lu, lane, v_dim, record, out + r * ldo + h[u] * v_dim);
   }
 }
 
@@ -338,7 +392,8 @@ void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_si
   const HeadBlocks head_blocks = HeadBlocksFor(num_heads / kv_heads);
   const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(kv_heads * head_blocks.per_group),
                   static_cast<unsigned>(splits));
-  LaunchKernel("GroupAttentionKernel", GroupAttentionKernel<T, kDim, kValuesInKeys>, grid, 32 * head_blocks.per_block,
+  const int warps = (head_blocks.per_block + kHeadsPerWarp - 1) / kHeadsPerWarp;
+  LaunchKernel("GroupAttentionKernel", GroupAttentionKernel<T, kDim, kValuesInKeys>, grid, 32 * warps,
       0, stream, kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim, rows, q, ldq, num_heads, head_blocks, scale,
       out, ldo, splits, split.partials);
   if (splits == 1) return;

@@ -91,10 +91,11 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
 
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
 // g = h / (num_heads / num_kv_heads). q and out f32. The query heads of a KV head share
-// each pass over its keys and values: a block per (row, up to 8 of the group's heads), a
-// warp per head; the block reads a tile of 16 positions into shared memory once for all
-// its heads, where a block per head would read it once per head (7 times on Qwen2-7B);
-// each warp keeps a running max and sum (online softmax), so any context length fits;
+// each pass over its keys and values: a block per (row, up to 8 of the group's heads),
+// two heads a warp; the block reads a tile of 16 positions into shared memory once for
+// all its heads, where a block per head would read it once per head (7 times on
+// Qwen2-7B), and a warp reads each word of it once for its two; each head keeps a running
+// max and sum (online softmax), so any context length fits;
 // with `split`, positions are also divided over blocks (AttentionSplit).
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
