@@ -139,19 +139,6 @@ __device__ __forceinline__ void StoreWords(uint32_t* to, uint4 w) {
   to[3] = w.w;
 }
 
-// A word's elements as f32: x, and y for a 16-bit pair (0 for f32).
-template <typename T>
-__device__ __forceinline__ float2 Unpack(uint32_t w) {
-  if constexpr (std::is_same_v<T, float>) {
-    return make_float2(__uint_as_float(w), 0.0f);
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
-                       __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
-  } else {
-    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-  }
-}
-
 // A warp's head after its last tile: with a split record, [max, sum, v_dim unnormalized
 // outputs] (max -inf when the split saw no key); without, the normalized outputs at out.
 // acc: the lane's words lane + 32 i of the output; l: the warp's whole sum.

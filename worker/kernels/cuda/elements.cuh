@@ -40,6 +40,20 @@ __device__ __forceinline__ void Store(T* p, int64_t i, float v) {
   p[i] = FromFloat<T>(v);
 }
 
+// A 32-bit word of elements as they lie in memory, as f32: one f32 (x; y is 0), or two
+// f16/bf16 (x the lower address).
+template <typename T>
+__device__ __forceinline__ float2 Unpack(uint32_t w) {
+  if constexpr (std::is_same_v<T, float>) {
+    return make_float2(__uint_as_float(w), 0.0f);
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))),
+                       __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
+  } else {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  }
+}
+
 // Calls fn(T{}) with the CUDA element type of `t`; any other type ends the process naming
 // `what` (callers validate their types first).
 template <typename Fn>

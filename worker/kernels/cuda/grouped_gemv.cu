@@ -75,14 +75,11 @@ template <typename W>
 __device__ __forceinline__ float ElementOf(const RawSpan<W>& raw, int j) {
   constexpr int kBytes = static_cast<int>(sizeof(W));
   const uint32_t word = raw.words[j * kBytes / 4];
-  if constexpr (std::is_same_v<W, float>) {
-    return __uint_as_float(word);
-  } else if constexpr (std::is_same_v<W, __nv_bfloat16>) {
-    return __uint_as_float(((word >> (16 * (j % 2))) & 0xffffu) << 16);
-  } else if constexpr (std::is_same_v<W, __half>) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>((word >> (16 * (j % 2))) & 0xffffu)));
-  } else {
+  if constexpr (std::is_same_v<W, Fp8Code>) {
     return WeightValue(static_cast<Fp8Code>((word >> (8 * (j % 4))) & 0xffu));
+  } else {
+    const float2 v = Unpack<W>(word);
+    return kBytes == 4 || j % 2 == 0 ? v.x : v.y;
   }
 }
 
