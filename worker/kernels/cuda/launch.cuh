@@ -38,8 +38,8 @@ __device__ __forceinline__ void WaitForPriorKernel() {
 }
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), overlapping the previous kernel
-// where OverlappedLaunches() (device.h: sm_90 or newer, earlier GPUs have no
-// griddepcontrol; SHOAL_CUDA_PDL not "0"); `name` names the kernel in the emulator's messages. A bad
+// on a created stream where OverlappedLaunches() (device.h: sm_90 or newer, earlier GPUs
+// have no griddepcontrol; SHOAL_CUDA_PDL not "0"); `name` names the kernel in the emulator's messages. A bad
 // configuration ends the process (as SHOAL_CUDA_CHECK_LAUNCH after a plain launch).
 template <typename... P, typename... A>
 void LaunchKernel(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
@@ -59,7 +59,9 @@ void LaunchKernel(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   config.attrs = overlap;
-  config.numAttrs = OverlappedLaunches() ? 1 : 0;
+  // Created streams only (the model's, graph captures): the legacy stream, which
+  // synchronizes with every other blocking stream, keeps plain launches.
+  config.numAttrs = stream != nullptr && OverlappedLaunches() ? 1 : 0;
   SHOAL_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
 #endif
 }
