@@ -207,8 +207,10 @@ void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandw
   {
     const ModelConfig c = R1DistillQwen7B();
     const int64_t heads = c.num_heads, kv = c.num_kv_heads, hd = c.head_dim;
-    cuda::DeviceBuffer k = Filled(slots * kv * hd * 2, DType::kBF16, 21), v = Filled(slots * kv * hd * 2, DType::kBF16, 22);
-    const cuda::DeviceKvLayer cache{k.data(), v.data(), kSeqs * cached.blocks_per_seq, kBlockSize, kv, hd, DType::kBF16};
+    const size_t cache_bytes = slots * kv * hd * 2;
+    cuda::DeviceBuffer k = Filled(cache_bytes, DType::kBF16, 21), v = Filled(cache_bytes, DType::kBF16, 22);
+    const cuda::DeviceKvLayer cache{k.data(), v.data(), kSeqs * cached.blocks_per_seq, kBlockSize, kv, hd,
+                                    DType::kBF16};
     cuda::DeviceBuffer q = Filled(kSeqs * heads * hd * 4, DType::kF32, 23), out(kSeqs * heads * hd * 4);
     for (int64_t batch : {int64_t{1}, int64_t{kSeqs}}) {
       const int splits = cuda::AttentionSplits(batch, heads, kv, context);

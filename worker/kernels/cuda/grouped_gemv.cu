@@ -35,7 +35,9 @@ __device__ __forceinline__ float WeightValue(W v) {
 }
 
 // A span of kSpan elements as loaded, before widening: the 32-bit words of 16-byte loads
-// where the row is aligned for them, of element loads (zeros past n) where not.
+// where the row is aligned for them, of element loads (zeros past n) where not. LoadSpan
+// (below) widens as it loads; the one-row kernel keeps the raw words instead, so several
+// spans' loads are in flight before the first is widened.
 template <typename W>
 struct RawSpan {
   static constexpr int kWords = kSpan * static_cast<int>(sizeof(W)) / 4;

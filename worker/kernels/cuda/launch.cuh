@@ -39,8 +39,9 @@ __device__ __forceinline__ void WaitForPriorKernel() {
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), overlapping the previous kernel
 // on a created stream where OverlappedLaunches() (device.h: sm_90 or newer, earlier GPUs
-// have no griddepcontrol; SHOAL_CUDA_PDL not "0"); `name` names the kernel in the emulator's messages. A bad
-// configuration ends the process (as SHOAL_CUDA_CHECK_LAUNCH after a plain launch).
+// have no griddepcontrol; SHOAL_CUDA_PDL not "0"); `name` names the kernel in the
+// emulator's messages. A bad configuration ends the process (as SHOAL_CUDA_CHECK_LAUNCH
+// after a plain launch).
 template <typename... P, typename... A>
 void LaunchKernel(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
                   cudaStream_t stream, A&&... args) {

@@ -262,7 +262,7 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
     return absl::OkStatus();
   }
   const cuda::Fp8Matrix m{static_cast<const uint8_t*>(w.data), w.scales, w.rows, w.cols};
-  if (T <= cuda::kFp8GemvMaxRows) {
+  if (GemmUsesGemv(w, T)) {
     cuda::Fp8Gemv(stream_.get(), m, wdt_, x, T, y_type, y, accumulate);
     return absl::OkStatus();
   }
@@ -281,8 +281,8 @@ absl::Status CudaDecoder::Gemm(const MatrixView& w, const void* x, int64_t T, DT
 }
 
 absl::Status CudaDecoder::GateUpSiluMul(const MatrixView& w, const void* x, int64_t T, void* gate_up, void* mlp) {
-  const bool fp8 = w.dtype == DType::kF8E4M3;
-  if (fp8 ? T <= cuda::kFp8GemvMaxRows : DenseGemmUsesGemv(T)) {
+  if (GemmUsesGemv(w, T)) {
+    const bool fp8 = w.dtype == DType::kF8E4M3;
     const cuda::StackedMatrices m{w.data, w.scales, fp8 ? DType::kF8E4M3 : wdt_, w.rows, w.cols, w.rows};
     cuda::Gemv(stream_.get(), m, T, wdt_, x, wdt_, mlp, /*accumulate=*/false, cuda::GemvOutput::kSiluGateTimesUp);
     return absl::OkStatus();
@@ -293,6 +293,10 @@ absl::Status CudaDecoder::GateUpSiluMul(const MatrixView& w, const void* x, int6
 }
 
 bool CudaDecoder::DenseGemmUsesGemv(int64_t T) const { return small_steps_gemv_ && T <= cuda::kGemvMaxRows; }
+
+bool CudaDecoder::GemmUsesGemv(const MatrixView& w, int64_t T) const {
+  return w.dtype == DType::kF8E4M3 ? T <= cuda::kFp8GemvMaxRows : DenseGemmUsesGemv(T);
+}
 
 void CudaDecoder::DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t T, DType y_type,
                                     void* y, bool accumulate) {
@@ -547,7 +551,8 @@ absl::Status CudaDecoder::EnqueueStep(int64_t T, int64_t R, std::span<const floa
 
 absl::StatusOr<bool> CudaDecoder::RunStepThroughGraph(int64_t T, int64_t R) {
   cudaStream_t s = stream_.get();
-  const auto key = std::make_tuple(T, max_blocks_, cuda::AttentionSplits(T, attention_heads_, attention_kv_heads_, step_.max_pos));
+  const int splits = cuda::AttentionSplits(T, attention_heads_, attention_kv_heads_, step_.max_pos);
+  const auto key = std::make_tuple(T, max_blocks_, splits);
   auto it = graphs_.find(key);
   if (it != graphs_.end() && it->second.epoch == buffers_epoch_) {
     const cudaError_t e = cudaGraphLaunch(it->second.exec, s);

@@ -140,6 +140,9 @@ class CudaDecoder : public CudaCausalLM {
   // True when DenseGemm takes a step of num_tokens rows through the GEMV kernel, which
   // reads f32 input as well as wdt_ (DenseGemmF32Input), so the caller need not cast.
   bool DenseGemmUsesGemv(int64_t num_tokens) const;
+  // True when Gemm multiplies w over num_tokens rows with the GEMV kernel (FP8: Fp8Gemv's
+  // rows; dense: DenseGemmUsesGemv).
+  bool GemmUsesGemv(const MatrixView& w, int64_t num_tokens) const;
   // DenseGemm of f32 input x, for a step where DenseGemmUsesGemv.
   void DenseGemmF32Input(const void* w, int64_t in, int64_t out, const float* x, int64_t num_tokens, DType y_type,
                          void* y, bool accumulate);
