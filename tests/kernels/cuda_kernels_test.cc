@@ -494,13 +494,23 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
 // Prompt chunks through the tiled kernel and the rest through the per-row one (its rows
 // given as a list) give what the per-row kernel gives for every row: a 45-row chunk after
 // 10 cached positions (tiles of 32 + 13), a fresh 70-row prompt (32 + 32 + 6) and a decode
-// row, GQA 8 heads over 2, head_dim 64, 80 (padded lanes) and 256.
+// row. Shapes: GQA 8 heads over 2 (one block of 4 a group on the tensor cores) with
+// head_dim 64, 80 (padded lanes, half an mma k-step unused) and 256 (f32 cores only); 7
+// heads over 1 at 128 (blocks of 4 and 3); 12 over 2 at 72 (two blocks of 3, a k-step half
+// past head_dim); MHA at 34 (not 16-byte slots: f32 cores). The tensor cores round each
+// probability to the cache type (f16: 2^-11 relative, bf16: 2^-8) before it weights a value,
+// so their outputs are within about that of the f32 kernel's, which is within 1e-5.
 TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
-  for (const int64_t hd : {int64_t{64}, int64_t{80}, int64_t{256}}) {
-    SCOPED_TRACE(hd);
-    const int64_t heads = 8, kv_heads = 2, width = kv_heads * hd;
+  struct Shape {
+    int64_t heads, kv_heads, hd;
+  };
+  const double tensor_tolerance = t == DType::kF16 ? 1.0 / 4096 : t == DType::kBF16 ? 1.0 / 512 : 1e-5;
+  for (const Shape shape : {Shape{8, 2, 64}, Shape{8, 2, 80}, Shape{8, 2, 256}, Shape{7, 1, 128}, Shape{12, 2, 72},
+                            Shape{3, 3, 34}}) {
+    const int64_t heads = shape.heads, kv_heads = shape.kv_heads, hd = shape.hd, width = kv_heads * hd;
+    SCOPED_TRACE(::testing::Message() << heads << " heads over " << kv_heads << ", head_dim " << hd);
     const int block_size = 16, blocks_per_seq = 8;  // 128 positions per sequence
     const int64_t num_blocks = 3 * blocks_per_seq;
     std::vector<int32_t> tables;
@@ -547,17 +557,23 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
     const DeviceRows all_rows = q_dev.rows;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     PagedAttention(nullptr, cache, all_rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq);
-    SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
     DeviceBuffer dtiles = Upload(tiles.data(), tiles.size() * sizeof(QueryTile));
     DeviceBuffer duntiled = Upload(untiled.data(), untiled.size() * 4);
-    PagedAttentionTiled(nullptr, cache, all_rows, dtiles.as<QueryTile>(), static_cast<int64_t>(tiles.size()),
-                        dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
     DeviceRows rest = all_rows;
     rest.num_rows = static_cast<int64_t>(untiled.size());
     rest.row_ids = duntiled.as<int32_t>();
-    PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
-    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
-    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
+    // The f32 cores last: the split check below keeps their tiled rows.
+    for (const TiledAttentionCores cores : {TiledAttentionCores::kBest, TiledAttentionCores::kF32}) {
+      const bool tensor_cores = cores == TiledAttentionCores::kBest && t != DType::kF32 && hd % 8 == 0 && hd <= 128;
+      SCOPED_TRACE(tensor_cores ? "tensor cores" : "f32 cores");
+      SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
+      PagedAttentionTiled(nullptr, cache, all_rows, dtiles.as<QueryTile>(), static_cast<int64_t>(tiles.size()),
+                          dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq, cores);
+      PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32),
+                  tensor_cores ? tensor_tolerance : 1e-5);
+    }
     // The untiled rows split over positions too (decode beside a prompt: the step's usual
     // shape), the scratch sized for the listed rows only.
     DeviceBuffer scratch(AttentionPartialFloats(rest.num_rows, heads, 7, hd) * 4);

@@ -10,6 +10,7 @@
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 #include "worker/kernels/cuda/launch.cuh"
+#include "worker/kernels/cuda/mma.cuh"
 
 namespace shoal::worker::cuda {
 namespace {
@@ -451,6 +452,215 @@ __global__ void TiledAttentionKernel(const T* kc, const T* vc, int block_size, i
   }
 }
 
+// Query heads of one KV group a block of TensorCoreTiledAttentionKernel serves: two warps
+// a head (the tile's rows 0-15 and 16-31), at most 8 warps.
+constexpr int kTensorCoreBlockHeads = 4;
+
+// The shared-memory tile of TensorCoreTiledAttentionKernel, in 32-bit words of two
+// elements: kKeys keys by rows of kDim elements, and the same positions' values by columns
+// (row d holds element d of every value, keys 2w and 2w + 1 in word w), as the mma
+// operands want them: a lane's B fragment is a word of a key row (scores) or of a value
+// column (outputs). Rows are padded by 4 words, which puts the words lanes (g, t) read,
+// row g and word t, in 32 different banks (row strides of 4 or 20 modulo 32).
+template <int kDim>
+struct TensorCoreTile {
+  static constexpr int kKeys = 32;
+  static constexpr int kKeyWords = kDim / 2 + 4;
+  static constexpr int kValueWords = kKeys / 2 + 4;
+  static constexpr int kSteps = kDim / 16;  // k-steps of the scores
+  static constexpr int kChunks = kDim / 8;  // 16-byte chunks of a slot, 8-column blocks of the outputs
+  static_assert(kDim % 16 == 0 && (kKeyWords % 32 == 4 || kKeyWords % 32 == 20) && kValueWords % 32 == 20,
+                "bank spread");
+};
+
+// Words of a uint4, in memory order.
+__device__ __forceinline__ uint32_t WordOf(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// PagedAttentionTiled on the tensor cores (FlashAttention-2's scheme, f16/bf16 caches,
+// head_dim a multiple of 8 up to 128). One block per (tile, KV head, block of up to 4 of
+// its query heads); warp w serves head w / 2 of the block and rows 16 (w % 2) .. + 15 of
+// the tile. The block walks the tile's positions kKeys at a time: every thread loads part
+// of the keys and values into shared memory, then each warp multiplies its 16 query rows
+// by the keys (m16n8k16: 16 rows x 8 keys x 16 dims an instruction), masks causally, keeps
+// each row's running max and sum (online softmax, f32), and multiplies the probabilities,
+// rounded to T, by the values into its f32 outputs. The queries stay in registers as the
+// sum of two roundings to T (SplitPair), so a score is as exact as the cache's keys allow:
+// a score's error would come out of exp() as a relative error of the probability.
+template <typename T, int kDim>
+__global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
+    TensorCoreTiledAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t head_dim,
+                                   DeviceRows rows, const QueryTile* tiles, const float* q, int64_t ldq,
+                                   int64_t num_heads, int heads_per_block, float scale, float* out, int64_t ldo) {
+  WaitForPriorKernel();
+  using Tile = TensorCoreTile<kDim>;
+  constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kChunks = Tile::kChunks;
+  __shared__ uint32_t ks[kKeys][Tile::kKeyWords];
+  __shared__ uint32_t vs[kDim][Tile::kValueWords];
+
+  const QueryTile tile = tiles[blockIdx.x];
+  const int64_t g = blockIdx.y, group = num_heads / kv_heads;
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int lg = lane / 4, lt = lane % 4;  // the lane's row (and row + 8) and word of a fragment
+  const int64_t h = g * group + static_cast<int64_t>(blockIdx.z) * heads_per_block + warp / 2;
+  const int first = 16 * (warp % 2);  // the warp's first row of the tile
+  // Warps past the group's last head, or past the tile's rows, only help load.
+  const bool computes = warp / 2 < heads_per_block && h < (g + 1) * group && first < tile.num_rows;
+  const int64_t last = tile.first_pos + tile.num_rows - 1;  // the tile's last row sees keys 0..last
+  const int64_t warp_last = tile.first_pos + min(first + 15, tile.num_rows - 1);
+  const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
+  // Only the dimensions head_dim has: its k-steps (scores) and 8-wide output blocks.
+  const int steps = static_cast<int>((head_dim + 15) / 16), chunks = static_cast<int>(head_dim / 8);
+
+  // Rows lg and lg + 8 of the warp's 16: their positions, and whether they are the tile's.
+  int64_t row_pos[2];
+  bool row_live[2];
+  for (int i = 0; i < 2; ++i) {
+    const int row = first + lg + 8 * i;
+    row_live[i] = computes && row < tile.num_rows;
+    row_pos[i] = tile.first_pos + row;
+  }
+  uint32_t q_hi[kSteps][4], q_lo[kSteps][4];
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+      const int i = f % 2;  // a[0], a[2]: row lg; a[1], a[3]: row lg + 8
+      const int64_t d = 16 * s + 8 * (f / 2) + 2 * lt;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (row_live[i] && d < head_dim) {  // head_dim is even: d + 1 is there too
+        const float* qr = q + (tile.first_row + first + lg + 8 * i) * ldq + h * head_dim + d;
+        x0 = qr[0] * scale;
+        x1 = qr[1] * scale;
+      }
+      SplitPair<T>(x0, x1, q_hi[s][f], q_lo[s][f]);
+    }
+  }
+  float acc[kChunks][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  for (int64_t base = 0; base <= last; base += kKeys) {
+    // Keys by 16-byte chunks, a key's chunks on consecutive threads (coalesced reads, and
+    // conflict-free stores). Values two positions at a time, 16 bytes of each, consecutive
+    // threads on consecutive pairs: element i of both makes word i of their column rows.
+    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
+      const int j = e / kChunks, c = e % kChunks;
+      uint4 w = make_uint4(0, 0, 0, 0);
+      if (base + j <= last && 8 * c < head_dim) {
+        w = *reinterpret_cast<const uint4*>(kc + SlotOffset(table, base + j, block_size, kv_heads, g, head_dim) +
+                                            8 * c);
+      }
+      StoreWords(&ks[j][4 * c], w);
+    }
+    for (int e = static_cast<int>(threadIdx.x); e < kKeys / 2 * kChunks; e += static_cast<int>(blockDim.x)) {
+      const int pair = e % (kKeys / 2), c = e / (kKeys / 2);
+      uint4 w[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+      for (int u = 0; u < 2; ++u) {
+        const int64_t p = base + 2 * pair + u;
+        if (p <= last && 8 * c < head_dim) {
+          w[u] = *reinterpret_cast<const uint4*>(vc + SlotOffset(table, p, block_size, kv_heads, g, head_dim) + 8 * c);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // elements 2i (low halves) and 2i + 1 (high halves)
+        const uint32_t a = WordOf(w[0], i), b = WordOf(w[1], i);
+        vs[8 * c + 2 * i][pair] = (a & 0xffffu) | (b << 16);
+        vs[8 * c + 2 * i + 1][pair] = (a >> 16) | (b & 0xffff0000u);
+      }
+    }
+    __syncthreads();
+    if (computes && base <= warp_last) {
+      // Scores of the warp's 16 rows by the tile's kKeys keys: s[n] holds keys 8n..8n+7.
+      float s[kKeys / 8][4] = {};
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+        const uint32_t* key = ks[8 * n + lg];
+#pragma unroll
+        for (int st = 0; st < kSteps; ++st) {
+          if (st >= steps) break;
+          const uint32_t b[2] = {key[8 * st + lt], key[8 * st + 4 + lt]};
+          MmaM16N8K16<T>(s[n], q_hi[st], b);
+          MmaM16N8K16<T>(s[n], q_lo[st], b);
+        }
+      }
+      // Causal mask, then the online softmax of rows lg (i = 0) and lg + 8 (i = 1); the
+      // four lanes of a row (lt = 0..3) hold its 32 scores between them.
+      float top[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          const int i = f / 2;
+          const int64_t p = base + 8 * n + 2 * lt + f % 2;
+          if (!row_live[i] || p > row_pos[i]) s[n][f] = -INFINITY;
+          top[i] = fmaxf(top[i], s[n][f]);
+        }
+      }
+      float keep[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 1));
+        top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 2));
+        const float m_new = fmaxf(m[i], top[i]);
+        const float ref = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: all p = 0
+        keep[i] = __expf(m[i] - ref);
+        m[i] = m_new;
+        top[i] = ref;
+        l[i] *= keep[i];
+      }
+      // Probabilities rounded to T, as the value product takes them, and summed as rounded
+      // (so a row's weights sum to what it is divided by).
+      uint32_t p_words[kKeys / 8][2];
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const T p0 = FromFloat<T>(__expf(s[n][2 * i] - top[i])), p1 = FromFloat<T>(__expf(s[n][2 * i + 1] - top[i]));
+          l[i] += static_cast<float>(p0) + static_cast<float>(p1);
+          p_words[n][i] = ElementBits(p0) | (ElementBits(p1) << 16);
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        acc[c][0] *= keep[0];
+        acc[c][1] *= keep[0];
+        acc[c][2] *= keep[1];
+        acc[c][3] *= keep[1];
+      }
+      // Outputs += P V: the scores' C fragments of keys 16k..16k+15 are the A fragment.
+#pragma unroll
+      for (int k = 0; k < kKeys / 16; ++k) {
+        const uint32_t a[4] = {p_words[2 * k][0], p_words[2 * k][1], p_words[2 * k + 1][0], p_words[2 * k + 1][1]};
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+          if (c >= chunks) break;
+          const uint32_t* column = vs[8 * c + lg];
+          const uint32_t b[2] = {column[8 * k + lt], column[8 * k + 4 + lt]};
+          MmaM16N8K16<T>(acc[c], a, b);
+        }
+      }
+    }
+    __syncthreads();  // before the next tile overwrites ks/vs
+  }
+  if (!computes) return;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (!row_live[i]) continue;
+    float* o = out + (tile.first_row + first + lg + 8 * i) * ldo + h * head_dim;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if (c >= chunks) break;
+      o[8 * c + 2 * lt] = acc[c][2 * i] / l[i];
+      o[8 * c + 2 * lt + 1] = acc[c][2 * i + 1] / l[i];
+    }
+  }
+}
+
 template <typename Fn>
 void WithCacheType(DType t, Fn&& fn) {
   WithFloatType(t, "KV cache type", fn);
@@ -537,19 +747,40 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
 
 void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
                          const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
-                         float scale, float* out, int64_t ldo) {
+                         float scale, float* out, int64_t ldo, TiledAttentionCores cores) {
   if (num_tiles == 0) return;
   if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
       num_heads % cache.num_kv_heads != 0) {
     DieOnCudaError("PagedAttentionTiled", "head_dim above 256, or heads not a positive multiple of kv heads",
                    __FILE__, __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(num_heads));
-  const int threads = kQueryTileRows * 4;
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     const T* k = static_cast<const T*>(cache.k);
     const T* v = static_cast<const T*>(cache.v);
+    if constexpr (!std::is_same_v<T, float>) {
+      // 16-byte slots (head_dim a multiple of 8) of at most 128: the tensor cores.
+      if (cores == TiledAttentionCores::kBest && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
+        const int64_t group = num_heads / cache.num_kv_heads;
+        const int64_t blocks_per_group = (group + kTensorCoreBlockHeads - 1) / kTensorCoreBlockHeads;
+        const int per_block = static_cast<int>((group + blocks_per_group - 1) / blocks_per_group);
+        const dim3 tc_grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(cache.num_kv_heads),
+                           static_cast<unsigned>(blocks_per_group));
+        static_assert(kQueryTileRows == 32, "two warps of 16 rows a head");
+        if (cache.head_dim <= 64) {
+          LaunchKernel("TensorCoreTiledAttentionKernel", TensorCoreTiledAttentionKernel<T, 64>, tc_grid,
+              64 * per_block, 0, stream, k, v, cache.block_size, cache.num_kv_heads, cache.head_dim, rows, tiles, q,
+              ldq, num_heads, per_block, scale, out, ldo);
+        } else {
+          LaunchKernel("TensorCoreTiledAttentionKernel", TensorCoreTiledAttentionKernel<T, 128>, tc_grid,
+              64 * per_block, 0, stream, k, v, cache.block_size, cache.num_kv_heads, cache.head_dim, rows, tiles, q,
+              ldq, num_heads, per_block, scale, out, ldo);
+        }
+        return;
+      }
+    }
+    const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(num_heads));
+    const int threads = kQueryTileRows * 4;
     // The head dimension padded to the kernel's: 64, 128 or 256.
     if (cache.head_dim <= 64) {
       LaunchKernel("TiledAttentionKernel", TiledAttentionKernel<T, 64>, grid, threads, 0, stream, k, v,

@@ -101,14 +101,26 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                     const AttentionSplit& split = {});
 
+// Which cores PagedAttentionTiled runs on: kBest takes the tensor cores where the cache
+// allows (f16/bf16, head_dim a multiple of 8 up to 128), kF32 always the f32 one
+// (what the benchmark compares the tensor cores with).
+enum class TiledAttentionCores { kBest, kF32 };
+
 // PagedAttention for prompt chunks, a tile of query rows per block (FlashAttention-2's
 // loop order): each tile of keys and values is read from the cache into shared memory
-// once for all of the tile's rows, where the per-row kernel reads it once per row. Four
-// threads per row split head_dim; online softmax in f32, causal within the chunk. Writes
-// the tiles' rows of out only. head_dim at most kMaxHeadDim.
+// once for all of the tile's rows, where the per-row kernel reads it once per row; online
+// softmax in f32, causal within the chunk. Writes the tiles' rows of out only. head_dim at
+// most kMaxHeadDim.
+//   On the tensor cores (f16/bf16 caches, head_dim % 8 == 0, at most 128): a block takes
+// each tile of keys and values once for up to 4 query heads of a KV group; scores are
+// exact products of the f32 queries (as two roundings to the cache type) with the cached
+// keys, summed in f32; the probabilities are rounded to the cache type for the product
+// with the values (relative error 2^-9 for bf16, 2^-12 for f16, each).
+//   Otherwise: four threads per row split head_dim, all in f32.
 void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
                          const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
-                         float scale, float* out, int64_t ldo);
+                         float scale, float* out, int64_t ldo,
+                         TiledAttentionCores cores = TiledAttentionCores::kBest);
 
 // Each row's entry [c, k_pe] (entry() f32, row stride ld) into its position's slot.
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
