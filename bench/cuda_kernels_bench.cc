@@ -15,7 +15,15 @@
 // Each case prints _us (mean time a call, launches back to back on one stream) and
 // _fraction_of_copy (its bytes read / that time / the copy bandwidth).
 //
-//   build-cuda/bench/cuda-kernels-bench [--context 1024] [--reps 50] [--only gemv|experts|attention]
+// Prompt attention is compute, not bandwidth: prompt_attention_qwen7b_p<N>_{tensor,f32}_*
+// run one --prompt-token prompt (tiles of 32 rows, causal, bf16 cache) through
+// PagedAttentionTiled on the tensor cores and on the f32 cores, and print _us, _tflops
+// (the causal product's 4 hd heads N(N+1)/2 useful flops a second) and
+// _fraction_of_cublas: that rate over cuBLAS's on a bf16 GEMM of [N, 4096] x [4096, 4096]
+// (cublas_bf16_gemm_tflops), the tensor cores' rate as the library reaches it.
+//
+//   build-cuda/bench/cuda-kernels-bench [--context 1024] [--prompt 2048] [--reps 50]
+//                                       [--only gemv|experts|attention|prompt]
 //
 // Without a GPU it prints "skipped: no GPU: ..." and exits 0.
 #include <CLI/CLI.hpp>
@@ -248,19 +256,76 @@ void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandw
   }
 }
 
+void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
+  const ModelConfig c = R1DistillQwen7B();
+  const int64_t heads = c.num_heads, kv = c.num_kv_heads, hd = c.head_dim;
+  // The peer: cuBLAS's bf16 tensor-core rate on a GEMM of the prompt's rows.
+  cuda::CublasGemm gemm(stream);
+  constexpr int64_t kWidth = 4096;
+  cuda::DeviceBuffer x = Filled(prompt * kWidth * 2, DType::kBF16, 41), w = Filled(kWidth * kWidth * 2, DType::kBF16, 42);
+  cuda::DeviceBuffer y(prompt * kWidth * 4);
+  const double gemm_us = MeanMicros(stream, reps, [&](int) {
+    gemm.Run(DType::kBF16, x.data(), w.data(), prompt, kWidth, kWidth, DType::kF32, y.data(), false);
+  });
+  const double cublas_tflops = 2.0 * prompt * kWidth * kWidth / (gemm_us * 1e-6) / 1e12;
+  fmt::print("cublas_bf16_gemm_tflops: {:.1f}\n", cublas_tflops);
+
+  // One sequence whose whole prompt is one chunk: positions 0..prompt-1, tiles of 32.
+  const int64_t blocks = (prompt + kBlockSize - 1) / kBlockSize;
+  std::vector<int32_t> table(blocks), seq(prompt, 0);
+  std::iota(table.begin(), table.end(), 0);
+  std::vector<int64_t> pos(prompt);
+  std::iota(pos.begin(), pos.end(), int64_t{0});
+  std::vector<cuda::QueryTile> tiles;
+  for (int64_t i = 0; i < prompt; i += cuda::kQueryTileRows) {
+    cuda::QueryTile t;
+    t.first_row = static_cast<int32_t>(i);
+    t.num_rows = static_cast<int32_t>(std::min<int64_t>(cuda::kQueryTileRows, prompt - i));
+    t.first_pos = i;
+    tiles.push_back(t);
+  }
+  cuda::DeviceBuffer dtable(table.size() * 4), dseq(seq.size() * 4), dpos(pos.size() * 8),
+      dtiles(tiles.size() * sizeof(cuda::QueryTile));
+  dtable.CopyFromHost(table.data(), dtable.bytes());
+  dseq.CopyFromHost(seq.data(), dseq.bytes());
+  dpos.CopyFromHost(pos.data(), dpos.bytes());
+  dtiles.CopyFromHost(tiles.data(), dtiles.bytes());
+  const cuda::DeviceRows rows{dseq.as<int32_t>(), dpos.as<int64_t>(), dtable.as<int32_t>(), blocks, prompt};
+  const size_t cache_bytes = blocks * kBlockSize * kv * hd * 2;
+  cuda::DeviceBuffer k = Filled(cache_bytes, DType::kBF16, 43), v = Filled(cache_bytes, DType::kBF16, 44);
+  const cuda::DeviceKvLayer cache{k.data(), v.data(), blocks, kBlockSize, kv, hd, DType::kBF16};
+  cuda::DeviceBuffer q = Filled(prompt * heads * hd * 4, DType::kF32, 45), out(prompt * heads * hd * 4);
+  const double flops = 4.0 * hd * heads * prompt * (prompt + 1) / 2;
+  double tensor_us = 0;
+  for (const auto cores : {cuda::TiledAttentionCores::kBest, cuda::TiledAttentionCores::kF32}) {
+    const double us = MeanMicros(stream, reps, [&](int) {
+      cuda::PagedAttentionTiled(stream, cache, rows, dtiles.as<cuda::QueryTile>(), static_cast<int64_t>(tiles.size()),
+                                q.as<float>(), heads * hd, heads, 0.088f, out.as<float>(), heads * hd, cores);
+    });
+    const bool tensor = cores == cuda::TiledAttentionCores::kBest;
+    if (tensor) tensor_us = us;
+    const std::string name = fmt::format("prompt_attention_qwen7b_p{}_{}", prompt, tensor ? "tensor" : "f32");
+    const double tflops = flops / (us * 1e-6) / 1e12;
+    fmt::print("{}_us: {:.1f}\n{}_tflops: {:.2f}\n{}_fraction_of_cublas: {:.3f}\n", name, us, name, tflops, name,
+               tflops / cublas_tflops);
+    if (!tensor) fmt::print("prompt_attention_qwen7b_p{}_tensor_speedup: {:.2f}\n", prompt, us / tensor_us);
+  }
+}
+
 }  // namespace
 }  // namespace shoal::worker
 
 int main(int argc, char** argv) {
   using namespace shoal::worker;
   CLI::App app{"The CUDA decode step's kernels one by one against the copy bandwidth"};
-  int64_t context = 1024;
+  int64_t context = 1024, prompt = 2048;
   int reps = 50;
   std::string only;
   app.add_option("--context", context, "cached positions each attention row sees")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--prompt", prompt, "prompt tokens of the prompt-attention cases")->check(CLI::Range(1, 1 << 16));
   app.add_option("--reps", reps, "timed calls per case")->check(CLI::Range(1, 100000));
-  app.add_option("--only", only, "one group of cases: gemv, experts or attention")
-      ->check(CLI::IsMember({"gemv", "experts", "attention"}));
+  app.add_option("--only", only, "one group of cases: gemv, experts, attention or prompt")
+      ->check(CLI::IsMember({"gemv", "experts", "attention", "prompt"}));
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -280,6 +345,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemv") BenchGemv(stream, reps, bandwidth);
   if (only.empty() || only == "experts") BenchExperts(stream, reps, bandwidth);
   if (only.empty() || only == "attention") BenchAttention(stream, reps, context, bandwidth);
+  if (only.empty() || only == "prompt") BenchPrompt(stream, reps, prompt);
   SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));
   cudaStreamDestroy(stream);
   return 0;

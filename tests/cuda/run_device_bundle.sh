@@ -247,10 +247,11 @@ grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_grap
   sed 's/^/graphs_cublas_/' | tee -a "$summary"
 
 # The step's heaviest kernels one by one against the copy bandwidth: which of them holds
-# the batch-1 fraction of the roofline down.
+# the batch-1 fraction of the roofline down; and prompt attention on the tensor cores
+# against the f32 cores and cuBLAS's GEMM rate.
 run_stage kernels_bench 60 "$bin_dir/cuda-kernels-bench"
-grep -hE '^(skipped|[a-z_0-9]+(_fraction_of_copy|_splits): [0-9.]+$)' "$out/kernels_bench.log" 2>/dev/null | sed 's/^/kernels_/' |
-  tee -a "$summary"
+grep -hE '^(skipped|[a-z_0-9]+(_fraction_of_copy|_splits|_tflops|_fraction_of_cublas|_speedup): [0-9.]+$)' \
+  "$out/kernels_bench.log" 2>/dev/null | sed 's/^/kernels_/' | tee -a "$summary"
 
 # NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
 run_stage nccl_bench 90 "$bin_dir/cuda-nccl-bench"
