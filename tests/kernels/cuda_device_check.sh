@@ -42,7 +42,7 @@ log=$out/cuda_device_check.log
   for f in "$here"/worker/kernels/cuda/*.cc; do
     g++ -std=c++20 -O2 $host_flags -I"$here" -I"$cuda/include" -c "$f" -o "$work/$(basename "$f").o" &
   done
-  for f in "$here"/worker/kernels/cuda/*.cu; do
+  for f in "$here"/worker/kernels/cuda/*.cu "$here"/tests/kernels/*.cu; do
     "$nvcc" -std=c++17 -O3 -arch="sm_$arch" -I"$here" -c "$f" -o "$work/$(basename "$f").o" &
   done
   wait

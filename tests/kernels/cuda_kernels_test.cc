@@ -17,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "tests/kernels/mma_tile.h"
 #include "worker/engine/sampler.h"
 #include "worker/kernels/cpu/attention.h"
 #include "worker/kernels/cpu/fp8_matmul.h"
@@ -489,6 +490,39 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
                      heads * latent, {7, scratch.as<float>()});
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   ExpectClose(Decode(Download(dlgot), DType::kF32), Decode(Download(dlwant), DType::kF32), 1e-5);
+}
+
+// One tensor-core tile (mma.cuh) against the host's sum: a lane's fragments gathered by
+// the documented layout give C += A B exactly where the products are (f16/bf16 elements
+// multiply exactly in f32; only the f32 sums round), and A split into two roundings gives
+// the f32 A's product within 2^-15 (bf16) or 2^-20 (f16) of the largest term.
+TEST(CudaTensorCores, TileFollowsTheFragmentLayout) {
+  SKIP_WITHOUT_GPU();
+  for (const DType t : {DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(t));
+    const std::vector<float> a = Random(16 * 16, 91), c0 = Random(16 * 8, 93);
+    const Typed a_t = Round(a, t), b = Round(Random(16 * 8, 92), t);
+    DeviceBuffer da = Upload(a.data(), a.size() * 4), db = Upload(b.bytes.data(), b.bytes.size());
+    for (const bool split : {false, true}) {
+      SCOPED_TRACE(split ? "A as two roundings" : "A rounded once");
+      DeviceBuffer dc = Upload(c0.data(), c0.size() * 4);
+      MmaTileForTest(t, da.as<float>(), db.as<uint16_t>(), dc.as<float>(), split);
+      const std::vector<float> got = Decode(Download(dc), DType::kF32);
+      const std::vector<float>& a_used = split ? a : a_t.values;
+      const double rel = !split ? 1e-6 : t == DType::kBF16 ? 1.0 / 32768 : 1.0 / (1 << 20);
+      for (int i = 0; i < 16; ++i) {
+        for (int j = 0; j < 8; ++j) {
+          double want = c0[i * 8 + j], largest = std::fabs(want);
+          for (int k = 0; k < 16; ++k) {
+            const double term = static_cast<double>(a_used[i * 16 + k]) * b.values[k * 8 + j];
+            want += term;
+            largest = std::max(largest, std::fabs(term));
+          }
+          ASSERT_NEAR(got[i * 8 + j], want, rel * 16 * largest + 1e-7) << "C[" << i << "][" << j << "]";
+        }
+      }
+    }
+  }
 }
 
 // Prompt chunks through the tiled kernel and the rest through the per-row one (its rows
