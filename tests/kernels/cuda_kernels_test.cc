@@ -525,6 +525,46 @@ TEST(CudaTensorCores, TileFollowsTheFragmentLayout) {
   }
 }
 
+// A step of prompt chunks for the tiled-attention tests: sequence s has seqs[s].start
+// cached positions and seqs[s].num_new new rows, 8 blocks of 16 positions each (block
+// tables interleaved over the three sequences); chunks of more than one row as tiles of
+// kQueryTileRows, single rows listed as untiled (the per-row kernel's).
+struct PromptStep {
+  struct Seq {
+    int64_t start, num_new;
+  };
+  static constexpr int kBlockSize = 16, kBlocksPerSeq = 8;
+  explicit PromptStep(const std::vector<Seq>& seqs) {
+    const int n = static_cast<int>(seqs.size());
+    for (int s = 0; s < n; ++s) {
+      for (int b = 0; b < kBlocksPerSeq; ++b) tables.push_back(static_cast<int32_t>(b * n + (n - 1 - s)));
+    }
+    for (int s = 0; s < n; ++s) {
+      for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
+      for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
+      if (seqs[s].num_new == 1) {
+        untiled.push_back(static_cast<int32_t>(rows));
+      } else {
+        for (int64_t i = 0; i < seqs[s].num_new; i += kQueryTileRows) {
+          QueryTile tile;
+          tile.first_row = static_cast<int32_t>(rows + i);
+          tile.num_rows = static_cast<int32_t>(std::min<int64_t>(kQueryTileRows, seqs[s].num_new - i));
+          tile.seq = s;
+          tile.first_pos = seqs[s].start + i;
+          tiles.push_back(tile);
+        }
+      }
+      rows += seqs[s].num_new;
+    }
+    num_blocks = static_cast<int64_t>(tables.size());
+  }
+  int64_t cached() const { return static_cast<int64_t>(all_pos.size()); }
+  std::vector<int32_t> tables, all_seq, q_seq, untiled;
+  std::vector<int64_t> all_pos, q_pos;
+  std::vector<QueryTile> tiles;
+  int64_t rows = 0, num_blocks = 0;
+};
+
 // Prompt chunks through the tiled kernel and the rest through the per-row one (its rows
 // given as a list) give what the per-row kernel gives for every row: a 45-row chunk after
 // 10 cached positions (tiles of 32 + 13), a fresh 70-row prompt (32 + 32 + 6) and a decode
@@ -545,47 +585,21 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
                             Shape{3, 3, 34}}) {
     const int64_t heads = shape.heads, kv_heads = shape.kv_heads, hd = shape.hd, width = kv_heads * hd;
     SCOPED_TRACE(::testing::Message() << heads << " heads over " << kv_heads << ", head_dim " << hd);
-    const int block_size = 16, blocks_per_seq = 8;  // 128 positions per sequence
-    const int64_t num_blocks = 3 * blocks_per_seq;
-    std::vector<int32_t> tables;
-    for (int s = 0; s < 3; ++s) {
-      for (int b = 0; b < blocks_per_seq; ++b) tables.push_back(static_cast<int32_t>(b * 3 + (2 - s)));
-    }
-    struct Seq {
-      int64_t start, num_new;
-    };
-    const std::vector<Seq> seqs = {{10, 45}, {0, 70}, {90, 1}};
-    std::vector<int32_t> all_seq, q_seq, untiled;
-    std::vector<int64_t> all_pos, q_pos;
-    std::vector<QueryTile> tiles;
-    int64_t row = 0;
-    for (int s = 0; s < 3; ++s) {
-      for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
-      for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
-      if (seqs[s].num_new == 1) {
-        untiled.push_back(static_cast<int32_t>(row));
-      } else {
-        for (int64_t i = 0; i < seqs[s].num_new; i += kQueryTileRows) {
-          QueryTile tile;
-          tile.first_row = static_cast<int32_t>(row + i);
-          tile.num_rows = static_cast<int32_t>(std::min<int64_t>(kQueryTileRows, seqs[s].num_new - i));
-          tile.seq = s;
-          tile.first_pos = seqs[s].start + i;
-          tiles.push_back(tile);
-        }
-      }
-      row += seqs[s].num_new;
-    }
-    const int64_t n_all = static_cast<int64_t>(all_pos.size()), rows = row, ldq = heads * hd;
+    const PromptStep step({{10, 45}, {0, 70}, {90, 1}});
+    const int block_size = PromptStep::kBlockSize, blocks_per_seq = PromptStep::kBlocksPerSeq;
+    const int64_t num_blocks = step.num_blocks;
+    const std::vector<int32_t>& tables = step.tables;
+    const std::vector<QueryTile>& tiles = step.tiles;
+    const std::vector<int32_t>& untiled = step.untiled;
+    const int64_t n_all = step.cached(), rows = step.rows, ldq = heads * hd;
     const std::vector<float> k = Random(n_all * width, 81), v = Random(n_all * width, 82);
     DeviceBuffer dk_cache(num_blocks * block_size * width * ElementBytes(t)), dv_cache(dk_cache.bytes());
     const DeviceKvLayer cache{dk_cache.data(), dv_cache.data(), num_blocks, block_size, kv_heads, hd, t};
     DeviceBuffer dtables = Upload(tables.data(), tables.size() * 4);
-    const RowsOnDevice all_dev(all_seq, all_pos, dtables, blocks_per_seq);
+    const RowsOnDevice all_dev(step.all_seq, step.all_pos, dtables, blocks_per_seq);
     DeviceBuffer dk = Upload(k.data(), k.size() * 4), dv = Upload(v.data(), v.size() * 4);
-    WriteKv(nullptr, cache, all_dev.rows,
-            dk.as<float>(), width, dv.as<float>(), width);
-    const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
+    WriteKv(nullptr, cache, all_dev.rows, dk.as<float>(), width, dv.as<float>(), width);
+    const RowsOnDevice q_dev(step.q_seq, step.q_pos, dtables, blocks_per_seq);
     const std::vector<float> q = Random(rows * ldq, 83);
     DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
     const DeviceRows all_rows = q_dev.rows;
@@ -615,6 +629,54 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
                    {7, scratch.as<float>()});
     SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
     ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
+  }
+}
+
+// MLA's prompt tiles on the tensor cores and the other rows through the per-row kernel
+// give what the per-row kernel gives for every row, within the probabilities' rounding
+// (as the tiled GQA test): DeepSeek's entry (512 + 64) with 4 heads (two rows' pairs a
+// block), a tiny model's (32 + 8) with 3 heads (pairs straddling rows and blocks), 96 + 16
+// with 5. An f32 cache is not the tensor cores' (MlaTilesOnTensorCores).
+TEST_P(CudaKernels, MlaTiledPromptAttentionMatchesTheRowKernel) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  struct Shape {
+    int64_t latent, rope, heads;
+  };
+  for (const Shape shape : {Shape{512, 64, 4}, Shape{32, 8, 3}, Shape{96, 16, 5}}) {
+    const int64_t latent = shape.latent, rope = shape.rope, heads = shape.heads, entry = latent + rope;
+    SCOPED_TRACE(::testing::Message() << latent << " + " << rope << ", " << heads << " heads");
+    const PromptStep step({{10, 45}, {0, 40}, {60, 1}});
+    const int64_t num_blocks = step.num_blocks, rows = step.rows, ldq = heads * entry, ldo = heads * latent;
+    DeviceBuffer dcache(num_blocks * PromptStep::kBlockSize * entry * ElementBytes(t));
+    const DeviceLatentLayer cache{dcache.data(), num_blocks, PromptStep::kBlockSize, latent, rope, t};
+    if (t == DType::kF32) {
+      EXPECT_FALSE(MlaTilesOnTensorCores(cache));
+      continue;
+    }
+    ASSERT_TRUE(MlaTilesOnTensorCores(cache));
+    DeviceBuffer dtables = Upload(step.tables.data(), step.tables.size() * 4);
+    const RowsOnDevice all_dev(step.all_seq, step.all_pos, dtables, PromptStep::kBlocksPerSeq);
+    const std::vector<float> entries = Random(step.cached() * entry, 61);
+    DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
+    WriteLatents(nullptr, cache, all_dev.rows, dentries.as<float>(), entry);
+    const RowsOnDevice q_dev(step.q_seq, step.q_pos, dtables, PromptStep::kBlocksPerSeq);
+    const std::vector<float> q = Random(rows * ldq, 62, 2.0f);
+    DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(rows * ldo * 4), dgot(rows * ldo * 4);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(entry));
+    MlaLatentAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldo);
+    SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
+    DeviceBuffer dtiles = Upload(step.tiles.data(), step.tiles.size() * sizeof(QueryTile));
+    DeviceBuffer duntiled = Upload(step.untiled.data(), step.untiled.size() * 4);
+    MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(), static_cast<int64_t>(step.tiles.size()),
+                            dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo);
+    DeviceRows rest = q_dev.rows;
+    rest.num_rows = static_cast<int64_t>(step.untiled.size());
+    rest.row_ids = duntiled.as<int32_t>();
+    MlaLatentAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32),
+                t == DType::kF16 ? 1.0 / 4096 : 1.0 / 512);
   }
 }
 

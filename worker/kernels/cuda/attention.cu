@@ -478,6 +478,74 @@ __device__ __forceinline__ uint32_t WordOf(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// A warp's 16 query rows (lane rows lg and lg + 8, i = 0 and 1) over one tile of kKeys
+// scores in mma C fragments (s[n]: keys base + 8n .. + 7; the row's four lanes, lt, hold
+// its scores between them): masks the keys past each row's position and every key of a
+// row that is not live, updates the running max m and sum l (online softmax; a row with
+// no key yet keeps max -inf and weights 0), rescales the rows of the f32 outputs acc, and
+// gives the probabilities rounded to T as the value product's A fragments (p_words[n][i]:
+// row i's two keys of block n). l sums the rounded weights, so a row's weights add up to
+// what it is divided by; it is the lane's part of the sum (RowSum adds the four).
+template <typename T, int kKeys, int kBlocks>
+__device__ __forceinline__ void SoftmaxTile(float (&s)[kKeys / 8][4], int64_t base, int lt, const bool (&live)[2],
+                                            const int64_t (&pos)[2], float (&m)[2], float (&l)[2],
+                                            float (&acc)[kBlocks][4], uint32_t (&p_words)[kKeys / 8][2]) {
+  float top[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+      const int i = f / 2;
+      if (!live[i] || base + 8 * n + 2 * lt + f % 2 > pos[i]) s[n][f] = -INFINITY;
+      top[i] = fmaxf(top[i], s[n][f]);
+    }
+  }
+  float keep[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 1));
+    top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 2));
+    const float m_new = fmaxf(m[i], top[i]);
+    const float ref = m_new == -INFINITY ? 0.0f : m_new;
+    keep[i] = __expf(m[i] - ref);
+    m[i] = m_new;
+    top[i] = ref;
+    l[i] *= keep[i];
+  }
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const T p0 = FromFloat<T>(__expf(s[n][2 * i] - top[i])), p1 = FromFloat<T>(__expf(s[n][2 * i + 1] - top[i]));
+      l[i] += static_cast<float>(p0) + static_cast<float>(p1);
+      p_words[n][i] = ElementBits(p0) | (ElementBits(p1) << 16);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kBlocks; ++c) {
+    acc[c][0] *= keep[0];
+    acc[c][1] *= keep[0];
+    acc[c][2] *= keep[1];
+    acc[c][3] *= keep[1];
+  }
+}
+
+// A row's whole sum from its four lanes' parts.
+__device__ __forceinline__ float RowSum(float part) {
+  part += __shfl_xor_sync(0xffffffffu, part, 1);
+  return part + __shfl_xor_sync(0xffffffffu, part, 2);
+}
+
+// The A fragment of P for keys 16k .. 16k + 15: the scores' C fragments of blocks 2k and
+// 2k + 1, rounded and packed.
+template <int kKeys>
+__device__ __forceinline__ void ProbabilityFragment(const uint32_t (&p_words)[kKeys / 8][2], int k, uint32_t (&a)[4]) {
+  a[0] = p_words[2 * k][0];
+  a[1] = p_words[2 * k][1];
+  a[2] = p_words[2 * k + 1][0];
+  a[3] = p_words[2 * k + 1][1];
+}
+
 // PagedAttentionTiled on the tensor cores (FlashAttention-2's scheme, f16/bf16 caches,
 // head_dim a multiple of 8 up to 128). One block per (tile, KV head, block of up to 4 of
 // its query heads); warp w serves head w / 2 of the block and rows 16 (w % 2) .. + 15 of
@@ -584,54 +652,13 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
           MmaM16N8K16<T>(s[n], q_lo[st], b);
         }
       }
-      // Causal mask, then the online softmax of rows lg (i = 0) and lg + 8 (i = 1); the
-      // four lanes of a row (lt = 0..3) hold its 32 scores between them.
-      float top[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-        for (int f = 0; f < 4; ++f) {
-          const int i = f / 2;
-          const int64_t p = base + 8 * n + 2 * lt + f % 2;
-          if (!row_live[i] || p > row_pos[i]) s[n][f] = -INFINITY;
-          top[i] = fmaxf(top[i], s[n][f]);
-        }
-      }
-      float keep[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 1));
-        top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 2));
-        const float m_new = fmaxf(m[i], top[i]);
-        const float ref = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet: all p = 0
-        keep[i] = __expf(m[i] - ref);
-        m[i] = m_new;
-        top[i] = ref;
-        l[i] *= keep[i];
-      }
-      // Probabilities rounded to T, as the value product takes them, and summed as rounded
-      // (so a row's weights sum to what it is divided by).
       uint32_t p_words[kKeys / 8][2];
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const T p0 = FromFloat<T>(__expf(s[n][2 * i] - top[i])), p1 = FromFloat<T>(__expf(s[n][2 * i + 1] - top[i]));
-          l[i] += static_cast<float>(p0) + static_cast<float>(p1);
-          p_words[n][i] = ElementBits(p0) | (ElementBits(p1) << 16);
-        }
-      }
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        acc[c][0] *= keep[0];
-        acc[c][1] *= keep[0];
-        acc[c][2] *= keep[1];
-        acc[c][3] *= keep[1];
-      }
+      SoftmaxTile<T, kKeys, kChunks>(s, base, lt, row_live, row_pos, m, l, acc, p_words);
       // Outputs += P V: the scores' C fragments of keys 16k..16k+15 are the A fragment.
 #pragma unroll
       for (int k = 0; k < kKeys / 16; ++k) {
-        const uint32_t a[4] = {p_words[2 * k][0], p_words[2 * k][1], p_words[2 * k + 1][0], p_words[2 * k + 1][1]};
+        uint32_t a[4];
+        ProbabilityFragment<kKeys>(p_words, k, a);
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
           if (c >= chunks) break;
@@ -644,11 +671,7 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
     __syncthreads();  // before the next tile overwrites ks/vs
   }
   if (!computes) return;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-  }
+  for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
   for (int i = 0; i < 2; ++i) {
     if (!row_live[i]) continue;
     float* o = out + (tile.first_row + first + lg + 8 * i) * ldo + h * head_dim;
@@ -657,6 +680,148 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
       if (c >= chunks) break;
       o[8 * c + 2 * lt] = acc[c][2 * i] / l[i];
       o[8 * c + 2 * lt + 1] = acc[c][2 * i + 1] / l[i];
+    }
+  }
+}
+
+// Warps of a TensorCoreLatentAttentionKernel block: they split each score's entry
+// dimensions and each output's latent dimensions four ways.
+constexpr int kLatentWarps = 4;
+
+// The shared-memory tile of TensorCoreLatentAttentionKernel: kKeys latent entries of kDim
+// elements as rows of 32-bit words padded by 4 (row stride 4 modulo 32 banks: a score
+// fragment's lanes (g, t), row g and word t, hit 32 banks; a value fragment's, element g
+// of rows 2t and 2t + 1, 16). Values are the entries' first kV elements, read from the
+// same rows. With the warps' partial scores beside it, 45 KB at DeepSeek's 576.
+template <int kDim, int kV>
+struct LatentTile {
+  static constexpr int kKeys = 32;
+  static constexpr int kWords = kDim / 2 + 4;
+  static constexpr int kSteps = kDim / 16 / kLatentWarps;  // a warp's k-steps of the scores
+  static constexpr int kBlocks = kV / 8 / kLatentWarps;    // a warp's 8-wide blocks of the outputs
+  static_assert(kDim % (16 * kLatentWarps) == 0 && kV % (8 * kLatentWarps) == 0 && kWords % 32 == 4, "tile shape");
+};
+
+// Element e of a row of 16-bit elements held as words.
+__device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) { return (row[e / 2] >> (16 * (e % 2))) & 0xffffu; }
+
+// MlaLatentAttention for prompt tiles on the tensor cores (f16/bf16 latent cache; entry a
+// multiple of 8). Every head attends over the same latent entries, so the mma's 16 rows
+// are 16 (row, head) pairs of the tile (pair p: row p / heads, head p % heads), a block
+// per (tile, 16 pairs). The block walks the tile's positions kKeys at a time: the threads
+// load the entries into shared memory, warp w scores the pairs over its quarter of the
+// entry (queries in registers as two roundings, as TensorCoreTiledAttentionKernel), the
+// four partial scores meet in shared memory, every warp takes the same sums through the
+// same online softmax, and warp w multiplies the probabilities by its quarter of the
+// latent values into its f32 outputs.
+template <typename T, int kDim, int kV>
+__global__ void __launch_bounds__(32 * kLatentWarps)
+    TensorCoreLatentAttentionKernel(const T* data, int block_size, int64_t entry, int64_t latent, DeviceRows rows,
+                                    const QueryTile* tiles, const float* q, int64_t ldq, int64_t num_heads,
+                                    float scale, float* out, int64_t ldo) {
+  WaitForPriorKernel();
+  using Tile = LatentTile<kDim, kV>;
+  constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
+  __shared__ uint32_t ks[kKeys][Tile::kWords];
+  __shared__ float partial[kLatentWarps][16][kKeys];
+
+  const QueryTile tile = tiles[blockIdx.x];
+  const int64_t pairs = tile.num_rows * num_heads, first_pair = 16 * static_cast<int64_t>(blockIdx.y);
+  if (first_pair >= pairs) return;  // the whole block: past this tile's pairs
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int lg = lane / 4, lt = lane % 4;
+  const int64_t last = tile.first_pos + min(pairs - 1, first_pair + 15) / num_heads;
+  const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
+
+  bool live[2];
+  int64_t pos[2], query[2], output[2];  // the pairs' positions, and where their q and out rows start
+  for (int i = 0; i < 2; ++i) {
+    const int64_t p = first_pair + lg + 8 * i, row = p / num_heads, head = p % num_heads;
+    live[i] = p < pairs;
+    pos[i] = tile.first_pos + row;
+    query[i] = (tile.first_row + row) * ldq + head * entry;
+    output[i] = (tile.first_row + row) * ldo + head * latent;
+  }
+  uint32_t q_hi[kSteps][4], q_lo[kSteps][4];
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+      const int i = f % 2;
+      const int64_t d = 16 * (warp * kSteps + s) + 8 * (f / 2) + 2 * lt;
+      const bool here = live[i] && d < entry;  // entry is even: d + 1 is there too
+      SplitPair<T>(here ? q[query[i] + d] * scale : 0.0f, here ? q[query[i] + d + 1] * scale : 0.0f, q_hi[s][f],
+                   q_lo[s][f]);
+    }
+  }
+  float acc[kBlocks][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  for (int64_t base = 0; base <= last; base += kKeys) {
+    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
+      const int j = e / kChunks, c = e % kChunks;
+      uint4 w = make_uint4(0, 0, 0, 0);
+      if (base + j <= last && 8 * c < entry) {
+        w = *reinterpret_cast<const uint4*>(data + SlotOffset(table, base + j, block_size, 1, 0, entry) + 8 * c);
+      }
+      StoreWords(&ks[j][4 * c], w);
+    }
+    __syncthreads();
+    // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
+    float s[kKeys / 8][4] = {};
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+      const uint32_t* key = ks[8 * n + lg];
+#pragma unroll
+      for (int st = 0; st < kSteps; ++st) {
+        const int gs = warp * kSteps + st;
+        if (16 * gs >= entry) break;
+        const uint32_t b[2] = {key[8 * gs + lt], key[8 * gs + 4 + lt]};
+        MmaM16N8K16<T>(s[n], q_hi[st], b);
+        MmaM16N8K16<T>(s[n], q_lo[st], b);
+      }
+#pragma unroll
+      for (int f = 0; f < 4; ++f) partial[warp][lg + 8 * (f / 2)][8 * n + 2 * lt + f % 2] = s[n][f];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        float sum = 0.0f;
+        for (int w = 0; w < kLatentWarps; ++w) sum += partial[w][lg + 8 * (f / 2)][8 * n + 2 * lt + f % 2];
+        s[n][f] = sum;
+      }
+    }
+    uint32_t p_words[kKeys / 8][2];
+    SoftmaxTile<T, kKeys, kBlocks>(s, base, lt, live, pos, m, l, acc, p_words);
+    // Outputs += P V over this warp's latent blocks; a value fragment is element (column) g
+    // of the entries of keys 2t, 2t + 1 (and + 8), two halves of two rows.
+#pragma unroll
+    for (int k = 0; k < kKeys / 16; ++k) {
+      uint32_t a[4];
+      ProbabilityFragment<kKeys>(p_words, k, a);
+#pragma unroll
+      for (int c = 0; c < kBlocks; ++c) {
+        const int col = 8 * (warp * kBlocks + c) + lg;
+        if (8 * (warp * kBlocks + c) >= latent) break;
+        const int r = 16 * k + 2 * lt;
+        const uint32_t b[2] = {HalfOf(ks[r], col) | (HalfOf(ks[r + 1], col) << 16),
+                               HalfOf(ks[r + 8], col) | (HalfOf(ks[r + 9], col) << 16)};
+        MmaM16N8K16<T>(acc[c], a, b);
+      }
+    }
+    __syncthreads();  // before the next tile overwrites ks and partial
+  }
+  for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
+  for (int i = 0; i < 2; ++i) {
+    if (!live[i]) continue;
+#pragma unroll
+    for (int c = 0; c < kBlocks; ++c) {
+      for (int e = 0; e < 2; ++e) {
+        const int64_t d = 8 * (warp * kBlocks + c) + 2 * lt + e;
+        if (d < latent) out[output[i] + d] = acc[c][2 * i + e] / l[i];
+      }
     }
   }
 }
@@ -827,6 +992,37 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
     } else {
       LaunchAttention<T, kMaxLatentEntry, true>(stream, data, data, cache.block_size, 1, e, e, cache.latent_dim, rows,
                                                 q, ldq, num_heads, scale, out, ldo, split);
+    }
+  });
+}
+
+bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache) {
+  return cache.dtype != DType::kF32 && cache.entry() % 8 == 0 && cache.entry() <= kMaxLatentEntry &&
+         cache.latent_dim <= (cache.entry() <= 128 ? 128 : 512);
+}
+
+void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
+                             const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
+                             float scale, float* out, int64_t ldo) {
+  if (num_tiles == 0) return;
+  if (!MlaTilesOnTensorCores(cache) || num_heads <= 0 || num_heads > 32767) {
+    DieOnCudaError("MlaLatentAttentionTiled", "not a cache MlaTilesOnTensorCores takes, or heads not in [1, 32767]",
+                   __FILE__, __LINE__);
+  }
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>((kQueryTileRows * num_heads + 15) / 16));
+  WithCacheType(cache.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    if constexpr (!std::is_same_v<T, float>) {
+      const T* data = static_cast<const T*>(cache.data);
+      if (cache.entry() <= 128) {
+        LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, 128, 128>, grid,
+            32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q, ldq,
+            num_heads, scale, out, ldo);
+      } else {
+        LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, kMaxLatentEntry, 512>,
+            grid, 32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q,
+            ldq, num_heads, scale, out, ldo);
+      }
     }
   });
 }

@@ -136,4 +136,21 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
                         int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                         const AttentionSplit& split = {});
 
+// Whether MlaLatentAttentionTiled takes prompt tiles over this cache: f16/bf16, entry a
+// multiple of 8 and at most kMaxLatentEntry, latent_dim at most 512 (128 for entries of
+// at most 128).
+bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache);
+
+// MlaLatentAttention for prompt chunks on the tensor cores, tiles of up to kQueryTileRows
+// rows as PagedAttentionTiled (the other rows go to MlaLatentAttention through
+// DeviceRows.row_ids): the mma's 16 rows are 16 (row, head) pairs of a tile, since every
+// head reads the same latents; a block per (tile, 16 pairs), its four warps splitting
+// the entry for the scores and the latent for the outputs. Precision as
+// PagedAttentionTiled on the tensor cores: exact scores (queries as two roundings),
+// probabilities rounded once to the cache type, f32 sums. Only for caches
+// MlaTilesOnTensorCores takes (any other ends the process).
+void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
+                             const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
+                             float scale, float* out, int64_t ldo);
+
 }  // namespace shoal::worker::cuda
