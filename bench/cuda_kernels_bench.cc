@@ -17,10 +17,13 @@
 //
 // Prompt attention is compute, not bandwidth: prompt_attention_qwen7b_p<N>_{tensor,f32}_*
 // run one --prompt-token prompt (tiles of 32 rows, causal, bf16 cache) through
-// PagedAttentionTiled on the tensor cores and on the f32 cores, and print _us, _tflops
-// (the causal product's 4 hd heads N(N+1)/2 useful flops a second) and
-// _fraction_of_cublas: that rate over cuBLAS's on a bf16 GEMM of [N, 4096] x [4096, 4096]
-// (cublas_bf16_gemm_tflops), the tensor cores' rate as the library reaches it.
+// PagedAttentionTiled on the tensor cores and on the f32 cores, and
+// prompt_attention_mla_v2lite_p<N>_{tensor,rows}_* DeepSeek-V2-Lite's MLA through
+// MlaLatentAttentionTiled and through the per-row kernel; each prints _us, _tflops (useful
+// flops a second: 2 (k + v dims) heads N(N+1)/2) and _fraction_of_cublas: that rate over
+// cuBLAS's on a bf16 GEMM of [N, 4096] x [4096, 4096] (cublas_bf16_gemm_tflops), the tensor
+// cores' rate as the library reaches it; _tensor_speedup is the other time over the tensor
+// cores'.
 //
 //   build-cuda/bench/cuda-kernels-bench [--context 1024] [--prompt 2048] [--reps 50]
 //                                       [--only gemv|experts|attention|prompt]
@@ -256,9 +259,46 @@ void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandw
   }
 }
 
+// One sequence whose whole prompt is one chunk: positions 0..prompt-1, tiles of 32 rows.
+struct PromptChunk {
+  explicit PromptChunk(int64_t prompt) : blocks((prompt + kBlockSize - 1) / kBlockSize) {
+    std::vector<int32_t> table(blocks), seq(prompt, 0);
+    std::iota(table.begin(), table.end(), 0);
+    std::vector<int64_t> pos(prompt);
+    std::iota(pos.begin(), pos.end(), int64_t{0});
+    std::vector<cuda::QueryTile> tiles;
+    for (int64_t i = 0; i < prompt; i += cuda::kQueryTileRows) {
+      cuda::QueryTile t;
+      t.first_row = static_cast<int32_t>(i);
+      t.num_rows = static_cast<int32_t>(std::min<int64_t>(cuda::kQueryTileRows, prompt - i));
+      t.first_pos = i;
+      tiles.push_back(t);
+    }
+    num_tiles = static_cast<int64_t>(tiles.size());
+    dtable = cuda::DeviceBuffer(table.size() * 4);
+    dseq = cuda::DeviceBuffer(seq.size() * 4);
+    dpos = cuda::DeviceBuffer(pos.size() * 8);
+    dtiles = cuda::DeviceBuffer(tiles.size() * sizeof(cuda::QueryTile));
+    dtable.CopyFromHost(table.data(), dtable.bytes());
+    dseq.CopyFromHost(seq.data(), dseq.bytes());
+    dpos.CopyFromHost(pos.data(), dpos.bytes());
+    dtiles.CopyFromHost(tiles.data(), dtiles.bytes());
+    rows = {dseq.as<int32_t>(), dpos.as<int64_t>(), dtable.as<int32_t>(), blocks, prompt};
+  }
+  int64_t blocks, num_tiles = 0;
+  cuda::DeviceBuffer dtable, dseq, dpos, dtiles;
+  cuda::DeviceRows rows;
+};
+
+// A prompt case's lines: _us, _tflops, _fraction_of_cublas.
+double ReportPrompt(const std::string& name, double us, double flops, double cublas_tflops) {
+  const double tflops = flops / (us * 1e-6) / 1e12;
+  fmt::print("{}_us: {:.1f}\n{}_tflops: {:.2f}\n{}_fraction_of_cublas: {:.3f}\n", name, us, name, tflops, name,
+             tflops / cublas_tflops);
+  return us;
+}
+
 void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
-  const ModelConfig c = R1DistillQwen7B();
-  const int64_t heads = c.num_heads, kv = c.num_kv_heads, hd = c.head_dim;
   // The peer: cuBLAS's bf16 tensor-core rate on a GEMM of the prompt's rows.
   cuda::CublasGemm gemm(stream);
   constexpr int64_t kWidth = 4096;
@@ -269,46 +309,54 @@ void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
   });
   const double cublas_tflops = 2.0 * prompt * kWidth * kWidth / (gemm_us * 1e-6) / 1e12;
   fmt::print("cublas_bf16_gemm_tflops: {:.1f}\n", cublas_tflops);
-
-  // One sequence whose whole prompt is one chunk: positions 0..prompt-1, tiles of 32.
-  const int64_t blocks = (prompt + kBlockSize - 1) / kBlockSize;
-  std::vector<int32_t> table(blocks), seq(prompt, 0);
-  std::iota(table.begin(), table.end(), 0);
-  std::vector<int64_t> pos(prompt);
-  std::iota(pos.begin(), pos.end(), int64_t{0});
-  std::vector<cuda::QueryTile> tiles;
-  for (int64_t i = 0; i < prompt; i += cuda::kQueryTileRows) {
-    cuda::QueryTile t;
-    t.first_row = static_cast<int32_t>(i);
-    t.num_rows = static_cast<int32_t>(std::min<int64_t>(cuda::kQueryTileRows, prompt - i));
-    t.first_pos = i;
-    tiles.push_back(t);
+  const PromptChunk chunk(prompt);
+  const cuda::QueryTile* tiles = chunk.dtiles.as<cuda::QueryTile>();
+  const double pairs = static_cast<double>(prompt) * (prompt + 1) / 2;  // (query, key) pairs, causal
+  {
+    const ModelConfig c = R1DistillQwen7B();
+    const int64_t heads = c.num_heads, kv = c.num_kv_heads, hd = c.head_dim;
+    const size_t cache_bytes = chunk.blocks * kBlockSize * kv * hd * 2;
+    cuda::DeviceBuffer k = Filled(cache_bytes, DType::kBF16, 43), v = Filled(cache_bytes, DType::kBF16, 44);
+    const cuda::DeviceKvLayer cache{k.data(), v.data(), chunk.blocks, kBlockSize, kv, hd, DType::kBF16};
+    cuda::DeviceBuffer q = Filled(prompt * heads * hd * 4, DType::kF32, 45), out(prompt * heads * hd * 4);
+    const double flops = 4.0 * hd * heads * pairs;
+    double tensor_us = 0;
+    for (const auto cores : {cuda::TiledAttentionCores::kBest, cuda::TiledAttentionCores::kF32}) {
+      const bool tensor = cores == cuda::TiledAttentionCores::kBest;
+      const double us = ReportPrompt(
+          fmt::format("prompt_attention_qwen7b_p{}_{}", prompt, tensor ? "tensor" : "f32"),
+          MeanMicros(stream, reps, [&](int) {
+            cuda::PagedAttentionTiled(stream, cache, chunk.rows, tiles, chunk.num_tiles, q.as<float>(), heads * hd,
+                                      heads, 0.088f, out.as<float>(), heads * hd, cores);
+          }),
+          flops, cublas_tflops);
+      if (tensor) tensor_us = us;
+      if (!tensor) fmt::print("prompt_attention_qwen7b_p{}_tensor_speedup: {:.2f}\n", prompt, us / tensor_us);
+    }
   }
-  cuda::DeviceBuffer dtable(table.size() * 4), dseq(seq.size() * 4), dpos(pos.size() * 8),
-      dtiles(tiles.size() * sizeof(cuda::QueryTile));
-  dtable.CopyFromHost(table.data(), dtable.bytes());
-  dseq.CopyFromHost(seq.data(), dseq.bytes());
-  dpos.CopyFromHost(pos.data(), dpos.bytes());
-  dtiles.CopyFromHost(tiles.data(), dtiles.bytes());
-  const cuda::DeviceRows rows{dseq.as<int32_t>(), dpos.as<int64_t>(), dtable.as<int32_t>(), blocks, prompt};
-  const size_t cache_bytes = blocks * kBlockSize * kv * hd * 2;
-  cuda::DeviceBuffer k = Filled(cache_bytes, DType::kBF16, 43), v = Filled(cache_bytes, DType::kBF16, 44);
-  const cuda::DeviceKvLayer cache{k.data(), v.data(), blocks, kBlockSize, kv, hd, DType::kBF16};
-  cuda::DeviceBuffer q = Filled(prompt * heads * hd * 4, DType::kF32, 45), out(prompt * heads * hd * 4);
-  const double flops = 4.0 * hd * heads * prompt * (prompt + 1) / 2;
-  double tensor_us = 0;
-  for (const auto cores : {cuda::TiledAttentionCores::kBest, cuda::TiledAttentionCores::kF32}) {
-    const double us = MeanMicros(stream, reps, [&](int) {
-      cuda::PagedAttentionTiled(stream, cache, rows, dtiles.as<cuda::QueryTile>(), static_cast<int64_t>(tiles.size()),
-                                q.as<float>(), heads * hd, heads, 0.088f, out.as<float>(), heads * hd, cores);
-    });
-    const bool tensor = cores == cuda::TiledAttentionCores::kBest;
-    if (tensor) tensor_us = us;
-    const std::string name = fmt::format("prompt_attention_qwen7b_p{}_{}", prompt, tensor ? "tensor" : "f32");
-    const double tflops = flops / (us * 1e-6) / 1e12;
-    fmt::print("{}_us: {:.1f}\n{}_tflops: {:.2f}\n{}_fraction_of_cublas: {:.3f}\n", name, us, name, tflops, name,
-               tflops / cublas_tflops);
-    if (!tensor) fmt::print("prompt_attention_qwen7b_p{}_tensor_speedup: {:.2f}\n", prompt, us / tensor_us);
+  {
+    // DeepSeek-V2-Lite's MLA: tiles on the tensor cores against every row through the
+    // per-row (decode) kernel, which is what a prompt chunk took before.
+    const DeepseekConfig d = DeepseekV2Lite().deepseek;
+    const int64_t heads = DeepseekV2Lite().num_heads, latent = d.kv_lora_rank, entry = latent + d.qk_rope_head_dim;
+    cuda::DeviceBuffer data = Filled(chunk.blocks * kBlockSize * entry * 2, DType::kBF16, 46);
+    const cuda::DeviceLatentLayer cache{data.data(), chunk.blocks, kBlockSize, latent, d.qk_rope_head_dim,
+                                        DType::kBF16};
+    cuda::DeviceBuffer q = Filled(prompt * heads * entry * 4, DType::kF32, 47), out(prompt * heads * latent * 4);
+    const double flops = 2.0 * (entry + latent) * heads * pairs;
+    const double tensor_us = ReportPrompt(fmt::format("prompt_attention_mla_v2lite_p{}_tensor", prompt),
+        MeanMicros(stream, reps, [&](int) {
+          cuda::MlaLatentAttentionTiled(stream, cache, chunk.rows, tiles, chunk.num_tiles, q.as<float>(),
+                                        heads * entry, heads, 0.07f, out.as<float>(), heads * latent);
+        }),
+        flops, cublas_tflops);
+    const double row_us = ReportPrompt(fmt::format("prompt_attention_mla_v2lite_p{}_rows", prompt),
+        MeanMicros(stream, reps, [&](int) {
+          cuda::MlaLatentAttention(stream, cache, chunk.rows, q.as<float>(), heads * entry, heads, 0.07f,
+                                   out.as<float>(), heads * latent);
+        }),
+        flops, cublas_tflops);
+    fmt::print("prompt_attention_mla_v2lite_p{}_tensor_speedup: {:.2f}\n", prompt, row_us / tensor_us);
   }
 }
 
@@ -345,7 +393,7 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemv") BenchGemv(stream, reps, bandwidth);
   if (only.empty() || only == "experts") BenchExperts(stream, reps, bandwidth);
   if (only.empty() || only == "attention") BenchAttention(stream, reps, context, bandwidth);
-  if (only.empty() || only == "prompt") BenchPrompt(stream, reps, prompt);
+  if (only.empty() || only == "prompt") BenchPrompt(stream, std::min(reps, 20), prompt);  // calls of milliseconds
   SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));
   cudaStreamDestroy(stream);
   return 0;
