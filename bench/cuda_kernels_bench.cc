@@ -10,7 +10,9 @@
 //   experts_<proj>_b1_*        DeepSeek-V2-Lite's 6 routed experts of a token in one
 //                              GroupedGemv launch, a different 6 of the 64 each time
 //   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
-//                              cache), the split-K plan the model would use, merge included
+//                              cache), the split-K plan the model would use, merge included;
+//                              attention_mla_v2lite_tensor_b<N> the same rows as tiles of one
+//                              on the tensor cores (what the DeepSeek model runs)
 //
 // Each case prints _us (mean time a call, launches back to back on one stream) and
 // _fraction_of_copy (its bytes read / that time / the copy bandwidth).
@@ -243,18 +245,40 @@ void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandw
     const cuda::DeviceLatentLayer cache{data.data(), kSeqs * cached.blocks_per_seq, kBlockSize, latent,
                                         d.qk_rope_head_dim, DType::kBF16};
     cuda::DeviceBuffer q = Filled(kSeqs * heads * entry * 4, DType::kF32, 32), out(kSeqs * heads * latent * 4);
+    // The decoder's way with a tensor-core cache: every row a tile of one (MlaLatentAttentionTiled).
+    // alone[s]: sequence s's row as a launch's only row; together[s]: as row s of all kSeqs.
+    std::vector<cuda::QueryTile> alone(kSeqs), together(kSeqs);
+    for (int i = 0; i < kSeqs; ++i) {
+      alone[i].num_rows = together[i].num_rows = 1;
+      alone[i].seq = together[i].seq = i;
+      alone[i].first_pos = together[i].first_pos = context - 1;
+      together[i].first_row = i;
+    }
+    cuda::DeviceBuffer dalone(kSeqs * sizeof(cuda::QueryTile)), dtogether(kSeqs * sizeof(cuda::QueryTile));
+    dalone.CopyFromHost(alone.data(), dalone.bytes());
+    dtogether.CopyFromHost(together.data(), dtogether.bytes());
     for (int64_t batch : {int64_t{1}, int64_t{kSeqs}}) {
       const int splits = cuda::AttentionSplits(batch, heads, 1, context);
       cuda::DeviceBuffer scratch(std::max<size_t>(4, cuda::AttentionPartialFloats(batch, heads, splits, latent) * 4));
-      const double us = MeanMicros(stream, reps, [&](int rep) {
-        const int64_t first = batch == 1 ? rep % kSeqs : 0;
-        cuda::MlaLatentAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * entry,
-                                 heads * entry, heads, 0.07f, out.as<float>(), heads * latent,
-                                 {splits, scratch.as<float>()});
-      });
-      const std::string name = fmt::format("attention_mla_v2lite_b{}", batch);
-      fmt::print("{}_splits: {}\n", name, splits);
-      Report(name, us, static_cast<double>(batch) * context * entry * 2, bandwidth);
+      for (const bool tensor : {false, true}) {
+        const double us = MeanMicros(stream, reps, [&](int rep) {
+          const int64_t first = batch == 1 ? rep % kSeqs : 0;
+          const cuda::AttentionSplit split{splits, scratch.as<float>()};
+          if (tensor) {
+            const cuda::QueryTile* tiles =
+                batch == 1 ? dalone.as<cuda::QueryTile>() + first : dtogether.as<cuda::QueryTile>();
+            cuda::MlaLatentAttentionTiled(stream, cache, cached.Rows(first, batch), tiles, batch, 1,
+                                          q.as<float>() + first * heads * entry, heads * entry, heads, 0.07f,
+                                          out.as<float>(), heads * latent, split);
+          } else {
+            cuda::MlaLatentAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * entry,
+                                     heads * entry, heads, 0.07f, out.as<float>(), heads * latent, split);
+          }
+        });
+        const std::string name = fmt::format("attention_mla_v2lite{}_b{}", tensor ? "_tensor" : "", batch);
+        fmt::print("{}_splits: {}\n", name, splits);
+        Report(name, us, static_cast<double>(batch) * context * entry * 2, bandwidth);
+      }
     }
   }
 }
@@ -346,8 +370,8 @@ void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
     const double flops = 2.0 * (entry + latent) * heads * pairs;
     const double tensor_us = ReportPrompt(fmt::format("prompt_attention_mla_v2lite_p{}_tensor", prompt),
         MeanMicros(stream, reps, [&](int) {
-          cuda::MlaLatentAttentionTiled(stream, cache, chunk.rows, tiles, chunk.num_tiles, q.as<float>(),
-                                        heads * entry, heads, 0.07f, out.as<float>(), heads * latent);
+          cuda::MlaLatentAttentionTiled(stream, cache, chunk.rows, tiles, chunk.num_tiles, cuda::kQueryTileRows,
+                                        q.as<float>(), heads * entry, heads, 0.07f, out.as<float>(), heads * latent);
         }),
         flops, cublas_tflops);
     const double row_us = ReportPrompt(fmt::format("prompt_attention_mla_v2lite_p{}_rows", prompt),

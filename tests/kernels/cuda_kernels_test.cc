@@ -528,13 +528,14 @@ TEST(CudaTensorCores, TileFollowsTheFragmentLayout) {
 // A step of prompt chunks for the tiled-attention tests: sequence s has seqs[s].start
 // cached positions and seqs[s].num_new new rows, 8 blocks of 16 positions each (block
 // tables interleaved over the three sequences); chunks of more than one row as tiles of
-// kQueryTileRows, single rows listed as untiled (the per-row kernel's).
+// kQueryTileRows, single rows listed as untiled (the per-row kernel's), or as tiles of one
+// row too with tile_every_row.
 struct PromptStep {
   struct Seq {
     int64_t start, num_new;
   };
   static constexpr int kBlockSize = 16, kBlocksPerSeq = 8;
-  explicit PromptStep(const std::vector<Seq>& seqs) {
+  explicit PromptStep(const std::vector<Seq>& seqs, bool tile_every_row = false) {
     const int n = static_cast<int>(seqs.size());
     for (int s = 0; s < n; ++s) {
       for (int b = 0; b < kBlocksPerSeq; ++b) tables.push_back(static_cast<int32_t>(b * n + (n - 1 - s)));
@@ -542,7 +543,7 @@ struct PromptStep {
     for (int s = 0; s < n; ++s) {
       for (int64_t p = 0; p < seqs[s].start + seqs[s].num_new; ++p) all_seq.push_back(s), all_pos.push_back(p);
       for (int64_t i = 0; i < seqs[s].num_new; ++i) q_seq.push_back(s), q_pos.push_back(seqs[s].start + i);
-      if (seqs[s].num_new == 1) {
+      if (seqs[s].num_new == 1 && !tile_every_row) {
         untiled.push_back(static_cast<int32_t>(rows));
       } else {
         for (int64_t i = 0; i < seqs[s].num_new; i += kQueryTileRows) {
@@ -552,6 +553,7 @@ struct PromptStep {
           tile.seq = s;
           tile.first_pos = seqs[s].start + i;
           tiles.push_back(tile);
+          max_tile_rows = std::max<int64_t>(max_tile_rows, tile.num_rows);
         }
       }
       rows += seqs[s].num_new;
@@ -562,7 +564,7 @@ struct PromptStep {
   std::vector<int32_t> tables, all_seq, q_seq, untiled;
   std::vector<int64_t> all_pos, q_pos;
   std::vector<QueryTile> tiles;
-  int64_t rows = 0, num_blocks = 0;
+  int64_t rows = 0, num_blocks = 0, max_tile_rows = 0;
 };
 
 // Prompt chunks through the tiled kernel and the rest through the per-row one (its rows
@@ -632,12 +634,14 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
   }
 }
 
-// MLA's prompt tiles on the tensor cores and the other rows through the per-row kernel
-// give what the per-row kernel gives for every row, within the probabilities' rounding
-// (as the tiled GQA test): DeepSeek's entry (512 + 64) with 4 heads (two rows' pairs a
-// block), a tiny model's (32 + 8) with 3 heads (pairs straddling rows and blocks), 96 + 16
-// with 5. An f32 cache is not the tensor cores' (MlaTilesOnTensorCores).
-TEST_P(CudaKernels, MlaTiledPromptAttentionMatchesTheRowKernel) {
+// MLA on the tensor cores gives what the per-row kernel gives for every row, within the
+// probabilities' rounding (as the tiled GQA test): prompt tiles with a decode row left to
+// the per-row kernel; then every row a tile (decode rows as tiles of one, as the DeepSeek
+// model runs them), unsplit and split over positions 3 and 8 ways (empty splits
+// included: 8 splits of a 46-position row). Entries: DeepSeek's (512 + 64) with 4 heads
+// (two rows' pairs a block), a tiny model's (32 + 8) with 3 heads (pairs straddling rows
+// and blocks), 96 + 16 with 5. An f32 cache is not the tensor cores' (MlaTilesOnTensorCores).
+TEST_P(CudaKernels, MlaTiledAttentionMatchesTheRowKernel) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   struct Shape {
@@ -646,7 +650,8 @@ TEST_P(CudaKernels, MlaTiledPromptAttentionMatchesTheRowKernel) {
   for (const Shape shape : {Shape{512, 64, 4}, Shape{32, 8, 3}, Shape{96, 16, 5}}) {
     const int64_t latent = shape.latent, rope = shape.rope, heads = shape.heads, entry = latent + rope;
     SCOPED_TRACE(::testing::Message() << latent << " + " << rope << ", " << heads << " heads");
-    const PromptStep step({{10, 45}, {0, 40}, {60, 1}});
+    const std::vector<PromptStep::Seq> seqs = {{10, 45}, {0, 40}, {45, 1}};
+    const PromptStep step(seqs), every_row(seqs, /*tile_every_row=*/true);
     const int64_t num_blocks = step.num_blocks, rows = step.rows, ldq = heads * entry, ldo = heads * latent;
     DeviceBuffer dcache(num_blocks * PromptStep::kBlockSize * entry * ElementBytes(t));
     const DeviceLatentLayer cache{dcache.data(), num_blocks, PromptStep::kBlockSize, latent, rope, t};
@@ -665,18 +670,34 @@ TEST_P(CudaKernels, MlaTiledPromptAttentionMatchesTheRowKernel) {
     DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(rows * ldo * 4), dgot(rows * ldo * 4);
     const float scale = 1.0f / std::sqrt(static_cast<float>(entry));
     MlaLatentAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldo);
-    SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
-    DeviceBuffer dtiles = Upload(step.tiles.data(), step.tiles.size() * sizeof(QueryTile));
-    DeviceBuffer duntiled = Upload(step.untiled.data(), step.untiled.size() * 4);
-    MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(), static_cast<int64_t>(step.tiles.size()),
-                            dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo);
-    DeviceRows rest = q_dev.rows;
-    rest.num_rows = static_cast<int64_t>(step.untiled.size());
-    rest.row_ids = duntiled.as<int32_t>();
-    MlaLatentAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo);
-    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
-    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32),
-                t == DType::kF16 ? 1.0 / 4096 : 1.0 / 512);
+    const std::vector<float> want = Decode(Download(dwant), DType::kF32);
+    const double tolerance = t == DType::kF16 ? 1.0 / 4096 : 1.0 / 512;
+    {
+      SCOPED_TRACE("prompt tiles, a decode row per row");
+      SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
+      DeviceBuffer dtiles = Upload(step.tiles.data(), step.tiles.size() * sizeof(QueryTile));
+      DeviceBuffer duntiled = Upload(step.untiled.data(), step.untiled.size() * 4);
+      MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(),
+                              static_cast<int64_t>(step.tiles.size()), step.max_tile_rows, dq.as<float>(), ldq, heads,
+                              scale, dgot.as<float>(), ldo);
+      DeviceRows rest = q_dev.rows;
+      rest.num_rows = static_cast<int64_t>(step.untiled.size());
+      rest.row_ids = duntiled.as<int32_t>();
+      MlaLatentAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+    }
+    DeviceBuffer dtiles = Upload(every_row.tiles.data(), every_row.tiles.size() * sizeof(QueryTile));
+    for (const int splits : {1, 3, 8}) {
+      SCOPED_TRACE(::testing::Message() << "every row a tile, " << splits << " splits");
+      SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));
+      DeviceBuffer scratch(std::max<size_t>(4, AttentionPartialFloats(rows, heads, splits, latent) * 4));
+      MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(),
+                              static_cast<int64_t>(every_row.tiles.size()), every_row.max_tile_rows, dq.as<float>(),
+                              ldq, heads, scale, dgot.as<float>(), ldo, {splits, scratch.as<float>()});
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+    }
   }
 }
 

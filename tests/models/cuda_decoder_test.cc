@@ -475,25 +475,30 @@ TEST_P(CudaDecoder, KvBytesAndBadBatchesAreReportedLikeTheCpuModel) {
 // Decode steps through captured CUDA graphs give the eager steps' logits (within f32
 // rounding) and tokens (teacher-forced, and several sequences of different lengths sharing steps, so
 // block tables and split plans change under the graphs): llama, qwen2 and DeepSeek (its
-// MoE routed on the device at decode) replay graphs.
+// MoE routed on the device at decode) replay graphs, over an f32 cache and an f16 one
+// (DeepSeek's tensor-core attention, every row a tile, under capture).
 TEST_P(CudaDecoder, CudaGraphsReplayTheEagerDecodeSteps) {
-  auto eager = Gpu(DType::kF32, DType::kF32);
-  auto graphed = Gpu(DType::kF32, DType::kF32, {}, nullptr, /*graphs=*/true);
-  ASSERT_TRUE(eager != nullptr && graphed != nullptr);
-  const auto want = ForcedLogits(*eager, expected_.prompt, expected_.greedy);
-  const auto got = ForcedLogits(*graphed, expected_.prompt, expected_.greedy);
-  // Not bit for bit: with graphs cuBLAS has a workspace of its own and may pick other kernels.
-  ExpectRowsClose(got, want, "graphed vs eager");
-  std::vector<SequenceRun> runs = SharedStepRuns(expected_.prompt, static_cast<int>(expected_.greedy.size()));
-  std::vector<SequenceRun> eager_runs = runs;
-  RunGreedy(*graphed, runs, kBlockSize, kBlocksPerSeq);
-  RunGreedy(*eager, eager_runs, kBlockSize, kBlocksPerSeq);
-  for (size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].generated, eager_runs[i].generated) << "sequence " << i;
-  const int64_t launches = dynamic_cast<CudaCausalLM&>(*graphed).graph_launches();
-  std::printf("%s: %lld decode steps replayed a CUDA graph\n", GetParam().c_str(), static_cast<long long>(launches));
-  // 31 teacher-forced decode steps over two block-table strides (8 and 16 blocks): all but
-  // the first step of each shape replay.
-  EXPECT_GE(launches, 25);
+  for (const DType kv : {DType::kF32, DType::kF16}) {
+    SCOPED_TRACE(DTypeName(kv));
+    auto eager = Gpu(DType::kF32, kv);
+    auto graphed = Gpu(DType::kF32, kv, {}, nullptr, /*graphs=*/true);
+    ASSERT_TRUE(eager != nullptr && graphed != nullptr);
+    const auto want = ForcedLogits(*eager, expected_.prompt, expected_.greedy);
+    const auto got = ForcedLogits(*graphed, expected_.prompt, expected_.greedy);
+    // Not bit for bit: with graphs cuBLAS has a workspace of its own and may pick other kernels.
+    ExpectRowsClose(got, want, "graphed vs eager");
+    std::vector<SequenceRun> runs = SharedStepRuns(expected_.prompt, static_cast<int>(expected_.greedy.size()));
+    std::vector<SequenceRun> eager_runs = runs;
+    RunGreedy(*graphed, runs, kBlockSize, kBlocksPerSeq);
+    RunGreedy(*eager, eager_runs, kBlockSize, kBlocksPerSeq);
+    for (size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].generated, eager_runs[i].generated) << "sequence " << i;
+    const int64_t launches = dynamic_cast<CudaCausalLM&>(*graphed).graph_launches();
+    std::printf("%s, %s cache: %lld decode steps replayed a CUDA graph\n", GetParam().c_str(),
+                std::string(DTypeName(kv)).c_str(), static_cast<long long>(launches));
+    // 31 teacher-forced decode steps over two block-table strides (8 and 16 blocks): all but
+    // the first step of each shape replay.
+    EXPECT_GE(launches, 25);
+  }
 }
 
 // The paths the engine takes through graphs, over a context long enough for split-K

@@ -718,7 +718,7 @@ template <typename T, int kDim, int kV>
 __global__ void __launch_bounds__(32 * kLatentWarps)
     TensorCoreLatentAttentionKernel(const T* data, int block_size, int64_t entry, int64_t latent, DeviceRows rows,
                                     const QueryTile* tiles, const float* q, int64_t ldq, int64_t num_heads,
-                                    float scale, float* out, int64_t ldo) {
+                                    float scale, float* out, int64_t ldo, int splits, float* partials) {
   WaitForPriorKernel();
   using Tile = LatentTile<kDim, kV>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
@@ -730,17 +730,22 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   if (first_pair >= pairs) return;  // the whole block: past this tile's pairs
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int lg = lane / 4, lt = lane % 4;
-  const int64_t last = tile.first_pos + min(pairs - 1, first_pair + 15) / num_heads;
+  // Split z of `splits` takes the z-th of equal ranges [begin, end) of the positions the
+  // block's last row sees (0 .. last).
+  const int64_t seen = tile.first_pos + min(pairs - 1, first_pair + 15) / num_heads + 1;
+  const int64_t span = (seen + splits - 1) / splits, begin = static_cast<int64_t>(blockIdx.z) * span;
+  const int64_t end = min(seen, begin + span);
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
 
   bool live[2];
-  int64_t pos[2], query[2], output[2];  // the pairs' positions, and where their q and out rows start
+  // The pairs' last keys (their positions, or the split's last), their step rows and heads.
+  int64_t upto[2], step_row[2], head[2];
   for (int i = 0; i < 2; ++i) {
-    const int64_t p = first_pair + lg + 8 * i, row = p / num_heads, head = p % num_heads;
+    const int64_t p = first_pair + lg + 8 * i, row = p / num_heads;
     live[i] = p < pairs;
-    pos[i] = tile.first_pos + row;
-    query[i] = (tile.first_row + row) * ldq + head * entry;
-    output[i] = (tile.first_row + row) * ldo + head * latent;
+    upto[i] = min(tile.first_pos + row, end - 1);
+    step_row[i] = tile.first_row + row;
+    head[i] = p % num_heads;
   }
   uint32_t q_hi[kSteps][4], q_lo[kSteps][4];
 #pragma unroll
@@ -750,18 +755,18 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
       const int i = f % 2;
       const int64_t d = 16 * (warp * kSteps + s) + 8 * (f / 2) + 2 * lt;
       const bool here = live[i] && d < entry;  // entry is even: d + 1 is there too
-      SplitPair<T>(here ? q[query[i] + d] * scale : 0.0f, here ? q[query[i] + d + 1] * scale : 0.0f, q_hi[s][f],
-                   q_lo[s][f]);
+      const float* qr = q + step_row[i] * ldq + head[i] * entry + d;
+      SplitPair<T>(here ? qr[0] * scale : 0.0f, here ? qr[1] * scale : 0.0f, q_hi[s][f], q_lo[s][f]);
     }
   }
   float acc[kBlocks][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int64_t base = 0; base <= last; base += kKeys) {
+  for (int64_t base = begin; base < end; base += kKeys) {
     for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
       const int j = e / kChunks, c = e % kChunks;
       uint4 w = make_uint4(0, 0, 0, 0);
-      if (base + j <= last && 8 * c < entry) {
+      if (base + j < end && 8 * c < entry) {
         w = *reinterpret_cast<const uint4*>(data + SlotOffset(table, base + j, block_size, 1, 0, entry) + 8 * c);
       }
       StoreWords(&ks[j][4 * c], w);
@@ -794,7 +799,7 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
       }
     }
     uint32_t p_words[kKeys / 8][2];
-    SoftmaxTile<T, kKeys, kBlocks>(s, base, lt, live, pos, m, l, acc, p_words);
+    SoftmaxTile<T, kKeys, kBlocks>(s, base, lt, live, upto, m, l, acc, p_words);
     // Outputs += P V over this warp's latent blocks; a value fragment is element (column) g
     // of the entries of keys 2t, 2t + 1 (and + 8), two halves of two rows.
 #pragma unroll
@@ -816,11 +821,21 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
   for (int i = 0; i < 2; ++i) {
     if (!live[i]) continue;
+    // Split: the pair's partial softmax for MergeSplitsKernel, [max, sum, unnormalized
+    // outputs] (max -inf when the split saw no key); the max and sum are every lane's.
+    float* record = splits > 1 ? partials + ((step_row[i] * num_heads + head[i]) * splits + blockIdx.z) * (latent + 2)
+                               : nullptr;
+    if (record != nullptr && warp == 0 && lt == 0) {
+      record[0] = m[i];
+      record[1] = l[i];
+    }
+    float* o = record != nullptr ? record + 2 : out + step_row[i] * ldo + head[i] * latent;
+    const float norm = record != nullptr ? 1.0f : 1.0f / l[i];
 #pragma unroll
     for (int c = 0; c < kBlocks; ++c) {
       for (int e = 0; e < 2; ++e) {
         const int64_t d = 8 * (warp * kBlocks + c) + 2 * lt + e;
-        if (d < latent) out[output[i] + d] = acc[c][2 * i + e] / l[i];
+        if (d < latent) o[d] = acc[c][2 * i + e] * norm;
       }
     }
   }
@@ -1002,14 +1017,19 @@ bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache) {
 }
 
 void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
-                             const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
-                             float scale, float* out, int64_t ldo) {
+                             const QueryTile* tiles, int64_t num_tiles, int64_t max_tile_rows, const float* q,
+                             int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                             const AttentionSplit& split) {
   if (num_tiles == 0) return;
-  if (!MlaTilesOnTensorCores(cache) || num_heads <= 0 || num_heads > 32767) {
-    DieOnCudaError("MlaLatentAttentionTiled", "not a cache MlaTilesOnTensorCores takes, or heads not in [1, 32767]",
+  if (!MlaTilesOnTensorCores(cache) || num_heads <= 0 || num_heads > 32767 || max_tile_rows < 1 ||
+      max_tile_rows > kQueryTileRows) {
+    DieOnCudaError("MlaLatentAttentionTiled",
+                   "not a cache MlaTilesOnTensorCores takes, heads not in [1, 32767], or max_tile_rows not in [1, 32]",
                    __FILE__, __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>((kQueryTileRows * num_heads + 15) / 16));
+  const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>((max_tile_rows * num_heads + 15) / 16),
+                  static_cast<unsigned>(splits));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     if constexpr (!std::is_same_v<T, float>) {
@@ -1017,14 +1037,18 @@ void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache
       if (cache.entry() <= 128) {
         LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, 128, 128>, grid,
             32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q, ldq,
-            num_heads, scale, out, ldo);
+            num_heads, scale, out, ldo, splits, split.partials);
       } else {
         LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, kMaxLatentEntry, 512>,
             grid, 32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q,
-            ldq, num_heads, scale, out, ldo);
+            ldq, num_heads, scale, out, ldo, splits, split.partials);
       }
     }
   });
+  if (splits == 1) return;
+  const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
+  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, merge_grid, 128, 0, stream, split.partials, splits, num_heads,
+      cache.latent_dim, nullptr, out, ldo);
 }
 
 }  // namespace shoal::worker::cuda

@@ -141,16 +141,20 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
 // at most 128).
 bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache);
 
-// MlaLatentAttention for prompt chunks on the tensor cores, tiles of up to kQueryTileRows
-// rows as PagedAttentionTiled (the other rows go to MlaLatentAttention through
-// DeviceRows.row_ids): the mma's 16 rows are 16 (row, head) pairs of a tile, since every
-// head reads the same latents; a block per (tile, 16 pairs), its four warps splitting
-// the entry for the scores and the latent for the outputs. Precision as
-// PagedAttentionTiled on the tensor cores: exact scores (queries as two roundings),
-// probabilities rounded once to the cache type, f32 sums. Only for caches
-// MlaTilesOnTensorCores takes (any other ends the process).
+// MlaLatentAttention on the tensor cores for rows given as tiles (QueryTile: up to
+// kQueryTileRows consecutive rows of one sequence; a decode row is a tile of one; rows
+// not in a tile are left to MlaLatentAttention through DeviceRows.row_ids): the mma's 16
+// rows are 16 (row, head) pairs of a tile, since every head reads the same latents; a
+// block per (tile, 16 pairs, split), its four warps splitting the entry for the scores and
+// the latent for the outputs. max_tile_rows: the most rows a tile has (the grid's pair
+// blocks). With `split`, each tile's positions are also divided over blocks and merged as
+// MlaLatentAttention's (records indexed by step row: the tiles must then cover every row
+// of `rows`). Precision as PagedAttentionTiled on the tensor cores: exact scores (queries
+// as two roundings), probabilities rounded once to the cache type, f32 sums. Only for
+// caches MlaTilesOnTensorCores takes (any other ends the process).
 void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
-                             const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
-                             float scale, float* out, int64_t ldo);
+                             const QueryTile* tiles, int64_t num_tiles, int64_t max_tile_rows, const float* q,
+                             int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                             const AttentionSplit& split = {});
 
 }  // namespace shoal::worker::cuda

@@ -408,9 +408,11 @@ absl::Status CudaDecoder::EnsureCapacity(int64_t T, int64_t R) {
 absl::Status CudaDecoder::StageStep(int64_t max_blocks) {
   const int64_t T = step_.num_tokens(), S = static_cast<int64_t>(step_.seqs.size());
   const int64_t R = static_cast<int64_t>(step_.logit_rows.size());
-  // Prompt chunks of kMinTiledRows or more rows go to the tiled attention kernel; the
+  // Prompt chunks of MinTiledRows() or more rows go to the tiled attention kernel; the
   // other rows (decode) to the per-row one, through a list of their rows when any were tiled.
-  PlanQueryTiles(step_.seqs, kMinTiledRows, &tiles_, &untiled_);
+  PlanQueryTiles(step_.seqs, MinTiledRows(), &tiles_, &untiled_);
+  max_tile_rows_ = 0;
+  for (const cuda::QueryTile& t : tiles_) max_tile_rows_ = std::max<int64_t>(max_tile_rows_, t.num_rows);
   const int64_t num_tiles = static_cast<int64_t>(tiles_.size()), num_untiled = static_cast<int64_t>(untiled_.size());
   auto aligned = [](size_t n) { return (n + 255) & ~size_t{255}; };
   const size_t tokens_at = 0;
@@ -522,8 +524,9 @@ absl::StatusOr<int64_t> CudaDecoder::RunStep(const ForwardBatch& batch, std::spa
   if (graphs_enabled_) max_blocks = int64_t{1} << static_cast<int>(std::ceil(std::log2(static_cast<double>(max_blocks))));
   RETURN_IF_ERROR(EnsureCapacity(T, R));
   RETURN_IF_ERROR(StageStep(max_blocks));
-  // Decode steps of a whole model (every row a sequence's next token) may go through a graph.
-  if (graphs_enabled_ && T > 0 && R == T && tiles_.empty() && StepCapturable(T)) {
+  // Decode steps of a whole model (every row a sequence's next token) may go through a graph:
+  // no tiles, or tiles of one row each (then T of them, so the launches are T's).
+  if (graphs_enabled_ && T > 0 && R == T && max_tile_rows_ <= 1 && StepCapturable(T)) {
     ASSIGN_OR_RETURN(const bool done, RunStepThroughGraph(T, R));
     if (done) return R;
   }

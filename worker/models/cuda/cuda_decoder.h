@@ -108,6 +108,9 @@ class CudaDecoder : public CudaCausalLM {
   // Whether a step's layers enqueue device work only (no host synchronization, no
   // collective), so it can be captured into a CUDA graph.
   virtual bool StepsCapturable() const { return false; }
+  // A sequence with this many new rows or more attends through tiles (tiles(), else the
+  // per-row kernel): kMinTiledRows unless a model's tiled kernel also wins for decode rows.
+  virtual int64_t MinTiledRows() const { return kMinTiledRows; }
   // And whether a step of this many rows is (DeepSeek: only when it routes on the device).
   virtual bool StepCapturable(int64_t num_tokens) const { return true; }
 
@@ -174,6 +177,7 @@ class CudaDecoder : public CudaCausalLM {
   // for the per-row kernel (all of them when nothing was tiled).
   const cuda::QueryTile* tiles() const { return d_tiles_; }
   int64_t num_tiles() const { return static_cast<int64_t>(tiles_.size()); }
+  int64_t max_tile_rows() const { return max_tile_rows_; }
   cuda::DeviceRows untiled_rows(int64_t num_tokens) const;
   // A buffer a captured step reads was reallocated: the captured graphs are stale (and
   // freed). Never called inside a capture: growth there fails with a Status instead.
@@ -303,6 +307,7 @@ class CudaDecoder : public CudaCausalLM {
   // A sequence with this many new rows or more attends through the tiled kernel.
   static constexpr int64_t kMinTiledRows = 8;
   std::vector<cuda::QueryTile> tiles_;
+  int64_t max_tile_rows_ = 0;
   std::vector<int32_t> untiled_;
   StepRows step_;
 };

@@ -79,9 +79,9 @@ struct DeepseekLayerWeights {
 
 // DeepSeek-V2/V3 as deepseek.cc computes it, on the GPU. Attention is MLA in absorbed
 // form for every chunk: q_nope into latent space through each head's W_uk (a batched
-// GEMM over heads), attention over the cached [c, k_pe] entries (prompt chunks on the
-// tensor cores, MlaLatentAttentionTiled, where the cache is f16/bf16; other rows through
-// MlaLatentAttention), the latent outputs through each head's W_uv, then o_proj. MoE routes on the host
+// GEMM over heads), attention over the cached [c, k_pe] entries (on the tensor cores,
+// MlaLatentAttentionTiled, every row in a tile, where the cache is f16/bf16; else
+// MlaLatentAttention row by row), the latent outputs through each head's W_uv, then o_proj. MoE routes on the host
 // (RouteTokens, the CPU's exact rules, over router logits copied back: one
 // synchronization per MoE layer), then gathers each local expert's tokens into one
 // matrix, runs the experts (those of a few rows, every one at decode, in one GroupedGemv
@@ -152,6 +152,11 @@ class CudaDeepseekModel final : public CudaDecoder {
   absl::Status EnsureExpertRows(int64_t rows);
   // The router bias on the device, once the host copy is set.
   void UploadRouterBias(DeepseekLayerWeights& L);
+  // Every row attends through MlaLatentAttentionTiled when the cache is the tensor cores':
+  // MLA's heads share the latents, so even one decode row fills an mma with its heads.
+  int64_t MinTiledRows() const override {
+    return cuda::MlaTilesOnTensorCores(LatentLayer(0)) ? 1 : CudaDecoder::MinTiledRows();
+  }
   cuda::DeviceLatentLayer LatentLayer(int64_t l) const {
     return {kv_layer(l), num_blocks_, block_size_, d_.kv_lora_rank, d_.qk_rope_head_dim, kv_dtype_};
   }
@@ -458,18 +463,15 @@ absl::Status CudaDeepseekModel::Attention(const MlaWeights& w, int64_t l, int64_
                    nope, rank, DType::kF32, q_lat_.data(), H * entry_, entry_, H, false);
   SHOAL_CUDA_CHECK(cudaMemcpy2DAsync(q_lat_.as<float>() + rank, entry_ * sizeof(float), q + nope, qk_ * sizeof(float),
                                      rope * sizeof(float), T * H, cudaMemcpyDeviceToDevice, s));
-  // Prompt chunks tile by tile on the tensor cores where the cache allows; the other rows
-  // (all of them otherwise) one by one, split over positions when few.
-  cuda::DeviceRows per_row = rows;
-  if (num_tiles() > 0 && cuda::MlaTilesOnTensorCores(cache)) {
-    cuda::MlaLatentAttentionTiled(s, cache, rows, tiles(), num_tiles(), q_lat_.as<float>(), H * entry_, H, scale_,
-                                  o_lat_.as<float>(), H * rank);
-    per_row = untiled_rows(T);
-  }
-  if (per_row.num_rows > 0) {
-    ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(per_row.num_rows, H, rank));
-    cuda::MlaLatentAttention(s, cache, per_row, q_lat_.as<float>(), H * entry_, H, scale_, o_lat_.as<float>(),
-                             H * rank, split);
+  // On the tensor cores where the cache allows (every row then in a tile, MinTiledRows),
+  // else row by row; split over positions when the rows are few.
+  ASSIGN_OR_RETURN(const cuda::AttentionSplit split, AttentionSplitFor(T, H, rank));
+  if (cuda::MlaTilesOnTensorCores(cache)) {
+    cuda::MlaLatentAttentionTiled(s, cache, rows, tiles(), num_tiles(), max_tile_rows(), q_lat_.as<float>(),
+                                  H * entry_, H, scale_, o_lat_.as<float>(), H * rank, split);
+  } else {
+    cuda::MlaLatentAttention(s, cache, rows, q_lat_.as<float>(), H * entry_, H, scale_, o_lat_.as<float>(), H * rank,
+                             split);
   }
 
   // attn[t, h] = W_uv[h] · o_lat[t, h], then h += attn · W_oᵀ
