@@ -326,7 +326,8 @@ void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
   // The peer: cuBLAS's bf16 tensor-core rate on a GEMM of the prompt's rows.
   cuda::CublasGemm gemm(stream);
   constexpr int64_t kWidth = 4096;
-  cuda::DeviceBuffer x = Filled(prompt * kWidth * 2, DType::kBF16, 41), w = Filled(kWidth * kWidth * 2, DType::kBF16, 42);
+  cuda::DeviceBuffer x = Filled(prompt * kWidth * 2, DType::kBF16, 41);
+  cuda::DeviceBuffer w = Filled(kWidth * kWidth * 2, DType::kBF16, 42);
   cuda::DeviceBuffer y(prompt * kWidth * 4);
   const double gemm_us = MeanMicros(stream, reps, [&](int) {
     gemm.Run(DType::kBF16, x.data(), w.data(), prompt, kWidth, kWidth, DType::kF32, y.data(), false);

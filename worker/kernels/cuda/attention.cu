@@ -703,7 +703,9 @@ struct LatentTile {
 };
 
 // Element e of a row of 16-bit elements held as words.
-__device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) { return (row[e / 2] >> (16 * (e % 2))) & 0xffffu; }
+__device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) {
+  return (row[e / 2] >> (16 * (e % 2))) & 0xffffu;
+}
 
 // MlaLatentAttention for prompt tiles on the tensor cores (f16/bf16 latent cache; entry a
 // multiple of 8). Every head attends over the same latent entries, so the mma's 16 rows
