@@ -9,7 +9,8 @@
 #   2. prints nvidia-smi;
 #   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
-#      kernel test and part of the decoder test, when compute-sanitizer is there, batch-1
+#      kernel test and part of the decoder test (and racecheck and synccheck over the
+#      tensor-core attention tests), when compute-sanitizer is there, batch-1
 #      decode with CUDA graphs (GEMV kernel; launches not overlapped, SHOAL_CUDA_PDL=0;
 #      cuBLAS for the dense products), the
 #      decode kernels one by one (cuda-kernels-bench), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
@@ -226,6 +227,13 @@ elif [[ -n $sanitizer && -x $sanitizer ]]; then
   run_stage memcheck_decoder 150 "$sanitizer" --tool memcheck --error-exitcode 9 "$bin_dir/cuda_decoder_test" \
     --gtest_brief=1 --gtest_filter='*F32LogitsMatch*/llama_tiny:*MixedBatch*/qwen2_tiny:*PipelineStages*/qwen2_tiny:CudaDecoderGguf.*:*MixedBatch*/deepseek_v3_tiny:*F32LogitsMatch*/deepseek_v2_lite_tiny'
   grep -h 'ERROR SUMMARY' "$out"/memcheck_*.log 2>/dev/null | tee -a "$summary"
+  # Shared-memory races and barrier misuse in the tensor-core attention kernels (the
+  # emulator's two thread orders catch the plain ones, not every interleaving).
+  for tool in racecheck synccheck; do
+    run_stage "${tool}_attention" 60 "$sanitizer" --tool "$tool" --error-exitcode 9 "$bin_dir/cuda_kernels_test" \
+      --gtest_brief=1 --gtest_filter='*TiledPromptAttention*/BF16:*MlaTiledAttention*/F16:*TileFollowsTheFragmentLayout*'
+    grep -h 'ERROR SUMMARY' "$out/${tool}_attention.log" 2>/dev/null | sed "s/^/${tool}: /" | tee -a "$summary"
+  done
 else
   note "SKIP memcheck: compute-sanitizer not found"
 fi
