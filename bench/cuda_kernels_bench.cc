@@ -12,7 +12,9 @@
 //   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
 //                              cache), the split-K plan the model would use, merge included;
 //                              attention_mla_v2lite_tensor_b<N> the same rows as tiles of one
-//                              on the tensor cores (what the DeepSeek model runs)
+//                              on the tensor cores (what the DeepSeek model runs);
+//                              attention_qwen7b_b<N> runs on the tensor cores (the default),
+//                              attention_qwen7b_f32_b<N> on the f32 cores
 //
 // Each case prints _us (mean time a call, launches back to back on one stream) and
 // _fraction_of_copy (its bytes read / that time / the copy bandwidth).
@@ -228,14 +230,18 @@ void BenchAttention(cudaStream_t stream, int reps, int64_t context, double bandw
     for (int64_t batch : {int64_t{1}, int64_t{kSeqs}}) {
       const int splits = cuda::AttentionSplits(batch, heads, kv, context);
       cuda::DeviceBuffer scratch(std::max<size_t>(4, cuda::AttentionPartialFloats(batch, heads, splits, hd) * 4));
-      const double us = MeanMicros(stream, reps, [&](int rep) {
-        const int64_t first = batch == 1 ? rep % kSeqs : 0;
-        cuda::PagedAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * hd, heads * hd,
-                             heads, 0.088f, out.as<float>(), heads * hd, {splits, scratch.as<float>()});
-      });
-      const std::string name = fmt::format("attention_qwen7b_b{}", batch);
-      fmt::print("{}_splits: {}\n", name, splits);
-      Report(name, us, static_cast<double>(batch) * context * kv * hd * 2 * 2, bandwidth);
+      for (const auto cores : {cuda::AttentionCores::kBest, cuda::AttentionCores::kF32}) {
+        const double us = MeanMicros(stream, reps, [&](int rep) {
+          const int64_t first = batch == 1 ? rep % kSeqs : 0;
+          cuda::PagedAttention(stream, cache, cached.Rows(first, batch), q.as<float>() + first * heads * hd,
+                               heads * hd, heads, 0.088f, out.as<float>(), heads * hd, {splits, scratch.as<float>()},
+                               cores);
+        });
+        const std::string name =
+            fmt::format("attention_qwen7b{}_b{}", cores == cuda::AttentionCores::kF32 ? "_f32" : "", batch);
+        fmt::print("{}_splits: {}\n", name, splits);
+        Report(name, us, static_cast<double>(batch) * context * kv * hd * 2 * 2, bandwidth);
+      }
     }
   }
   {
@@ -346,8 +352,8 @@ void BenchPrompt(cudaStream_t stream, int reps, int64_t prompt) {
     cuda::DeviceBuffer q = Filled(prompt * heads * hd * 4, DType::kF32, 45), out(prompt * heads * hd * 4);
     const double flops = 4.0 * hd * heads * pairs;
     double tensor_us = 0;
-    for (const auto cores : {cuda::TiledAttentionCores::kBest, cuda::TiledAttentionCores::kF32}) {
-      const bool tensor = cores == cuda::TiledAttentionCores::kBest;
+    for (const auto cores : {cuda::AttentionCores::kBest, cuda::AttentionCores::kF32}) {
+      const bool tensor = cores == cuda::AttentionCores::kBest;
       const double us = ReportPrompt(
           fmt::format("prompt_attention_qwen7b_p{}_{}", prompt, tensor ? "tensor" : "f32"),
           MeanMicros(stream, reps, [&](int) {

@@ -404,9 +404,16 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
   WriteKv(nullptr, cache, all_dev.rows, dk.as<float>(), width, dv.as<float>(), width);
   const RowsOnDevice q_dev(q_seq, q_pos, dtables, blocks_per_seq);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(q.size() * 4);
-  PagedAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq);
-  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
-  ExpectClose(Decode(Download(dout), DType::kF32), want, 1e-4);
+  // The f32 cores within 1e-4 of the CPU; the tensor cores within their probabilities'
+  // rounding more (as TiledPromptAttentionMatchesTheRowKernel).
+  for (const AttentionCores cores : {AttentionCores::kBest, AttentionCores::kF32}) {
+    const bool tensor_cores = cores == AttentionCores::kBest && t != DType::kF32 && hd % 8 == 0 && hd <= 128;
+    SCOPED_TRACE(tensor_cores ? "tensor cores" : "f32 cores");
+    PagedAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dout.as<float>(), ldq, {}, cores);
+    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+    ExpectClose(Decode(Download(dout), DType::kF32), want,
+                1e-4 + (tensor_cores ? (t == DType::kF16 ? 1.0 / 4096 : 1.0 / 512) : 0.0));
+  }
 
   // The cache holds exactly the rounded keys wherever the CPU's does.
   std::vector<int64_t> lengths;
@@ -419,7 +426,7 @@ TEST_P(CudaKernels, PagedAttentionMatchesCpuOverMixedRows) {
 
 // Split-K: a decode row over 1000 positions, one over 5 (fewer positions than splits)
 // and a 3-row prompt, each (row, head)'s positions over 2, 7, 32 and 64 blocks, give what one
-// block per (row, head) gives, for the standard cache and MLA's latent one.
+// block per (row, head) gives, for the standard cache (on both cores) and MLA's latent one.
 TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();
@@ -461,16 +468,23 @@ TEST_P(CudaKernels, AttentionSplitOverPositionsMatchesOneBlockPerHead) {
   WriteKv(nullptr, cache, all, dk.as<float>(), width, dv.as<float>(), width);
   const std::vector<float> q = Random(rows * heads * hd, 63);
   DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
-  PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dwant.as<float>(), heads * hd);
+  PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dwant.as<float>(), heads * hd,
+                 {}, AttentionCores::kF32);
   SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<float> want = Decode(Download(dwant), DType::kF32);
-  for (int splits : {2, 7, 32, 64}) {
-    SCOPED_TRACE(splits);
-    DeviceBuffer scratch(AttentionPartialFloats(rows, heads, splits, hd) * 4);
-    PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dgot.as<float>(), heads * hd,
-                   {splits, scratch.as<float>()});
-    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
-    ExpectClose(Decode(Download(dgot), DType::kF32), want, 1e-5);
+  // Both cores' splits against the f32 cores' single block; the tensor cores within their
+  // probabilities' rounding (each split rounds against its own max).
+  const double tensor_tolerance = t == DType::kF16 ? 1.0 / 4096 : t == DType::kBF16 ? 1.0 / 512 : 1e-5;
+  for (const AttentionCores cores : {AttentionCores::kBest, AttentionCores::kF32}) {
+    for (int splits : {1, 2, 7, 32, 64}) {
+      SCOPED_TRACE(::testing::Message() << splits << " splits, " << (cores == AttentionCores::kBest ? "best" : "f32")
+                                        << " cores");
+      DeviceBuffer scratch(std::max<size_t>(4, AttentionPartialFloats(rows, heads, splits, hd) * 4));
+      PagedAttention(nullptr, cache, queries, dq.as<float>(), heads * hd, heads, 0.125f, dgot.as<float>(),
+                     heads * hd, {splits, scratch.as<float>()}, cores);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, cores == AttentionCores::kBest ? tensor_tolerance : 1e-5);
+    }
   }
 
   // MLA's latent cache (entry 576 = 512 + 64).
@@ -606,31 +620,37 @@ TEST_P(CudaKernels, TiledPromptAttentionMatchesTheRowKernel) {
     DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(q.size() * 4), dgot(q.size() * 4);
     const DeviceRows all_rows = q_dev.rows;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    PagedAttention(nullptr, cache, all_rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq);
+    PagedAttention(nullptr, cache, all_rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq, {},
+                   AttentionCores::kF32);
     DeviceBuffer dtiles = Upload(tiles.data(), tiles.size() * sizeof(QueryTile));
     DeviceBuffer duntiled = Upload(untiled.data(), untiled.size() * 4);
     DeviceRows rest = all_rows;
     rest.num_rows = static_cast<int64_t>(untiled.size());
     rest.row_ids = duntiled.as<int32_t>();
     // The f32 cores last: the split check below keeps their tiled rows.
-    for (const TiledAttentionCores cores : {TiledAttentionCores::kBest, TiledAttentionCores::kF32}) {
-      const bool tensor_cores = cores == TiledAttentionCores::kBest && t != DType::kF32 && hd % 8 == 0 && hd <= 128;
+    for (const AttentionCores cores : {AttentionCores::kBest, AttentionCores::kF32}) {
+      const bool tensor_cores = cores == AttentionCores::kBest && t != DType::kF32 && hd % 8 == 0 && hd <= 128;
       SCOPED_TRACE(tensor_cores ? "tensor cores" : "f32 cores");
       SHOAL_CUDA_CHECK(cudaMemset(dgot.data(), 0xff, dgot.bytes()));  // NaNs wherever nothing writes
       PagedAttentionTiled(nullptr, cache, all_rows, dtiles.as<QueryTile>(), static_cast<int64_t>(tiles.size()),
                           dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq, cores);
-      PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq);
+      PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq, {}, cores);
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32),
                   tensor_cores ? tensor_tolerance : 1e-5);
     }
     // The untiled rows split over positions too (decode beside a prompt: the step's usual
-    // shape), the scratch sized for the listed rows only.
+    // shape), the scratch sized for the listed rows only: the f32 cores' tiled rows stay.
     DeviceBuffer scratch(AttentionPartialFloats(rest.num_rows, heads, 7, hd) * 4);
-    PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq,
-                   {7, scratch.as<float>()});
-    SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
-    ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32), 1e-5);
+    for (const AttentionCores cores : {AttentionCores::kBest, AttentionCores::kF32}) {
+      const bool tensor_cores = cores == AttentionCores::kBest && t != DType::kF32 && hd % 8 == 0 && hd <= 128;
+      SCOPED_TRACE(tensor_cores ? "split, tensor cores" : "split, f32 cores");
+      PagedAttention(nullptr, cache, rest, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq,
+                     {7, scratch.as<float>()}, cores);
+      SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+      ExpectClose(Decode(Download(dgot), DType::kF32), Decode(Download(dwant), DType::kF32),
+                  tensor_cores ? tensor_tolerance : 1e-5);
+    }
   }
 }
 

@@ -370,6 +370,14 @@ __global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num
   }
 }
 
+// MergeSplitsKernel over `num_rows` launch rows (row_ids as DeviceRows.row_ids).
+void MergeSplits(cudaStream_t stream, int64_t num_rows, int64_t num_heads, int splits, const float* partials,
+                 int64_t v_dim, const int32_t* row_ids, float* out, int64_t ldo) {
+  const dim3 grid(static_cast<unsigned>(num_rows), static_cast<unsigned>(num_heads));
+  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, grid, 128, 0, stream, partials, splits, num_heads, v_dim, row_ids,
+      out, ldo);
+}
+
 // The launch of GroupAttentionKernel (split or not) and, when split, the merge.
 template <typename T, int kDim, bool kValuesInKeys>
 void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
@@ -384,10 +392,7 @@ void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_si
   LaunchKernel("GroupAttentionKernel", GroupAttentionKernel<T, kDim, kValuesInKeys>, grid, 32 * warps,
       0, stream, kc, vc, block_size, kv_heads, slot_dim, k_dim, v_dim, rows, q, ldq, num_heads, head_blocks, scale,
       out, ldo, splits, split.partials);
-  if (splits == 1) return;
-  const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
-  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, merge_grid, 128, 0, stream, split.partials, splits, num_heads,
-      v_dim, rows.row_ids, out, ldo);
+  if (splits > 1) MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, v_dim, rows.row_ids, out, ldo);
 }
 
 // One block of kQueryTileRows * 4 threads per (tile, head): thread t serves row t / 4 of
@@ -684,15 +689,15 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
   }
 }
 
-// Warps of a TensorCoreLatentAttentionKernel block: they split each score's entry
-// dimensions and each output's latent dimensions four ways.
+// Warps of a TensorCorePairAttentionKernel block: they split each score's key dimensions
+// and each output's value dimensions four ways.
 constexpr int kLatentWarps = 4;
 
-// The shared-memory tile of TensorCoreLatentAttentionKernel: kKeys latent entries of kDim
-// elements as rows of 32-bit words padded by 4 (row stride 4 modulo 32 banks: a score
-// fragment's lanes (g, t), row g and word t, hit 32 banks; a value fragment's, element g
-// of rows 2t and 2t + 1, 16). Values are the entries' first kV elements, read from the
-// same rows. With the warps' partial scores beside it, 45 KB at DeepSeek's 576.
+// The shared-memory tile of TensorCorePairAttentionKernel: kKeys keys of kDim elements as
+// rows of 32-bit words padded by 4 (row stride 4 modulo 32 banks: a score fragment's
+// lanes (g, t), row g and word t, hit 32 banks; a value fragment's, element g of rows 2t
+// and 2t + 1, 16), the values the same way (MLA: the entries' first kV elements, read from
+// the keys' rows). With the warps' partial scores beside it, 45 KB at DeepSeek's 576.
 template <int kDim, int kV>
 struct LatentTile {
   static constexpr int kKeys = 32;
@@ -707,34 +712,52 @@ __device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) {
   return (row[e / 2] >> (16 * (e % 2))) & 0xffffu;
 }
 
-// MlaLatentAttention for prompt tiles on the tensor cores (f16/bf16 latent cache; entry a
-// multiple of 8). Every head attends over the same latent entries, so the mma's 16 rows
-// are 16 (row, head) pairs of the tile (pair p: row p / heads, head p % heads), a block
-// per (tile, 16 pairs). The block walks the tile's positions kKeys at a time: the threads
-// load the entries into shared memory, warp w scores the pairs over its quarter of the
-// entry (queries in registers as two roundings, as TensorCoreTiledAttentionKernel), the
-// four partial scores meet in shared memory, every warp takes the same sums through the
-// same online softmax, and warp w multiplies the probabilities by its quarter of the
-// latent values into its f32 outputs.
-template <typename T, int kDim, int kV>
+// Attention on the tensor cores where the query heads of a KV head fill the mma's 16 rows
+// together (f16/bf16 cache; slots a multiple of 8 elements): the rows are 16 (row, head)
+// pairs of a tile of rows (pair p: row p / group, head g * group + p % group of KV head
+// g), a block per (tile, KV head, 16 pairs, split). MLA (one KV head, every query head,
+// values the keys' first v_dim elements: kOwnValues false) over prompt tiles and decode
+// rows alike; grouped-query attention's decode rows (kOwnValues: a value cache of its own).
+// Tiles come from `tiles`, or with tiles null each launch row is a tile of one (rows.row_ids
+// as PagedAttention), the split records then indexed by launch row for MergeSplitsKernel
+// (by step row with tiles). The block walks the tile's positions kKeys at a time: the
+// threads load keys (and values) into shared memory, warp w scores the pairs over its
+// quarter of the key (queries in registers as two roundings, as
+// TensorCoreTiledAttentionKernel), the four partial scores meet in shared memory, every
+// warp takes the same sums through the same online softmax, and warp w multiplies the
+// probabilities by its quarter of the values into its f32 outputs.
+template <typename T, int kDim, int kV, bool kOwnValues>
 __global__ void __launch_bounds__(32 * kLatentWarps)
-    TensorCoreLatentAttentionKernel(const T* data, int block_size, int64_t entry, int64_t latent, DeviceRows rows,
-                                    const QueryTile* tiles, const float* q, int64_t ldq, int64_t num_heads,
-                                    float scale, float* out, int64_t ldo, int splits, float* partials) {
+    TensorCorePairAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t entry,
+                                  int64_t latent, DeviceRows rows, const QueryTile* tiles, int pair_blocks,
+                                  const float* q, int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
+                                  int splits, float* partials) {
   WaitForPriorKernel();
   using Tile = LatentTile<kDim, kV>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
   __shared__ uint32_t ks[kKeys][Tile::kWords];
+  __shared__ uint32_t vs_own[kOwnValues ? kKeys : 1][Tile::kWords];
   __shared__ float partial[kLatentWarps][16][kKeys];
+  uint32_t(*vs)[Tile::kWords] = kOwnValues ? vs_own : ks;
 
-  const QueryTile tile = tiles[blockIdx.x];
-  const int64_t pairs = tile.num_rows * num_heads, first_pair = 16 * static_cast<int64_t>(blockIdx.y);
+  QueryTile tile;
+  if (tiles != nullptr) {
+    tile = tiles[blockIdx.x];
+  } else {
+    const int64_t r = rows.row_ids != nullptr ? rows.row_ids[blockIdx.x] : blockIdx.x;
+    tile.first_row = static_cast<int32_t>(r);
+    tile.num_rows = 1;
+    tile.seq = rows.row_seq[r];
+    tile.first_pos = rows.row_pos[r];
+  }
+  const int64_t group = num_heads / kv_heads, g = blockIdx.y / pair_blocks;
+  const int64_t pairs = tile.num_rows * group, first_pair = 16 * static_cast<int64_t>(blockIdx.y % pair_blocks);
   if (first_pair >= pairs) return;  // the whole block: past this tile's pairs
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int lg = lane / 4, lt = lane % 4;
   // Split z of `splits` takes the z-th of equal ranges [begin, end) of the positions the
   // block's last row sees (0 .. last).
-  const int64_t seen = tile.first_pos + min(pairs - 1, first_pair + 15) / num_heads + 1;
+  const int64_t seen = tile.first_pos + min(pairs - 1, first_pair + 15) / group + 1;
   const int64_t span = (seen + splits - 1) / splits, begin = static_cast<int64_t>(blockIdx.z) * span;
   const int64_t end = min(seen, begin + span);
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
@@ -743,12 +766,13 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   // The pairs' last keys (their positions, or the split's last), their step rows and heads.
   int64_t upto[2], step_row[2], head[2];
   for (int i = 0; i < 2; ++i) {
-    const int64_t p = first_pair + lg + 8 * i, row = p / num_heads;
+    const int64_t p = first_pair + lg + 8 * i, row = p / group;
     live[i] = p < pairs;
     upto[i] = min(tile.first_pos + row, end - 1);
     step_row[i] = tile.first_row + row;
-    head[i] = p % num_heads;
+    head[i] = g * group + p % group;
   }
+  const int64_t record_row0 = tiles != nullptr ? tile.first_row : blockIdx.x;  // a pair's: + its row in the tile
   uint32_t q_hi[kSteps][4], q_lo[kSteps][4];
 #pragma unroll
   for (int s = 0; s < kSteps; ++s) {
@@ -768,10 +792,13 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
       const int j = e / kChunks, c = e % kChunks;
       uint4 w = make_uint4(0, 0, 0, 0);
-      if (base + j < end && 8 * c < entry) {
-        w = *reinterpret_cast<const uint4*>(data + SlotOffset(table, base + j, block_size, 1, 0, entry) + 8 * c);
+      const int64_t at = SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c;
+      const bool here = base + j < end && 8 * c < entry;
+      StoreWords(&ks[j][4 * c], here ? *reinterpret_cast<const uint4*>(kc + at) : make_uint4(0, 0, 0, 0));
+      if constexpr (kOwnValues) {
+        StoreWords(&vs_own[j][4 * c], here && 8 * c < latent ? *reinterpret_cast<const uint4*>(vc + at)
+                                                             : make_uint4(0, 0, 0, 0));
       }
-      StoreWords(&ks[j][4 * c], w);
     }
     __syncthreads();
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
@@ -813,8 +840,8 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
         const int col = 8 * (warp * kBlocks + c) + lg;
         if (8 * (warp * kBlocks + c) >= latent) break;
         const int r = 16 * k + 2 * lt;
-        const uint32_t b[2] = {HalfOf(ks[r], col) | (HalfOf(ks[r + 1], col) << 16),
-                               HalfOf(ks[r + 8], col) | (HalfOf(ks[r + 9], col) << 16)};
+        const uint32_t b[2] = {HalfOf(vs[r], col) | (HalfOf(vs[r + 1], col) << 16),
+                               HalfOf(vs[r + 8], col) | (HalfOf(vs[r + 9], col) << 16)};
         MmaM16N8K16<T>(acc[c], a, b);
       }
     }
@@ -825,7 +852,8 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     if (!live[i]) continue;
     // Split: the pair's partial softmax for MergeSplitsKernel, [max, sum, unnormalized
     // outputs] (max -inf when the split saw no key); the max and sum are every lane's.
-    float* record = splits > 1 ? partials + ((step_row[i] * num_heads + head[i]) * splits + blockIdx.z) * (latent + 2)
+    const int64_t record_row = record_row0 + (step_row[i] - tile.first_row);
+    float* record = splits > 1 ? partials + ((record_row * num_heads + head[i]) * splits + blockIdx.z) * (latent + 2)
                                : nullptr;
     if (record != nullptr && warp == 0 && lt == 0) {
       record[0] = m[i];
@@ -901,7 +929,8 @@ size_t AttentionPartialFloats(int64_t num_rows, int64_t num_heads, int splits, i
 }
 
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
-                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split) {
+                    int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo, const AttentionSplit& split,
+                    AttentionCores cores) {
   if (rows.num_rows == 0) return;
   if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
       num_heads % cache.num_kv_heads != 0) {
@@ -913,6 +942,28 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
     const T* k = static_cast<const T*>(cache.k);
     const T* v = static_cast<const T*>(cache.v);
     const int64_t hd = cache.head_dim;
+    if constexpr (!std::is_same_v<T, float>) {
+      // 16-byte slots of at most 128: each row's query heads of a KV head as the pairs of
+      // TensorCorePairAttentionKernel, a row a tile of one.
+      if (cores == AttentionCores::kBest && hd % 8 == 0 && hd <= 128) {
+        const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
+        const int64_t group = num_heads / cache.num_kv_heads;
+        const int pair_blocks = static_cast<int>((group + 15) / 16);
+        const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(cache.num_kv_heads * pair_blocks),
+                        static_cast<unsigned>(splits));
+        if (hd <= 64) {
+          LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 64, 64, true>, grid,
+              32 * kLatentWarps, 0, stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, rows, nullptr,
+              pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
+        } else {
+          LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 128, 128, true>, grid,
+              32 * kLatentWarps, 0, stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, rows, nullptr,
+              pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
+        }
+        if (splits > 1) MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, hd, rows.row_ids, out, ldo);
+        return;
+      }
+    }
     // The head dimension padded to the kernel's: 64, 128 or 256.
     if (hd <= 64) {
       LaunchAttention<T, 64, false>(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, hd, rows, q, ldq,
@@ -929,7 +980,7 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
 
 void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
                          const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
-                         float scale, float* out, int64_t ldo, TiledAttentionCores cores) {
+                         float scale, float* out, int64_t ldo, AttentionCores cores) {
   if (num_tiles == 0) return;
   if (cache.head_dim > kMaxHeadDim || cache.num_kv_heads <= 0 || num_heads <= 0 || num_heads > 65535 ||
       num_heads % cache.num_kv_heads != 0) {
@@ -942,7 +993,7 @@ void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const 
     const T* v = static_cast<const T*>(cache.v);
     if constexpr (!std::is_same_v<T, float>) {
       // 16-byte slots (head_dim a multiple of 8) of at most 128: the tensor cores.
-      if (cores == TiledAttentionCores::kBest && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
+      if (cores == AttentionCores::kBest && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
         const int64_t group = num_heads / cache.num_kv_heads;
         const int64_t blocks_per_group = (group + kTensorCoreBlockHeads - 1) / kTensorCoreBlockHeads;
         const int per_block = static_cast<int>((group + blocks_per_group - 1) / blocks_per_group);
@@ -1030,27 +1081,24 @@ void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache
                    __FILE__, __LINE__);
   }
   const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>((max_tile_rows * num_heads + 15) / 16),
-                  static_cast<unsigned>(splits));
+  const int pair_blocks = static_cast<int>((max_tile_rows * num_heads + 15) / 16);
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(pair_blocks), static_cast<unsigned>(splits));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     if constexpr (!std::is_same_v<T, float>) {
       const T* data = static_cast<const T*>(cache.data);
       if (cache.entry() <= 128) {
-        LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, 128, 128>, grid,
-            32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q, ldq,
-            num_heads, scale, out, ldo, splits, split.partials);
+        LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 128, 128, false>, grid,
+            32 * kLatentWarps, 0, stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows, tiles,
+            pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
       } else {
-        LaunchKernel("TensorCoreLatentAttentionKernel", TensorCoreLatentAttentionKernel<T, kMaxLatentEntry, 512>,
-            grid, 32 * kLatentWarps, 0, stream, data, cache.block_size, cache.entry(), cache.latent_dim, rows, tiles, q,
-            ldq, num_heads, scale, out, ldo, splits, split.partials);
+        LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, kMaxLatentEntry, 512, false>,
+            grid, 32 * kLatentWarps, 0, stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows,
+            tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
       }
     }
   });
-  if (splits == 1) return;
-  const dim3 merge_grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(num_heads));
-  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, merge_grid, 128, 0, stream, split.partials, splits, num_heads,
-      cache.latent_dim, nullptr, out, ldo);
+  if (splits > 1) MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, cache.latent_dim, nullptr, out, ldo);
 }
 
 }  // namespace shoal::worker::cuda

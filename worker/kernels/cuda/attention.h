@@ -89,22 +89,28 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
                     const float* bias, int64_t num_heads, int64_t rotary_dim, const float* cos, const float* sin,
                     bool interleaved);
 
+// Which cores PagedAttention and PagedAttentionTiled run on: kBest takes the tensor cores
+// where the cache allows (f16/bf16, head_dim a multiple of 8 up to 128), kF32 always the
+// f32 ones (what the benchmark compares the tensor cores with).
+enum class AttentionCores { kBest, kF32 };
+
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
 // g = h / (num_heads / num_kv_heads). q and out f32. The query heads of a KV head share
-// each pass over its keys and values: a block per (row, up to 8 of the group's heads),
-// two heads a warp; the block reads a tile of 16 positions into shared memory once for
-// all its heads, where a block per head would read it once per head (7 times on
-// Qwen2-7B), and a warp reads each word of it once for its two; each head keeps a running
-// max and sum (online softmax), so any context length fits;
-// with `split`, positions are also divided over blocks (AttentionSplit).
+// each pass over its keys and values, and each head keeps a running max and sum (online
+// softmax), so any context length fits; with `split`, positions are also divided over
+// blocks (AttentionSplit).
+//   On the tensor cores: a block per (row, KV head, 16 of its query heads, split), the
+// heads as the mma's rows (TensorCorePairAttentionKernel: four warps splitting head_dim),
+// tiles of 32 positions through shared memory once for all of them; precision as
+// PagedAttentionTiled's tensor cores (exact scores, probabilities rounded once to the
+// cache type).
+//   On the f32 cores: a block per (row, up to 8 of the group's heads), two heads a warp;
+// the block reads a tile of 16 positions into shared memory once for all its heads, where
+// a block per head would read it once per head (7 times on Qwen2-7B), and a warp reads
+// each word of it once for its two.
 void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows, const float* q,
                     int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
-                    const AttentionSplit& split = {});
-
-// Which cores PagedAttentionTiled runs on: kBest takes the tensor cores where the cache
-// allows (f16/bf16, head_dim a multiple of 8 up to 128), kF32 always the f32 one
-// (what the benchmark compares the tensor cores with).
-enum class TiledAttentionCores { kBest, kF32 };
+                    const AttentionSplit& split = {}, AttentionCores cores = AttentionCores::kBest);
 
 // PagedAttention for prompt chunks, a tile of query rows per block (FlashAttention-2's
 // loop order): each tile of keys and values is read from the cache into shared memory
@@ -120,7 +126,7 @@ enum class TiledAttentionCores { kBest, kF32 };
 void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const DeviceRows& rows,
                          const QueryTile* tiles, int64_t num_tiles, const float* q, int64_t ldq, int64_t num_heads,
                          float scale, float* out, int64_t ldo,
-                         TiledAttentionCores cores = TiledAttentionCores::kBest);
+                         AttentionCores cores = AttentionCores::kBest);
 
 // Each row's entry [c, k_pe] (entry() f32, row stride ld) into its position's slot.
 void WriteLatents(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows, const float* entries,
