@@ -13,7 +13,8 @@
 #      tensor-core attention tests), when compute-sanitizer is there, batch-1
 #      decode with CUDA graphs (GEMV kernel; launches not overlapped, SHOAL_CUDA_PDL=0;
 #      cuBLAS for the dense products), the
-#      decode kernels one by one (cuda-kernels-bench), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
+#      decode kernels one by one (cuda-kernels-bench), the model with attention on the f32
+#      cores (SHOAL_CUDA_ATTENTION_CORES=f32), NCCL bus bandwidth (needs 2 GPUs), then the benchmark at
 #      DeepSeek-V2-Lite's shape, in bf16 and then FP8 (tensor-core and widened GEMMs);
 #   4. writes $OUT/summary.txt and prints it last.
 #
@@ -260,6 +261,13 @@ grep -hE '^(decode_b1|decode_graph)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_grap
 run_stage kernels_bench 60 "$bin_dir/cuda-kernels-bench"
 grep -hE '^(skipped|[a-z_0-9]+(_fraction_of_copy|_splits|_tflops|_fraction_of_cublas|_speedup): [0-9.]+$)' \
   "$out/kernels_bench.log" 2>/dev/null | sed 's/^/kernels_/' | tee -a "$summary"
+
+# The whole model with attention on the f32 cores (SHOAL_CUDA_ATTENTION_CORES=f32): what
+# the tensor-core attention kernels gain in prefill, batch-1 and batch-64 decode.
+run_stage decode_bench_f32_attention 100 env SHOAL_CUDA_ATTENTION_CORES=f32 "$bin_dir/cuda-decode-bench" \
+  --cuda-graphs --batch 64
+grep -hE '^(prefill|decode)[a-z_0-9]*: [0-9.]+$' "$out/decode_bench_f32_attention.log" 2>/dev/null |
+  sed 's/^/f32_attention_/' | tee -a "$summary"
 
 # NCCL's bus bandwidth (a line saying why not on a machine with one GPU).
 run_stage nccl_bench 90 "$bin_dir/cuda-nccl-bench"

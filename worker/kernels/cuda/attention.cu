@@ -945,7 +945,7 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
     if constexpr (!std::is_same_v<T, float>) {
       // 16-byte slots of at most 128: each row's query heads of a KV head as the pairs of
       // TensorCorePairAttentionKernel, a row a tile of one.
-      if (cores == AttentionCores::kBest && hd % 8 == 0 && hd <= 128) {
+      if (cores == AttentionCores::kBest && AttentionOnTensorCores() && hd % 8 == 0 && hd <= 128) {
         const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
         const int64_t group = num_heads / cache.num_kv_heads;
         const int pair_blocks = static_cast<int>((group + 15) / 16);
@@ -993,7 +993,7 @@ void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const 
     const T* v = static_cast<const T*>(cache.v);
     if constexpr (!std::is_same_v<T, float>) {
       // 16-byte slots (head_dim a multiple of 8) of at most 128: the tensor cores.
-      if (cores == AttentionCores::kBest && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
+      if (cores == AttentionCores::kBest && AttentionOnTensorCores() && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
         const int64_t group = num_heads / cache.num_kv_heads;
         const int64_t blocks_per_group = (group + kTensorCoreBlockHeads - 1) / kTensorCoreBlockHeads;
         const int per_block = static_cast<int>((group + blocks_per_group - 1) / blocks_per_group);
@@ -1065,7 +1065,7 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
 }
 
 bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache) {
-  return cache.dtype != DType::kF32 && cache.entry() % 8 == 0 && cache.entry() <= kMaxLatentEntry &&
+  return AttentionOnTensorCores() && cache.dtype != DType::kF32 && cache.entry() % 8 == 0 && cache.entry() <= kMaxLatentEntry &&
          cache.latent_dim <= (cache.entry() <= 128 ? 128 : 512);
 }
 

@@ -90,8 +90,9 @@ void RopeAndWriteKv(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
                     bool interleaved);
 
 // Which cores PagedAttention and PagedAttentionTiled run on: kBest takes the tensor cores
-// where the cache allows (f16/bf16, head_dim a multiple of 8 up to 128), kF32 always the
-// f32 ones (what the benchmark compares the tensor cores with).
+// where the cache allows (f16/bf16, head_dim a multiple of 8 up to 128) unless
+// SHOAL_CUDA_ATTENTION_CORES=f32 (AttentionOnTensorCores, device.h), kF32 always the f32
+// ones (what the benchmark compares the tensor cores with).
 enum class AttentionCores { kBest, kF32 };
 
 // out[r, h*head_dim..] = softmax(q_h · K_g^T * scale) · V_g over positions 0..row_pos[r],
@@ -142,9 +143,9 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
                         int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                         const AttentionSplit& split = {});
 
-// Whether MlaLatentAttentionTiled takes prompt tiles over this cache: f16/bf16, entry a
-// multiple of 8 and at most kMaxLatentEntry, latent_dim at most 512 (128 for entries of
-// at most 128).
+// Whether MlaLatentAttentionTiled takes rows over this cache: f16/bf16, entry a multiple
+// of 8 and at most kMaxLatentEntry, latent_dim at most 512 (128 for entries of at most
+// 128), and AttentionOnTensorCores().
 bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache);
 
 // MlaLatentAttention on the tensor cores for rows given as tiles (QueryTile: up to

@@ -30,6 +30,14 @@ std::string DeviceDescription(int device) {
   return text;
 }
 
+bool AttentionOnTensorCores() {
+  static const bool tensor = [] {
+    const char* env = std::getenv("SHOAL_CUDA_ATTENTION_CORES");
+    return env == nullptr || std::strcmp(env, "f32") != 0;
+  }();
+  return tensor;
+}
+
 bool OverlappedLaunches() {
   static const bool overlapped = [] {
     const char* env = std::getenv("SHOAL_CUDA_PDL");

@@ -18,6 +18,10 @@ std::string DeviceDescription(int device);
 // Whether kernels launch overlapping the one before them on the stream (launch.cuh):
 // sm_90 or newer and SHOAL_CUDA_PDL not "0"; decided once per process.
 bool OverlappedLaunches();
+// Whether attention may run on the tensor cores (AttentionCores::kBest, attention.h):
+// false when SHOAL_CUDA_ATTENTION_CORES is "f32", so a whole model can be timed on the
+// f32-core kernels too; decided once per process.
+bool AttentionOnTensorCores();
 
 // The device's PCI bus id ("0000:17:00.0"), which tells two ranks on one machine whether
 // they share a GPU whatever each one's CUDA_VISIBLE_DEVICES numbering; "" on error.
