@@ -535,6 +535,27 @@ __device__ __forceinline__ void SoftmaxTile(float (&s)[kKeys / 8][4], int64_t ba
   }
 }
 
+// s += a warp's 16 query rows times the tile's kKeys keys (s[n]: keys 8n .. 8n + 7), over
+// the k-steps first_step .. first_step + kSteps - 1 of the key rows that start below
+// `dims`; the queries are held as two roundings (q_hi, q_lo), each its own product.
+template <typename T, int kKeys, int kSteps, int kWords>
+__device__ __forceinline__ void ScoreTile(const uint32_t (*ks)[kWords], int first_step, int64_t dims, int lg, int lt,
+                                          const uint32_t (&q_hi)[kSteps][4], const uint32_t (&q_lo)[kSteps][4],
+                                          float (&s)[kKeys / 8][4]) {
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+    const uint32_t* key = ks[8 * n + lg];
+#pragma unroll
+    for (int st = 0; st < kSteps; ++st) {
+      const int gs = first_step + st;
+      if (16 * gs >= dims) break;
+      const uint32_t b[2] = {key[8 * gs + lt], key[8 * gs + 4 + lt]};
+      MmaM16N8K16<T>(s[n], q_hi[st], b);
+      MmaM16N8K16<T>(s[n], q_lo[st], b);
+    }
+  }
+}
+
 // A row's whole sum from its four lanes' parts.
 __device__ __forceinline__ float RowSum(float part) {
   part += __shfl_xor_sync(0xffffffffu, part, 1);
@@ -549,6 +570,25 @@ __device__ __forceinline__ void ProbabilityFragment(const uint32_t (&p_words)[kK
   a[1] = p_words[2 * k][1];
   a[2] = p_words[2 * k + 1][0];
   a[3] = p_words[2 * k + 1][1];
+}
+
+// acc[c] += P V over the tile's kKeys keys, for the 8-wide output blocks c for which
+// value_fragment(k, c, b) fills b with the B fragment of keys 16k .. 16k + 15 and block c
+// and returns true (the first false ends the blocks).
+template <typename T, int kKeys, int kBlocks, typename ValueFragment>
+__device__ __forceinline__ void AddValues(const uint32_t (&p_words)[kKeys / 8][2], float (&acc)[kBlocks][4],
+                                          ValueFragment&& value_fragment) {
+#pragma unroll
+  for (int k = 0; k < kKeys / 16; ++k) {
+    uint32_t a[4];
+    ProbabilityFragment<kKeys>(p_words, k, a);
+#pragma unroll
+    for (int c = 0; c < kBlocks; ++c) {
+      uint32_t b[2];
+      if (!value_fragment(k, c, b)) break;
+      MmaM16N8K16<T>(acc[c], a, b);
+    }
+  }
 }
 
 // PagedAttentionTiled on the tensor cores (FlashAttention-2's scheme, f16/bf16 caches,
@@ -583,8 +623,8 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
   const int64_t last = tile.first_pos + tile.num_rows - 1;  // the tile's last row sees keys 0..last
   const int64_t warp_last = tile.first_pos + min(first + 15, tile.num_rows - 1);
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
-  // Only the dimensions head_dim has: its k-steps (scores) and 8-wide output blocks.
-  const int steps = static_cast<int>((head_dim + 15) / 16), chunks = static_cast<int>(head_dim / 8);
+  // Only the 8-wide output blocks head_dim has (ScoreTile skips its k-steps past it).
+  const int chunks = static_cast<int>(head_dim / 8);
 
   // Rows lg and lg + 8 of the warp's 16: their positions, and whether they are the tile's.
   int64_t row_pos[2];
@@ -646,32 +686,17 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
     if (computes && base <= warp_last) {
       // Scores of the warp's 16 rows by the tile's kKeys keys: s[n] holds keys 8n..8n+7.
       float s[kKeys / 8][4] = {};
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-        const uint32_t* key = ks[8 * n + lg];
-#pragma unroll
-        for (int st = 0; st < kSteps; ++st) {
-          if (st >= steps) break;
-          const uint32_t b[2] = {key[8 * st + lt], key[8 * st + 4 + lt]};
-          MmaM16N8K16<T>(s[n], q_hi[st], b);
-          MmaM16N8K16<T>(s[n], q_lo[st], b);
-        }
-      }
+      ScoreTile<T, kKeys, kSteps>(ks, 0, head_dim, lg, lt, q_hi, q_lo, s);
       uint32_t p_words[kKeys / 8][2];
       SoftmaxTile<T, kKeys, kChunks>(s, base, lt, row_live, row_pos, m, l, acc, p_words);
-      // Outputs += P V: the scores' C fragments of keys 16k..16k+15 are the A fragment.
-#pragma unroll
-      for (int k = 0; k < kKeys / 16; ++k) {
-        uint32_t a[4];
-        ProbabilityFragment<kKeys>(p_words, k, a);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) {
-          if (c >= chunks) break;
-          const uint32_t* column = vs[8 * c + lg];
-          const uint32_t b[2] = {column[8 * k + lt], column[8 * k + 4 + lt]};
-          MmaM16N8K16<T>(acc[c], a, b);
-        }
-      }
+      // Outputs += P V: the scores' C fragments of keys 16k..16k+15 are the A fragment; a
+      // value fragment is a word of a value column.
+      AddValues<T, kKeys, kChunks>(p_words, acc, [&](int k, int c, uint32_t (&b)[2]) {
+        if (c >= chunks) return false;
+        b[0] = vs[8 * c + lg][8 * k + lt];
+        b[1] = vs[8 * c + lg][8 * k + 4 + lt];
+        return true;
+      });
     }
     __syncthreads();  // before the next tile overwrites ks/vs
   }
@@ -803,17 +828,9 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     __syncthreads();
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
     float s[kKeys / 8][4] = {};
+    ScoreTile<T, kKeys, kSteps>(ks, warp * kSteps, entry, lg, lt, q_hi, q_lo, s);
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) {
-      const uint32_t* key = ks[8 * n + lg];
-#pragma unroll
-      for (int st = 0; st < kSteps; ++st) {
-        const int gs = warp * kSteps + st;
-        if (16 * gs >= entry) break;
-        const uint32_t b[2] = {key[8 * gs + lt], key[8 * gs + 4 + lt]};
-        MmaM16N8K16<T>(s[n], q_hi[st], b);
-        MmaM16N8K16<T>(s[n], q_lo[st], b);
-      }
 #pragma unroll
       for (int f = 0; f < 4; ++f) partial[warp][lg + 8 * (f / 2)][8 * n + 2 * lt + f % 2] = s[n][f];
     }
@@ -829,22 +846,15 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     }
     uint32_t p_words[kKeys / 8][2];
     SoftmaxTile<T, kKeys, kBlocks>(s, base, lt, live, upto, m, l, acc, p_words);
-    // Outputs += P V over this warp's latent blocks; a value fragment is element (column) g
-    // of the entries of keys 2t, 2t + 1 (and + 8), two halves of two rows.
-#pragma unroll
-    for (int k = 0; k < kKeys / 16; ++k) {
-      uint32_t a[4];
-      ProbabilityFragment<kKeys>(p_words, k, a);
-#pragma unroll
-      for (int c = 0; c < kBlocks; ++c) {
-        const int col = 8 * (warp * kBlocks + c) + lg;
-        if (8 * (warp * kBlocks + c) >= latent) break;
-        const int r = 16 * k + 2 * lt;
-        const uint32_t b[2] = {HalfOf(vs[r], col) | (HalfOf(vs[r + 1], col) << 16),
-                               HalfOf(vs[r + 8], col) | (HalfOf(vs[r + 9], col) << 16)};
-        MmaM16N8K16<T>(acc[c], a, b);
-      }
-    }
+    // Outputs += P V over this warp's value blocks; a value fragment is element (column) g
+    // of the values of keys 2t, 2t + 1 (and + 8), two halves of two rows.
+    AddValues<T, kKeys, kBlocks>(p_words, acc, [&](int k, int c, uint32_t (&b)[2]) {
+      if (8 * (warp * kBlocks + c) >= latent) return false;
+      const int col = 8 * (warp * kBlocks + c) + lg, r = 16 * k + 2 * lt;
+      b[0] = HalfOf(vs[r], col) | (HalfOf(vs[r + 1], col) << 16);
+      b[1] = HalfOf(vs[r + 8], col) | (HalfOf(vs[r + 9], col) << 16);
+      return true;
+    });
     __syncthreads();  // before the next tile overwrites ks and partial
   }
   for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
