@@ -816,14 +816,14 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   for (int64_t base = begin; base < end; base += kKeys) {
     for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
       const int j = e / kChunks, c = e % kChunks;
-      uint4 w = make_uint4(0, 0, 0, 0);
-      const int64_t at = SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c;
-      const bool here = base + j < end && 8 * c < entry;
-      StoreWords(&ks[j][4 * c], here ? *reinterpret_cast<const uint4*>(kc + at) : make_uint4(0, 0, 0, 0));
-      if constexpr (kOwnValues) {
-        StoreWords(&vs_own[j][4 * c], here && 8 * c < latent ? *reinterpret_cast<const uint4*>(vc + at)
-                                                             : make_uint4(0, 0, 0, 0));
+      uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
+      if (base + j < end && 8 * c < entry) {  // past the block table's positions: not even the table is read
+        const int64_t at = SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c;
+        kw = *reinterpret_cast<const uint4*>(kc + at);
+        if (kOwnValues && 8 * c < latent) vw = *reinterpret_cast<const uint4*>(vc + at);
       }
+      StoreWords(&ks[j][4 * c], kw);
+      if constexpr (kOwnValues) StoreWords(&vs_own[j][4 * c], vw);
     }
     __syncthreads();
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
