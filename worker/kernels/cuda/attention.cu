@@ -370,12 +370,15 @@ __global__ void MergeSplitsKernel(const float* partials, int splits, int64_t num
   }
 }
 
+// The splits a launch takes: one unless the split has a scratch and more than one.
+int SplitCount(const AttentionSplit& split) { return split.partials != nullptr && split.splits > 1 ? split.splits : 1; }
+
 // MergeSplitsKernel over `num_rows` launch rows (row_ids as DeviceRows.row_ids).
 void MergeSplits(cudaStream_t stream, int64_t num_rows, int64_t num_heads, int splits, const float* partials,
                  int64_t v_dim, const int32_t* row_ids, float* out, int64_t ldo) {
   const dim3 grid(static_cast<unsigned>(num_rows), static_cast<unsigned>(num_heads));
-  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, grid, 128, 0, stream, partials, splits, num_heads, v_dim, row_ids,
-      out, ldo);
+  LaunchKernel("MergeSplitsKernel", MergeSplitsKernel, grid, 128, 0, stream, partials, splits, num_heads, v_dim,
+      row_ids, out, ldo);
 }
 
 // The launch of GroupAttentionKernel (split or not) and, when split, the merge.
@@ -384,7 +387,7 @@ void LaunchAttention(cudaStream_t stream, const T* kc, const T* vc, int block_si
                      int64_t slot_dim, int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const float* q,
                      int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                      const AttentionSplit& split) {
-  const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
+  const int splits = SplitCount(split);
   const HeadBlocks head_blocks = HeadBlocksFor(num_heads / kv_heads);
   const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(kv_heads * head_blocks.per_group),
                   static_cast<unsigned>(splits));
@@ -881,6 +884,26 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   }
 }
 
+// TensorCorePairAttentionKernel over `launch_rows` tiles (or rows of `rows`, tiles null),
+// `pair_blocks` blocks of 16 pairs per KV head, and when split the merge: over the step's
+// rows with tiles (records by step row), over the launch's rows through rows.row_ids without.
+template <typename T, int kDim, int kV, bool kOwnValues>
+void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
+                         int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const QueryTile* tiles,
+                         int64_t launch_rows, int pair_blocks, const float* q, int64_t ldq, int64_t num_heads,
+                         float scale, float* out, int64_t ldo, const AttentionSplit& split) {
+  const int splits = SplitCount(split);
+  const dim3 grid(static_cast<unsigned>(launch_rows), static_cast<unsigned>(kv_heads * pair_blocks),
+                  static_cast<unsigned>(splits));
+  LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues>, grid,
+      32 * kLatentWarps, 0, stream, kc, vc, block_size, kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq,
+      num_heads, scale, out, ldo, splits, split.partials);
+  if (splits > 1) {
+    const int32_t* row_ids = tiles != nullptr ? nullptr : rows.row_ids;
+    MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, v_dim, row_ids, out, ldo);
+  }
+}
+
 template <typename Fn>
 void WithCacheType(DType t, Fn&& fn) {
   WithFloatType(t, "KV cache type", fn);
@@ -956,21 +979,10 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
       // 16-byte slots of at most 128: each row's query heads of a KV head as the pairs of
       // TensorCorePairAttentionKernel, a row a tile of one.
       if (cores == AttentionCores::kBest && AttentionOnTensorCores() && hd % 8 == 0 && hd <= 128) {
-        const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
-        const int64_t group = num_heads / cache.num_kv_heads;
-        const int pair_blocks = static_cast<int>((group + 15) / 16);
-        const dim3 grid(static_cast<unsigned>(rows.num_rows), static_cast<unsigned>(cache.num_kv_heads * pair_blocks),
-                        static_cast<unsigned>(splits));
-        if (hd <= 64) {
-          LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 64, 64, true>, grid,
-              32 * kLatentWarps, 0, stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, rows, nullptr,
-              pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
-        } else {
-          LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 128, 128, true>, grid,
-              32 * kLatentWarps, 0, stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, rows, nullptr,
-              pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
-        }
-        if (splits > 1) MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, hd, rows.row_ids, out, ldo);
+        const int pair_blocks = static_cast<int>((num_heads / cache.num_kv_heads + 15) / 16);
+        auto launch = hd <= 64 ? LaunchPairAttention<T, 64, 64, true> : LaunchPairAttention<T, 128, 128, true>;
+        launch(stream, k, v, cache.block_size, cache.num_kv_heads, hd, hd, rows, nullptr, rows.num_rows, pair_blocks,
+               q, ldq, num_heads, scale, out, ldo, split);
         return;
       }
     }
@@ -1003,7 +1015,8 @@ void PagedAttentionTiled(cudaStream_t stream, const DeviceKvLayer& cache, const 
     const T* v = static_cast<const T*>(cache.v);
     if constexpr (!std::is_same_v<T, float>) {
       // 16-byte slots (head_dim a multiple of 8) of at most 128: the tensor cores.
-      if (cores == AttentionCores::kBest && AttentionOnTensorCores() && cache.head_dim % 8 == 0 && cache.head_dim <= 128) {
+      if (cores == AttentionCores::kBest && AttentionOnTensorCores() && cache.head_dim % 8 == 0 &&
+          cache.head_dim <= 128) {
         const int64_t group = num_heads / cache.num_kv_heads;
         const int64_t blocks_per_group = (group + kTensorCoreBlockHeads - 1) / kTensorCoreBlockHeads;
         const int per_block = static_cast<int>((group + blocks_per_group - 1) / blocks_per_group);
@@ -1075,8 +1088,8 @@ void MlaLatentAttention(cudaStream_t stream, const DeviceLatentLayer& cache, con
 }
 
 bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache) {
-  return AttentionOnTensorCores() && cache.dtype != DType::kF32 && cache.entry() % 8 == 0 && cache.entry() <= kMaxLatentEntry &&
-         cache.latent_dim <= (cache.entry() <= 128 ? 128 : 512);
+  return AttentionOnTensorCores() && cache.dtype != DType::kF32 && cache.entry() % 8 == 0 &&
+         cache.entry() <= kMaxLatentEntry && cache.latent_dim <= (cache.entry() <= 128 ? 128 : 512);
 }
 
 void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
@@ -1090,25 +1103,18 @@ void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache
                    "not a cache MlaTilesOnTensorCores takes, heads not in [1, 32767], or max_tile_rows not in [1, 32]",
                    __FILE__, __LINE__);
   }
-  const int splits = split.partials != nullptr && split.splits > 1 ? split.splits : 1;
   const int pair_blocks = static_cast<int>((max_tile_rows * num_heads + 15) / 16);
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(pair_blocks), static_cast<unsigned>(splits));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     if constexpr (!std::is_same_v<T, float>) {
       const T* data = static_cast<const T*>(cache.data);
-      if (cache.entry() <= 128) {
-        LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, 128, 128, false>, grid,
-            32 * kLatentWarps, 0, stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows, tiles,
-            pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
-      } else {
-        LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, kMaxLatentEntry, 512, false>,
-            grid, 32 * kLatentWarps, 0, stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows,
-            tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
-      }
+      // Tiny test models' entries in a tile of 128, DeepSeek's 576 (latents of 512).
+      auto launch = cache.entry() <= 128 ? LaunchPairAttention<T, 128, 128, false>
+                                         : LaunchPairAttention<T, kMaxLatentEntry, 512, false>;
+      launch(stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows, tiles, num_tiles,
+             pair_blocks, q, ldq, num_heads, scale, out, ldo, split);
     }
   });
-  if (splits > 1) MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, cache.latent_dim, nullptr, out, ldo);
 }
 
 }  // namespace shoal::worker::cuda
