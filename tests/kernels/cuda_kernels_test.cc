@@ -539,6 +539,31 @@ TEST(CudaTensorCores, TileFollowsTheFragmentLayout) {
   }
 }
 
+// cp.async's copies land where they were sent (a row not read is zeros), and ldmatrix gives
+// each lane the words mma.cuh's LoadMatrices documents, plain and transposed: the layout
+// the attention kernels' key and value fragments rest on.
+TEST(CudaTensorCores, MatrixLoadsFollowTheFragmentLayout) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kUnreadRow = 11;
+  std::vector<uint16_t> matrix(16 * 16);
+  for (int i = 0; i < 16 * 16; ++i) matrix[i] = static_cast<uint16_t>(1000 + 7 * i);
+  DeviceBuffer dm = Upload(matrix.data(), matrix.size() * 2), dout(32 * 8 * 4);
+  MatrixLoadsForTest(dm.as<uint16_t>(), kUnreadRow, dout.as<uint32_t>());
+  std::vector<uint32_t> got(32 * 8);
+  dout.CopyToHost(got.data(), got.size() * 4);
+  const auto element = [&](int r, int c) -> uint32_t { return r == kUnreadRow ? 0 : matrix[16 * r + c]; };
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int r0 = 8 * (i % 2), c0 = 8 * (i / 2);
+      EXPECT_EQ(got[8 * lane + i], element(r0 + g, c0 + 2 * t) | (element(r0 + g, c0 + 2 * t + 1) << 16))
+          << "lane " << lane << " matrix " << i;
+      EXPECT_EQ(got[8 * lane + 4 + i], element(r0 + 2 * t, c0 + g) | (element(r0 + 2 * t + 1, c0 + g) << 16))
+          << "lane " << lane << " matrix " << i << " transposed";
+    }
+  }
+}
+
 // A step of prompt chunks for the tiled-attention tests: sequence s has seqs[s].start
 // cached positions and seqs[s].num_new new rows, 8 blocks of 16 positions each (block
 // tables interleaved over the three sequences); chunks of more than one row as tiles of

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include "worker/kernels/cuda/async_copy.cuh"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 #include "worker/kernels/cuda/launch.cuh"
@@ -36,7 +37,34 @@ __global__ void MmaTileKernel(const float* a, const uint16_t* b, float* c, bool 
   for (int f = 0; f < 4; ++f) c[(g + 8 * (f / 2)) * 8 + 2 * t + f % 2] = acc[f];
 }
 
+__global__ void MatrixLoadsKernel(const uint16_t* matrix, int unread_row, uint32_t* out) {
+  WaitForPriorKernel();
+  constexpr int kRowWords = 8 + 4;  // 16 elements and a 16-byte pad, as the attention tiles' rows
+  __shared__ __align__(16) uint32_t tile[16][kRowWords];
+  const int lane = static_cast<int>(threadIdx.x);
+  // Lane l copies half h = l % 2 of row l / 2.
+  const int r = lane / 2, h = lane % 2;
+  CopyAsync16(&tile[r][4 * h], matrix + 16 * r + 8 * h, r != unread_row);
+  CommitCopies();
+  WaitCopies<0>();
+  __syncthreads();
+  const int i = lane / 8;
+  const uint32_t* row = &tile[8 * (i % 2) + lane % 8][4 * (i / 2)];
+  uint32_t m[4], mt[4];
+  LoadMatrices<false>(row, m);
+  LoadMatrices<true>(row, mt);
+  for (int k = 0; k < 4; ++k) {
+    out[8 * lane + k] = m[k];
+    out[8 * lane + 4 + k] = mt[k];
+  }
+}
+
 }  // namespace
+
+void MatrixLoadsForTest(const uint16_t* matrix, int unread_row, uint32_t* out) {
+  LaunchKernel("MatrixLoadsKernel", MatrixLoadsKernel, 1, 32, 0, nullptr, matrix, unread_row, out);
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 void MmaTileForTest(DType t, const float* a, const uint16_t* b, float* c, bool split) {
   if (t == DType::kF16) {

@@ -14,4 +14,11 @@ namespace shoal::worker::cuda {
 // two products); b as elements of t (kF16 or kBF16). Synchronizes the device.
 void MmaTileForTest(DType t, const float* a, const uint16_t* b, float* c, bool split);
 
+// A 16x16 matrix of 16-bit elements (row-major, device memory) into shared memory by
+// async_copy.cuh's copies, 16 bytes each, except those of row `unread_row` (zero-filled),
+// then read back by one warp through LoadMatrices, matrix i (of 4) being rows
+// 8 (i % 2) .. + 7 and columns 8 (i / 2) .. + 7: out[8 lane + i] is lane's word m[i],
+// out[8 lane + 4 + i] the same transposed. Synchronizes the device.
+void MatrixLoadsForTest(const uint16_t* matrix, int unread_row, uint32_t* out);
+
 }  // namespace shoal::worker::cuda

@@ -59,6 +59,16 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
 // the thread waited.
 void WaitForPriorGrid();
 
+// cp.async (worker/kernels/cuda/async_copy.cuh): a copy of `bytes` into shared memory, the
+// first src_bytes read from src and the rest zeroed. Half the blocks perform it only when
+// its thread waits for its group (reading the buffer before the wait sees the old
+// contents), the other half at once (overwriting a tile other threads still read, if no
+// barrier came first): the two ends of what the hardware may do. A thread that exits with
+// copies it never waited for ends the process, as does a copy off its alignment.
+void CopyAsync(void* dst, const void* src, int bytes, int src_bytes);
+void CommitAsyncCopies();
+void WaitAsyncCopies(int outstanding_groups);
+
 struct LaunchConfig {
   dim3 grid;
   dim3 block;

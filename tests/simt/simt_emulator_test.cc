@@ -56,6 +56,31 @@ TEST(SimtEmulator, AMissingBarrierMakesEvenAndOddBlocksDisagree) {
   EXPECT_GT(differ, n / 2);
 }
 
+// cp.async copies land when their thread waits (blocks 0 and 1) or at once (2 and 3), so a
+// read before the wait sees the old contents in some blocks and the copy in others; after
+// the wait and a barrier every block reads every thread's copy.
+TEST(SimtEmulator, AsyncCopiesLandByTheWaitAndAReadBeforeItDependsOnTheBlock) {
+  std::vector<int32_t> in(32 * 4), out(4 * 32, 0);
+  std::iota(in.begin(), in.end(), 100);
+  AsyncCopies(nullptr, in.data(), /*mode=*/0, out.data());
+  for (int b = 0; b < 4; ++b) {
+    for (int t = 0; t < 32; ++t) ASSERT_EQ(out[32 * b + t], in[4 * ((t + 1) % 32)]) << "block " << b;
+  }
+  AsyncCopies(nullptr, in.data(), /*mode=*/1, out.data());
+  for (int t = 0; t < 32; ++t) {
+    EXPECT_EQ(out[t], -1);
+    EXPECT_EQ(out[32 + t], -1);
+    EXPECT_EQ(out[64 + t], in[4 * t]);
+    EXPECT_EQ(out[96 + t], in[4 * t]);
+  }
+}
+
+TEST(SimtEmulatorDeathTest, AThreadExitingWithCopiesInFlightEndsTheProcess) {
+  std::vector<int32_t> in(32 * 4, 7), out(4 * 32, 0);
+  EXPECT_DEATH(AsyncCopies(nullptr, in.data(), /*mode=*/2, out.data()),
+               "AsyncCopyKernel: a thread exited with cp.async copies it never waited for");
+}
+
 TEST(SimtEmulatorDeathTest, FullMaskShuffleAfterLanesExitedEndsTheProcessNamingTheKernel) {
   int32_t out = 0;
   EXPECT_DEATH(ShuffleAfterLanesExited(nullptr, &out), "ShuffleAfterExitKernel: a lane returned while others of its warp wait at a shuffle");

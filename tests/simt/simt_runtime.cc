@@ -5,16 +5,17 @@
 // `simt` tests.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <set>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,22 @@ struct Barrier {
   uint64_t generation = 0;
 };
 
+// A cp.async copy the thread issued and has not yet waited for (async_copy.cuh).
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+  bool performed;  // already in shared memory (blocks that copy at once)
+};
+
+// Performs a copy: src_bytes from src, zeros for the rest.
+void Perform(PendingCopy& c) {
+  if (c.performed) return;
+  std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+  std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(c.bytes - c.src_bytes));
+  c.performed = true;
+}
+
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
   void* asan_fake_stack = nullptr;
@@ -101,6 +118,10 @@ struct Fiber {
   int warp = 0, lane = 0;
   bool done = false;
   bool waited_for_prior_grid = false;
+  // cp.async: copies since the last commit, and the committed groups still in flight
+  // (performed when the thread waits for them, oldest first).
+  std::vector<PendingCopy> uncommitted;
+  std::deque<std::vector<PendingCopy>> in_flight;
   Barrier* waiting_on = nullptr;
   uint64_t waiting_generation = 0;
 };
@@ -126,6 +147,10 @@ struct Block {
   const void* scheduler_stack_bottom = nullptr;  // the host thread's stack, for ASan
   size_t scheduler_stack_size = 0;
   Fiber* current = nullptr;
+  // cp.async copies land at once (true) or only when their thread waits for them: the two
+  // ends of what the hardware may do, so an overwrite of a tile still being read (no
+  // barrier before the copies) and a read before the wait both show in some blocks.
+  bool eager_copies = false;
 };
 
 // Per host thread: tensor ranks run as threads, each launching its own kernels.
@@ -182,6 +207,11 @@ void Arrive(Barrier& b, int live) {
     Fail(std::string(block->kernel) +
          ": a thread exited without WaitForPriorKernel(), though its launch may overlap the kernel before it");
   }
+  // (An empty group left in flight is fine: a pipeline commits one per tile.)
+  const bool copies_in_flight =
+      !f.uncommitted.empty() ||
+      std::any_of(f.in_flight.begin(), f.in_flight.end(), [](const auto& group) { return !group.empty(); });
+  if (copies_in_flight) Fail(std::string(block->kernel) + ": a thread exited with cp.async copies it never waited for");
   if (block->warps[f.warp].barrier.arrived > 0) {
     Fail(std::string(block->kernel) + ": a lane returned while others of its warp wait at a shuffle or __syncwarp");
   }
@@ -226,6 +256,8 @@ void RunBlock(Block& block) {
     f.lane = i % 32;
     f.done = false;
     f.waited_for_prior_grid = false;
+    f.uncommitted.clear();
+    f.in_flight.clear();
     f.waiting_on = nullptr;
     ++block.warps[f.warp].live;
     ++block.warps[f.warp].size;
@@ -234,7 +266,9 @@ void RunBlock(Block& block) {
   // Odd blocks run their threads last to first: a read of another thread's shared-memory
   // write without a barrier between them then sees the write in one order and not in the
   // other, so blocks that should agree do not (a race the real GPU may or may not show).
-  const bool reverse = ((g_block_idx.x + g_block_idx.y + g_block_idx.z) & 1u) != 0;
+  const unsigned parity = g_block_idx.x + g_block_idx.y + g_block_idx.z;
+  const bool reverse = (parity & 1u) != 0;
+  block.eager_copies = (parity & 2u) != 0;
   while (block.live > 0) {
     bool progressed = false;
     for (int k = 0; k < n; ++k) {
@@ -359,6 +393,29 @@ void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, v
 }
 
 void WaitForPriorGrid() { Current().waited_for_prior_grid = true; }
+
+void CopyAsync(void* dst, const void* src, int bytes, int src_bytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
+    Fail(std::string(g_block->kernel) + ": a cp.async of " + std::to_string(bytes) + " bytes off its alignment");
+  }
+  PendingCopy c{dst, src, bytes, src_bytes, false};
+  if (g_block->eager_copies) Perform(c);
+  Current().uncommitted.push_back(c);
+}
+
+void CommitAsyncCopies() {
+  Fiber& f = Current();
+  f.in_flight.push_back(std::move(f.uncommitted));
+  f.uncommitted.clear();
+}
+
+void WaitAsyncCopies(int outstanding_groups) {
+  Fiber& f = Current();
+  while (static_cast<int>(f.in_flight.size()) > outstanding_groups) {
+    for (PendingCopy& c : f.in_flight.front()) Perform(c);
+    f.in_flight.pop_front();
+  }
+}
 
 void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
             const char* kernel, bool overlapped) {

@@ -1,5 +1,6 @@
 #include "tests/simt/simt_selftest_kernels.h"
 
+#include "worker/kernels/cuda/async_copy.cuh"
 #include "worker/kernels/cuda/launch.cuh"
 
 namespace shoal::simt_selftest {
@@ -72,6 +73,22 @@ __global__ void VectorLoadKernel(const char* p, uint32_t* out) {
   *out = v.x ^ v.y ^ v.z ^ v.w;
 }
 
+// mode 0: copies, waits, a barrier, then reads the next thread's copy; 1: reads its own
+// copy before waiting; 2: exits without waiting.
+__global__ void AsyncCopyKernel(const int32_t* in, int mode, int32_t* out) {
+  __shared__ __align__(16) int32_t s[32 * 4];
+  const int t = threadIdx.x;
+  for (int i = 0; i < 4; ++i) s[4 * t + i] = -1;
+  __syncthreads();
+  worker::cuda::CopyAsync16(&s[4 * t], in + 4 * t, true);
+  worker::cuda::CommitCopies();
+  if (mode == 2) return;
+  if (mode == 1) out[blockIdx.x * 32 + t] = s[4 * t];
+  worker::cuda::WaitCopies<0>();
+  __syncthreads();
+  if (mode == 0) out[blockIdx.x * 32 + t] = s[4 * ((t + 1) % 32)];
+}
+
 __global__ void AddOneKernel(int32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] += 1;
@@ -105,6 +122,10 @@ void LaunchWithThreads(cudaStream_t stream, int threads, int32_t* out) {
 void MissingBarrier(cudaStream_t stream, int n, int32_t* out) { MissingBarrierKernel<<<2, n, 0, stream>>>(out); }
 
 void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out) { VectorLoadKernel<<<1, 1, 0, stream>>>(p, out); }
+
+void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out) {
+  AsyncCopyKernel<<<4, 32, 0, stream>>>(in, mode, out);
+}
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }
 

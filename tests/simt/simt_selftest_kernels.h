@@ -28,6 +28,11 @@ void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out);
 // it on a Hopper GPU); wait: whether the kernel calls WaitForPriorKernel first (without,
 // the emulator ends the process).
 void OverlappedLaunch(cudaStream_t stream, int32_t* out, bool wait);
+// Four blocks of 32 threads, thread t copying in[4t .. 4t + 3] into shared memory by
+// cp.async (async_copy.cuh). mode 0: waits, then out[32 b + t] = in[4 ((t + 1) % 32)]
+// after a barrier; 1: out[32 b + t] is its copy's first word read before the wait (-1
+// where the copy has not landed); 2: exits without waiting (the emulator ends the process).
+void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "worker/kernels/cuda/async_copy.cuh"
 #include "worker/kernels/cuda/cuda_check.h"
 #include "worker/kernels/cuda/elements.cuh"
 #include "worker/kernels/cuda/launch.cuh"
@@ -465,26 +466,22 @@ __global__ void TiledAttentionKernel(const T* kc, const T* vc, int block_size, i
 constexpr int kTensorCoreBlockHeads = 4;
 
 // The shared-memory tile of TensorCoreTiledAttentionKernel, in 32-bit words of two
-// elements: kKeys keys by rows of kDim elements, and the same positions' values by columns
-// (row d holds element d of every value, keys 2w and 2w + 1 in word w), as the mma
-// operands want them: a lane's B fragment is a word of a key row (scores) or of a value
-// column (outputs). Rows are padded by 4 words, which puts the words lanes (g, t) read,
-// row g and word t, in 32 different banks (row strides of 4 or 20 modulo 32).
+// elements: kKeys keys and the same positions' values, each by rows of kDim elements, as
+// the cache holds them (so cp.async copies them untouched), two such tiles (one in flight
+// while the other is used). A lane's B fragment of the scores is a word of a key row; of
+// the outputs, LoadMatrices<true> reads it off the value rows. Rows are padded by 4 words:
+// a row stride of 4 or 20 words modulo 32 puts the words lanes (g, t) read, row g and word
+// t, in 32 different banks, and the 8 rows of an ldmatrix phase in 8 different 16 bytes
+// of them.
 template <int kDim>
 struct TensorCoreTile {
   static constexpr int kKeys = 32;
-  static constexpr int kKeyWords = kDim / 2 + 4;
-  static constexpr int kValueWords = kKeys / 2 + 4;
+  static constexpr int kStages = 2;
+  static constexpr int kRowWords = kDim / 2 + 4;
   static constexpr int kSteps = kDim / 16;  // k-steps of the scores
   static constexpr int kChunks = kDim / 8;  // 16-byte chunks of a slot, 8-column blocks of the outputs
-  static_assert(kDim % 16 == 0 && (kKeyWords % 32 == 4 || kKeyWords % 32 == 20) && kValueWords % 32 == 20,
-                "bank spread");
+  static_assert(kDim % 16 == 0 && kChunks % 2 == 0 && (kRowWords % 32 == 4 || kRowWords % 32 == 20), "bank spread");
 };
-
-// Words of a uint4, in memory order.
-__device__ __forceinline__ uint32_t WordOf(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
 
 // A warp's 16 query rows (lane rows lg and lg + 8, i = 0 and 1) over one tile of kKeys
 // scores in mma C fragments (s[n]: keys base + 8n .. + 7; the row's four lanes, lt, hold
@@ -575,21 +572,29 @@ __device__ __forceinline__ void ProbabilityFragment(const uint32_t (&p_words)[kK
   a[3] = p_words[2 * k + 1][1];
 }
 
-// acc[c] += P V over the tile's kKeys keys, for the 8-wide output blocks c for which
-// value_fragment(k, c, b) fills b with the B fragment of keys 16k .. 16k + 15 and block c
-// and returns true (the first false ends the blocks).
-template <typename T, int kKeys, int kBlocks, typename ValueFragment>
-__device__ __forceinline__ void AddValues(const uint32_t (&p_words)[kKeys / 8][2], float (&acc)[kBlocks][4],
-                                          ValueFragment&& value_fragment) {
+// acc[c] += P V over the tile's kKeys keys for the warp's first `blocks` 8-wide output
+// blocks, the values by rows in shared memory (vs[key], 16-byte aligned), block 0 starting
+// at word first_word of a row: the scores' C fragments of keys 16k..16k+15 are the A
+// fragment, and the B fragments of blocks c and c + 1 are the four transposed 8x8
+// matrices of those keys' rows (lane 8i + r: key 16k + 8 (i % 2) + r, block c + i / 2).
+// blocks may be odd: the last pair's second block is then read but not multiplied.
+template <typename T, int kKeys, int kBlocks, int kWords>
+__device__ __forceinline__ void AddValues(const uint32_t (&p_words)[kKeys / 8][2], const uint32_t (*vs)[kWords],
+                                          int first_word, int blocks, int lane, float (&acc)[kBlocks][4]) {
+  static_assert(kBlocks % 2 == 0, "blocks in pairs");
+  const int mi = lane / 8, mr = lane % 8;
 #pragma unroll
   for (int k = 0; k < kKeys / 16; ++k) {
     uint32_t a[4];
     ProbabilityFragment<kKeys>(p_words, k, a);
 #pragma unroll
-    for (int c = 0; c < kBlocks; ++c) {
-      uint32_t b[2];
-      if (!value_fragment(k, c, b)) break;
-      MmaM16N8K16<T>(acc[c], a, b);
+    for (int c = 0; c < kBlocks; c += 2) {
+      if (c >= blocks) break;
+      uint32_t b[4];
+      LoadMatrices<true>(&vs[16 * k + 8 * (mi % 2) + mr][first_word + 4 * (c + mi / 2)], b);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      MmaM16N8K16<T>(acc[c], a, b0);
+      if (c + 1 < blocks) MmaM16N8K16<T>(acc[c + 1], a, b1);
     }
   }
 }
@@ -597,10 +602,11 @@ __device__ __forceinline__ void AddValues(const uint32_t (&p_words)[kKeys / 8][2
 // PagedAttentionTiled on the tensor cores (FlashAttention-2's scheme, f16/bf16 caches,
 // head_dim a multiple of 8 up to 128). One block per (tile, KV head, block of up to 4 of
 // its query heads); warp w serves head w / 2 of the block and rows 16 (w % 2) .. + 15 of
-// the tile. The block walks the tile's positions kKeys at a time: every thread loads part
-// of the keys and values into shared memory, then each warp multiplies its 16 query rows
-// by the keys (m16n8k16: 16 rows x 8 keys x 16 dims an instruction), masks causally, keeps
-// each row's running max and sum (online softmax, f32), and multiplies the probabilities,
+// the tile. The block walks the tile's positions kKeys at a time through two shared-memory
+// tiles: while the warps work on one, the copies of the next positions' keys and values
+// into the other are in flight (cp.async). Each warp multiplies its 16 query rows by the
+// keys (m16n8k16: 16 rows x 8 keys x 16 dims an instruction), masks causally, keeps each
+// row's running max and sum (online softmax, f32), and multiplies the probabilities,
 // rounded to T, by the values into its f32 outputs. The queries stay in registers as the
 // sum of two roundings to T (SplitPair), so a score is as exact as the cache's keys allow:
 // a score's error would come out of exp() as a relative error of the probability.
@@ -612,8 +618,8 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
   WaitForPriorKernel();
   using Tile = TensorCoreTile<kDim>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kChunks = Tile::kChunks;
-  __shared__ uint32_t ks[kKeys][Tile::kKeyWords];
-  __shared__ uint32_t vs[kDim][Tile::kValueWords];
+  __shared__ __align__(16) uint32_t ks[Tile::kStages][kKeys][Tile::kRowWords];
+  __shared__ __align__(16) uint32_t vs[Tile::kStages][kKeys][Tile::kRowWords];
 
   const QueryTile tile = tiles[blockIdx.x];
   const int64_t g = blockIdx.y, group = num_heads / kv_heads;
@@ -628,6 +634,21 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
   // Only the 8-wide output blocks head_dim has (ScoreTile skips its k-steps past it).
   const int chunks = static_cast<int>(head_dim / 8);
+
+  // Keys and values of positions base .. base + kKeys - 1 into tile `stage` by 16-byte
+  // chunks, a slot's chunks on consecutive threads (coalesced reads); past the tile's last
+  // position or head_dim zeros, and the block table is not read for them. One group.
+  const auto load = [&](int stage, int64_t base) {
+    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
+      const int j = e / kChunks, c = e % kChunks;
+      const bool read = base + j <= last && 8 * c < head_dim;
+      const int64_t at = read ? SlotOffset(table, base + j, block_size, kv_heads, g, head_dim) + 8 * c : 0;
+      CopyAsync16(&ks[stage][j][4 * c], kc + at, read);
+      CopyAsync16(&vs[stage][j][4 * c], vc + at, read);
+    }
+    CommitCopies();
+  };
+  load(0, 0);
 
   // Rows lg and lg + 8 of the warp's 16: their positions, and whether they are the tile's.
   int64_t row_pos[2];
@@ -656,52 +677,26 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
   float acc[kChunks][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int64_t base = 0; base <= last; base += kKeys) {
-    // Keys by 16-byte chunks, a key's chunks on consecutive threads (coalesced reads, and
-    // conflict-free stores). Values two positions at a time, 16 bytes of each, consecutive
-    // threads on consecutive pairs: element i of both makes word i of their column rows.
-    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
-      const int j = e / kChunks, c = e % kChunks;
-      uint4 w = make_uint4(0, 0, 0, 0);
-      if (base + j <= last && 8 * c < head_dim) {
-        w = *reinterpret_cast<const uint4*>(kc + SlotOffset(table, base + j, block_size, kv_heads, g, head_dim) +
-                                            8 * c);
-      }
-      StoreWords(&ks[j][4 * c], w);
+  int stage = 0;
+  for (int64_t base = 0; base <= last; base += kKeys, stage ^= 1) {
+    // The next positions' copies go out (an empty group after the last), then this tile's
+    // are waited for: at most the newest group still in flight.
+    if (base + kKeys <= last) {
+      load(stage ^ 1, base + kKeys);
+    } else {
+      CommitCopies();
     }
-    for (int e = static_cast<int>(threadIdx.x); e < kKeys / 2 * kChunks; e += static_cast<int>(blockDim.x)) {
-      const int pair = e % (kKeys / 2), c = e / (kKeys / 2);
-      uint4 w[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-      for (int u = 0; u < 2; ++u) {
-        const int64_t p = base + 2 * pair + u;
-        if (p <= last && 8 * c < head_dim) {
-          w[u] = *reinterpret_cast<const uint4*>(vc + SlotOffset(table, p, block_size, kv_heads, g, head_dim) + 8 * c);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {  // elements 2i (low halves) and 2i + 1 (high halves)
-        const uint32_t a = WordOf(w[0], i), b = WordOf(w[1], i);
-        vs[8 * c + 2 * i][pair] = (a & 0xffffu) | (b << 16);
-        vs[8 * c + 2 * i + 1][pair] = (a >> 16) | (b & 0xffff0000u);
-      }
-    }
+    WaitCopies<1>();
     __syncthreads();
     if (computes && base <= warp_last) {
       // Scores of the warp's 16 rows by the tile's kKeys keys: s[n] holds keys 8n..8n+7.
       float s[kKeys / 8][4] = {};
-      ScoreTile<T, kKeys, kSteps>(ks, 0, head_dim, lg, lt, q_hi, q_lo, s);
+      ScoreTile<T, kKeys, kSteps>(ks[stage], 0, head_dim, lg, lt, q_hi, q_lo, s);
       uint32_t p_words[kKeys / 8][2];
       SoftmaxTile<T, kKeys, kChunks>(s, base, lt, row_live, row_pos, m, l, acc, p_words);
-      // Outputs += P V: the scores' C fragments of keys 16k..16k+15 are the A fragment; a
-      // value fragment is a word of a value column.
-      AddValues<T, kKeys, kChunks>(p_words, acc, [&](int k, int c, uint32_t (&b)[2]) {
-        if (c >= chunks) return false;
-        b[0] = vs[8 * c + lg][8 * k + lt];
-        b[1] = vs[8 * c + lg][8 * k + 4 + lt];
-        return true;
-      });
+      AddValues<T, kKeys, kChunks>(p_words, vs[stage], 0, chunks, lane, acc);
     }
-    __syncthreads();  // before the next tile overwrites ks/vs
+    __syncthreads();  // before the next iteration's copies overwrite this tile
   }
   if (!computes) return;
   for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
@@ -723,9 +718,10 @@ constexpr int kLatentWarps = 4;
 
 // The shared-memory tile of TensorCorePairAttentionKernel: kKeys keys of kDim elements as
 // rows of 32-bit words padded by 4 (row stride 4 modulo 32 banks: a score fragment's
-// lanes (g, t), row g and word t, hit 32 banks; a value fragment's, element g of rows 2t
-// and 2t + 1, 16), the values the same way (MLA: the entries' first kV elements, read from
-// the keys' rows). With the warps' partial scores beside it, 45 KB at DeepSeek's 576.
+// lanes (g, t), row g and word t, hit 32 banks, and an ldmatrix phase's 8 rows 8
+// different 16 bytes of them), the values the same way (MLA: the entries' first kV
+// elements, read from the keys' rows). With the warps' partial scores beside it, 45 KB at
+// DeepSeek's 576: one tile, not two (48 KB is the static limit).
 template <int kDim, int kV>
 struct LatentTile {
   static constexpr int kKeys = 32;
@@ -734,11 +730,6 @@ struct LatentTile {
   static constexpr int kBlocks = kV / 8 / kLatentWarps;    // a warp's 8-wide blocks of the outputs
   static_assert(kDim % (16 * kLatentWarps) == 0 && kV % (8 * kLatentWarps) == 0 && kWords % 32 == 4, "tile shape");
 };
-
-// Element e of a row of 16-bit elements held as words.
-__device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) {
-  return (row[e / 2] >> (16 * (e % 2))) & 0xffffu;
-}
 
 // Attention on the tensor cores where the query heads of a KV head fill the mma's 16 rows
 // together (f16/bf16 cache; slots a multiple of 8 elements): the rows are 16 (row, head)
@@ -749,11 +740,12 @@ __device__ __forceinline__ uint32_t HalfOf(const uint32_t* row, int e) {
 // Tiles come from `tiles`, or with tiles null each launch row is a tile of one (rows.row_ids
 // as PagedAttention), the split records then indexed by launch row for MergeSplitsKernel
 // (by step row with tiles). The block walks the tile's positions kKeys at a time: the
-// threads load keys (and values) into shared memory, warp w scores the pairs over its
+// threads copy keys (and values) into shared memory (cp.async, the whole tile in flight
+// at once: a decode row's split is about one tile), warp w scores the pairs over its
 // quarter of the key (queries in registers as two roundings, as
 // TensorCoreTiledAttentionKernel), the four partial scores meet in shared memory, every
 // warp takes the same sums through the same online softmax, and warp w multiplies the
-// probabilities by its quarter of the values into its f32 outputs.
+// probabilities by its quarter of the values (ldmatrix off the rows) into its f32 outputs.
 template <typename T, int kDim, int kV, bool kOwnValues>
 __global__ void __launch_bounds__(32 * kLatentWarps)
     TensorCorePairAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t entry,
@@ -763,8 +755,8 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   WaitForPriorKernel();
   using Tile = LatentTile<kDim, kV>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
-  __shared__ uint32_t ks[kKeys][Tile::kWords];
-  __shared__ uint32_t vs_own[kOwnValues ? kKeys : 1][Tile::kWords];
+  __shared__ __align__(16) uint32_t ks[kKeys][Tile::kWords];
+  __shared__ __align__(16) uint32_t vs_own[kOwnValues ? kKeys : 1][Tile::kWords];
   __shared__ float partial[kLatentWarps][16][kKeys];
   uint32_t(*vs)[Tile::kWords] = kOwnValues ? vs_own : ks;
 
@@ -817,17 +809,18 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   for (int64_t base = begin; base < end; base += kKeys) {
+    // The tile's keys (and values) by 16-byte chunks, every copy in flight before the
+    // first is waited for; zeros past the split's positions, whose block table entries
+    // are not even read.
     for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
       const int j = e / kChunks, c = e % kChunks;
-      uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
-      if (base + j < end && 8 * c < entry) {  // past the block table's positions: not even the table is read
-        const int64_t at = SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c;
-        kw = *reinterpret_cast<const uint4*>(kc + at);
-        if (kOwnValues && 8 * c < latent) vw = *reinterpret_cast<const uint4*>(vc + at);
-      }
-      StoreWords(&ks[j][4 * c], kw);
-      if constexpr (kOwnValues) StoreWords(&vs_own[j][4 * c], vw);
+      const bool read = base + j < end && 8 * c < entry;
+      const int64_t at = read ? SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c : 0;
+      CopyAsync16(&ks[j][4 * c], kc + at, read);
+      if constexpr (kOwnValues) CopyAsync16(&vs_own[j][4 * c], vc + at, read && 8 * c < latent);
     }
+    CommitCopies();
+    WaitCopies<0>();
     __syncthreads();
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
     float s[kKeys / 8][4] = {};
@@ -849,15 +842,11 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     }
     uint32_t p_words[kKeys / 8][2];
     SoftmaxTile<T, kKeys, kBlocks>(s, base, lt, live, upto, m, l, acc, p_words);
-    // Outputs += P V over this warp's value blocks; a value fragment is element (column) g
-    // of the values of keys 2t, 2t + 1 (and + 8), two halves of two rows.
-    AddValues<T, kKeys, kBlocks>(p_words, acc, [&](int k, int c, uint32_t (&b)[2]) {
-      if (8 * (warp * kBlocks + c) >= latent) return false;
-      const int col = 8 * (warp * kBlocks + c) + lg, r = 16 * k + 2 * lt;
-      b[0] = HalfOf(vs[r], col) | (HalfOf(vs[r + 1], col) << 16);
-      b[1] = HalfOf(vs[r + 8], col) | (HalfOf(vs[r + 9], col) << 16);
-      return true;
-    });
+    // Outputs += P V over this warp's value blocks (those that start below latent).
+    const int first_block = warp * kBlocks;
+    const int64_t wanted = (latent - 8 * first_block + 7) / 8;
+    const int blocks = wanted <= 0 ? 0 : wanted >= kBlocks ? kBlocks : static_cast<int>(wanted);
+    AddValues<T, kKeys, kBlocks>(p_words, vs, 4 * first_block, blocks, lane, acc);
     __syncthreads();  // before the next tile overwrites ks and partial
   }
   for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);

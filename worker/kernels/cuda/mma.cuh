@@ -61,6 +61,48 @@ __device__ __forceinline__ void MmaM16N8K16(float (&c)[4], const uint32_t (&a)[4
 #endif
 }
 
+// Words of a uint4, in memory order.
+__device__ __forceinline__ uint32_t WordOf(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory in one warp-wide load (PTX
+// ldmatrix .x4): lane 8i + r gives the address of row r of matrix i (8 elements, 16-byte
+// aligned). Lane l = 4g + t receives in m[i] the word of elements (g, 2t) and (g, 2t + 1)
+// of matrix i; with kTranspose, of elements (2t, g) and (2t + 1, g), as if the matrix had
+// been stored by columns. So B's fragment for keys by rows of values (b[0] and b[1]: rows
+// 2t, 2t + 1 and 2t + 8, 2t + 9 of column g) is two transposed matrices, rows 0-7 and
+// 8-15, without the values being rearranged in shared memory first.
+template <bool kTranspose>
+__device__ __forceinline__ void LoadMatrices(const uint32_t* row, uint32_t (&m)[4]) {
+#if defined(SHOAL_SIMT)
+  // Each lane reads its row (a 16-byte load, so a misaligned address stops the emulator as
+  // it faults on a GPU); the rows reach the lanes that want them through shuffles.
+  const uint4 own = *reinterpret_cast<const uint4*>(row);
+  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  const auto half = [](const uint4& v, int e) { return (WordOf(v, e / 2) >> (16 * (e % 2))) & 0xffffu; };
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (kTranspose) {
+      const uint4 r0 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t), r1 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t + 1);
+      m[i] = half(r0, g) | (half(r1, g) << 16);
+    } else {
+      m[i] = WordOf(__shfl_sync(0xffffffffu, own, 8 * i + g), t);
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  const auto at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  if constexpr (kTranspose) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(m[0]), "=r"(m[1]), "=r"(m[2]), "=r"(m[3])
+                 : "r"(at));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(m[0]), "=r"(m[1]), "=r"(m[2]), "=r"(m[3])
+                 : "r"(at));
+  }
+#endif
+}
+
 // The bits of a T.
 template <typename T>
 __device__ __forceinline__ uint32_t ElementBits(T v) {
