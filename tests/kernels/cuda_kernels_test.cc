@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -742,6 +743,106 @@ TEST_P(CudaKernels, MlaTiledAttentionMatchesTheRowKernel) {
                               ldq, heads, scale, dgot.as<float>(), ldo, {splits, scratch.as<float>()});
       SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
       ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+    }
+  }
+}
+
+// A sequence whose block table is exactly as long as its positions need (100 positions,
+// 7 blocks of 16, the table's last entry the allocation's last word), through every
+// attention kernel: tiles of 32 keys and split ranges that end inside a block must not
+// read the table past it. The results agree kernel with kernel; under the emulator's
+// AddressSanitizer tree (SHOAL_SIMT_ASAN=1) and compute-sanitizer's memcheck (the GPU
+// bundle) a read past the table's end stops the test.
+TEST_P(CudaKernels, AttentionReadsNoBlockTableEntryPastTheSequencesLastBlock) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  constexpr int kBlockSize = 16;
+  constexpr int64_t kPositions = 100, kBlocks = (kPositions + kBlockSize - 1) / kBlockSize;
+  std::vector<int32_t> table(kBlocks);
+  for (int64_t b = 0; b < kBlocks; ++b) table[b] = static_cast<int32_t>(kBlocks - 1 - b);
+  DeviceBuffer dtable = Upload(table.data(), table.size() * 4);
+  std::vector<int32_t> all_seq(kPositions, 0);
+  std::vector<int64_t> all_pos(kPositions);
+  std::iota(all_pos.begin(), all_pos.end(), 0);
+  const RowsOnDevice all_dev(all_seq, all_pos, dtable, kBlocks);
+  // The last 45 positions as query rows: one tile of 32 and one of 13, or every row a tile.
+  constexpr int64_t kRows = 45;
+  std::vector<int32_t> q_seq(kRows, 0);
+  std::vector<int64_t> q_pos(kRows);
+  std::iota(q_pos.begin(), q_pos.end(), kPositions - kRows);
+  const RowsOnDevice q_dev(q_seq, q_pos, dtable, kBlocks);
+  const auto tile_of = [&](int64_t first, int64_t rows) {
+    QueryTile tile;
+    tile.first_row = static_cast<int32_t>(first);
+    tile.num_rows = static_cast<int32_t>(rows);
+    tile.first_pos = q_pos[first];
+    return tile;
+  };
+  std::vector<QueryTile> tiles, row_tiles;
+  for (int64_t i = 0; i < kRows; i += kQueryTileRows) {
+    tiles.push_back(tile_of(i, std::min<int64_t>(kQueryTileRows, kRows - i)));
+  }
+  for (int64_t i = 0; i < kRows; ++i) row_tiles.push_back(tile_of(i, 1));
+  DeviceBuffer dtiles = Upload(tiles.data(), tiles.size() * sizeof(QueryTile));
+  DeviceBuffer drow_tiles = Upload(row_tiles.data(), row_tiles.size() * sizeof(QueryTile));
+  const double tolerance = t == DType::kF16 ? 1.0 / 4096 : t == DType::kBF16 ? 1.0 / 512 : 1e-5;
+  {
+    SCOPED_TRACE("GQA, 8 heads over 2, head_dim 64");
+    const int64_t heads = 8, kv_heads = 2, hd = 64, width = kv_heads * hd, ldq = heads * hd;
+    DeviceBuffer dk(kBlocks * kBlockSize * width * ElementBytes(t)), dv(dk.bytes());
+    const DeviceKvLayer cache{dk.data(), dv.data(), kBlocks, kBlockSize, kv_heads, hd, t};
+    const std::vector<float> k = Random(kPositions * width, 71), v = Random(kPositions * width, 72);
+    DeviceBuffer dkin = Upload(k.data(), k.size() * 4), dvin = Upload(v.data(), v.size() * 4);
+    WriteKv(nullptr, cache, all_dev.rows, dkin.as<float>(), width, dvin.as<float>(), width);
+    const std::vector<float> q = Random(kRows * ldq, 73);
+    DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(kRows * ldq * 4), dgot(dwant.bytes());
+    const float scale = 0.125f;
+    PagedAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldq, {},
+                   AttentionCores::kF32);
+    const std::vector<float> want = Decode(Download(dwant), DType::kF32);
+    for (const AttentionCores cores : {AttentionCores::kBest, AttentionCores::kF32}) {
+      SCOPED_TRACE(cores == AttentionCores::kBest ? "best cores" : "f32 cores");
+      for (const int splits : {1, 3, 8}) {
+        SCOPED_TRACE(::testing::Message() << splits << " splits");
+        DeviceBuffer scratch(std::max<size_t>(4, AttentionPartialFloats(kRows, heads, splits, hd) * 4));
+        PagedAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq,
+                       {splits, scratch.as<float>()}, cores);
+        ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+      }
+      PagedAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(), static_cast<int64_t>(tiles.size()),
+                          dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldq, cores);
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+    }
+  }
+  {
+    SCOPED_TRACE("MLA, 32 + 8, 3 heads");
+    const int64_t latent = 32, rope = 8, heads = 3, entry = latent + rope, ldq = heads * entry, ldo = heads * latent;
+    DeviceBuffer dcache(kBlocks * kBlockSize * entry * ElementBytes(t));
+    const DeviceLatentLayer cache{dcache.data(), kBlocks, kBlockSize, latent, rope, t};
+    const std::vector<float> entries = Random(kPositions * entry, 74);
+    DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
+    WriteLatents(nullptr, cache, all_dev.rows, dentries.as<float>(), entry);
+    const std::vector<float> q = Random(kRows * ldq, 75);
+    DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(kRows * ldo * 4), dgot(dwant.bytes());
+    const float scale = 1.0f / std::sqrt(static_cast<float>(entry));
+    MlaLatentAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dwant.as<float>(), ldo);
+    const std::vector<float> want = Decode(Download(dwant), DType::kF32);
+    for (const int splits : {1, 3, 8}) {
+      SCOPED_TRACE(::testing::Message() << splits << " splits");
+      DeviceBuffer scratch(std::max<size_t>(4, AttentionPartialFloats(kRows, heads, splits, latent) * 4));
+      MlaLatentAttention(nullptr, cache, q_dev.rows, dq.as<float>(), ldq, heads, scale, dgot.as<float>(), ldo,
+                         {splits, scratch.as<float>()});
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, 1e-5);
+      if (!MlaTilesOnTensorCores(cache)) continue;
+      MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, drow_tiles.as<QueryTile>(), kRows, 1, dq.as<float>(), ldq,
+                              heads, scale, dgot.as<float>(), ldo, {splits, scratch.as<float>()});
+      ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+      if (splits == 1) {
+        MlaLatentAttentionTiled(nullptr, cache, q_dev.rows, dtiles.as<QueryTile>(),
+                                static_cast<int64_t>(tiles.size()), kQueryTileRows, dq.as<float>(), ldq, heads, scale,
+                                dgot.as<float>(), ldo);
+        ExpectClose(Decode(Download(dgot), DType::kF32), want, tolerance);
+      }
     }
   }
 }

@@ -395,7 +395,8 @@ void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, v
 void WaitForPriorGrid() { Current().waited_for_prior_grid = true; }
 
 void CopyAsync(void* dst, const void* src, int bytes, int src_bytes) {
-  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
+  const auto misaligned = [bytes](const void* p) { return reinterpret_cast<uintptr_t>(p) % bytes != 0; };
+  if (misaligned(dst) || (src_bytes > 0 && misaligned(src))) {
     Fail(std::string(g_block->kernel) + ": a cp.async of " + std::to_string(bytes) + " bytes off its alignment");
   }
   PendingCopy c{dst, src, bytes, src_bytes, false};

@@ -83,7 +83,8 @@ __device__ __forceinline__ void LoadMatrices(const uint32_t* row, uint32_t (&m)[
   const auto half = [](const uint4& v, int e) { return (WordOf(v, e / 2) >> (16 * (e % 2))) & 0xffffu; };
   for (int i = 0; i < 4; ++i) {
     if constexpr (kTranspose) {
-      const uint4 r0 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t), r1 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t + 1);
+      const uint4 r0 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t);
+      const uint4 r1 = __shfl_sync(0xffffffffu, own, 8 * i + 2 * t + 1);
       m[i] = half(r0, g) | (half(r1, g) << 16);
     } else {
       m[i] = WordOf(__shfl_sync(0xffffffffu, own, 8 * i + g), t);
