@@ -7,7 +7,9 @@
 #      then /usr/local/cuda*, python3's nvidia/* wheels, ldconfig, a bounded find) and
 #      prints what it found; LD_LIBRARY_PATH = the bundle's libs + those;
 #   2. prints nvidia-smi;
-#   3. runs cuda_kernels_test, cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
+#   3. runs cuda_kernels_test, the tensor-core attention tests alone (if they end their
+#      process, everything after runs with SHOAL_CUDA_ATTENTION_CORES=f32),
+#      cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test (and racecheck and synccheck over the
 #      tensor-core attention tests), when compute-sanitizer is there, batch-1
@@ -199,6 +201,15 @@ run_gtest() {
 }
 
 run_gtest cuda_kernels_test 120 "$bin_dir/cuda_kernels_test"
+# The tensor-core attention kernels on their own: a wrong result fails a test, but a fault
+# (a CUDA error ends the process) would end every model run below the same way, so then
+# they run with attention on the f32 cores and the summary says so.
+run_stage tensor_core_attention 60 "$bin_dir/cuda_kernels_test" --gtest_brief=1 \
+  --gtest_filter='CudaTensorCores.*:*TiledPromptAttention*:*MlaTiledAttention*:*PastTheSequencesLastBlock*:*PagedAttention*'
+if (($(tail -n 1 "$out/tensor_core_attention.rc" 2>/dev/null || echo 0) >= 124)); then
+  export SHOAL_CUDA_ATTENTION_CORES=f32
+  note "NOTE tensor-core attention ended its process: the model stages below run with SHOAL_CUDA_ATTENTION_CORES=f32"
+fi
 run_gtest cuda_decoder_test 240 "$bin_dir/cuda_decoder_test"
 run_gtest cuda_engine_test 60 "$bin_dir/cuda_engine_test"
 # Forked groups of ranks, each shard on the GPU (Gloo between them: one GPU here).

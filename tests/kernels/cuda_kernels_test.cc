@@ -752,7 +752,9 @@ TEST_P(CudaKernels, MlaTiledAttentionMatchesTheRowKernel) {
 // attention kernel: tiles of 32 keys and split ranges that end inside a block must not
 // read the table past it. The results agree kernel with kernel; under the emulator's
 // AddressSanitizer tree (SHOAL_SIMT_ASAN=1) and compute-sanitizer's memcheck (the GPU
-// bundle) a read past the table's end stops the test.
+// bundle) a read past the table's end stops the test. Unsplit, a block walks 4 tiles, so
+// the tensor-core kernels' two shared-memory tiles are each filled a second time while
+// the other is read (a missing barrier before those copies shows here).
 TEST_P(CudaKernels, AttentionReadsNoBlockTableEntryPastTheSequencesLastBlock) {
   SKIP_WITHOUT_GPU();
   const DType t = GetParam();

@@ -52,8 +52,15 @@ int LaneId();
 // reports it. `overlapped`: a launch that may overlap the grid before it on a GPU
 // (launch.cuh), so each of its threads must call WaitForPriorGrid before it exits; one
 // that does not ends the process naming the kernel.
+// shared_bytes: the block's dynamic shared memory, at most 48 KB unless
+// cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize) allowed more.
 void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
-            const char* kernel, bool overlapped);
+            const char* kernel, const void* function, bool overlapped);
+
+// The running block's dynamic shared memory (16-byte aligned; nullptr for a launch that
+// gave none). It starts as 0xff bytes in every block, as the hardware leaves it undefined,
+// so a read of a word the block never wrote gives a NaN or a huge integer, not a zero.
+void* DynamicShared();
 
 // griddepcontrol.wait: blocks run one grid after another here, so it only records that
 // the thread waited.
@@ -80,7 +87,8 @@ struct LaunchConfig {
   void Run(const char* name, void (*kernel)(P...), A&&... args) const {
     // Arguments convert to the kernel's parameter types once, as a launch copies them.
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-    Launch(grid, block, shared_bytes, stream, [kernel, params] { std::apply(kernel, params); }, name, overlapped);
+    Launch(grid, block, shared_bytes, stream, [kernel, params] { std::apply(kernel, params); }, name,
+           reinterpret_cast<const void*>(kernel), overlapped);
   }
 };
 

@@ -75,6 +75,21 @@ TEST(SimtEmulator, AsyncCopiesLandByTheWaitAndAReadBeforeItDependsOnTheBlock) {
   }
 }
 
+// Dynamic shared memory: up to 48 KB as given, more only after the kernel opted in (as on
+// the hardware); every block starts from 0xff bytes, so a word never written is not 0.
+TEST(SimtEmulator, DynamicSharedMemoryAbove48KbNeedsTheKernelToOptIn) {
+  std::vector<uint32_t> out(2 * 64, 0);
+  EXPECT_EQ(DynamicShared(nullptr, 32 * 1024, /*allow=*/false, out.data()), cudaSuccess);
+  EXPECT_EQ(DynamicShared(nullptr, 96 * 1024, /*allow=*/false, out.data()), cudaErrorInvalidConfiguration);
+  ASSERT_EQ(DynamicShared(nullptr, 96 * 1024, /*allow=*/true, out.data()), cudaSuccess);
+  for (int b = 0; b < 2; ++b) {
+    for (int t = 0; t < 32; ++t) {
+      EXPECT_EQ(out[64 * b + t], static_cast<uint32_t>((t + 1) % 32 + 1));
+      EXPECT_EQ(out[64 * b + 32 + t], 0xffffffffu);
+    }
+  }
+}
+
 TEST(SimtEmulatorDeathTest, AThreadExitingWithCopiesInFlightEndsTheProcess) {
   std::vector<int32_t> in(32 * 4, 7), out(4 * 32, 0);
   EXPECT_DEATH(AsyncCopies(nullptr, in.data(), /*mode=*/2, out.data()),

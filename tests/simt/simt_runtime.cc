@@ -151,6 +151,8 @@ struct Block {
   // ends of what the hardware may do, so an overwrite of a tile still being read (no
   // barrier before the copies) and a read before the wait both show in some blocks.
   bool eager_copies = false;
+  void* dynamic_shared = nullptr;  // the launch's shared_bytes, refilled for each block
+  size_t dynamic_shared_bytes = 0;
 };
 
 // Per host thread: tensor ranks run as threads, each launching its own kernels.
@@ -394,6 +396,32 @@ void WarpExchange(unsigned mask, const void* value, size_t size, int src_lane, v
 
 void WaitForPriorGrid() { Current().waited_for_prior_grid = true; }
 
+void* DynamicShared() {
+  Current();  // inside a kernel
+  return g_block->dynamic_shared;
+}
+
+namespace {
+// cudaFuncAttributeMaxDynamicSharedMemorySize per kernel; 48 KB for one never set, and at
+// most what a compute capability 8.0 block may opt in to (163 KB).
+constexpr size_t kDefaultDynamicShared = 48 * 1024, kMostDynamicShared = 163 * 1024;
+std::mutex g_function_mutex;
+std::map<const void*, size_t> g_dynamic_shared_limit;
+
+size_t DynamicSharedLimit(const void* function) {
+  std::lock_guard lock(g_function_mutex);
+  const auto it = g_dynamic_shared_limit.find(function);
+  return it == g_dynamic_shared_limit.end() ? kDefaultDynamicShared : it->second;
+}
+
+cudaError_t SetDynamicSharedLimit(const void* function, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > kMostDynamicShared) return cudaErrorInvalidValue;
+  std::lock_guard lock(g_function_mutex);
+  g_dynamic_shared_limit[function] = static_cast<size_t>(bytes);
+  return cudaSuccess;
+}
+}  // namespace
+
 void CopyAsync(void* dst, const void* src, int bytes, int src_bytes) {
   const auto misaligned = [bytes](const void* p) { return reinterpret_cast<uintptr_t>(p) % bytes != 0; };
   if (misaligned(dst) || (src_bytes > 0 && misaligned(src))) {
@@ -419,16 +447,16 @@ void WaitAsyncCopies(int outstanding_groups) {
 }
 
 void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std::function<void()> body,
-            const char* kernel, bool overlapped) {
+            const char* kernel, const void* function, bool overlapped) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
-      grid.y > 65535 || grid.z > 65535 || shared_bytes > 48 * 1024) {
+      grid.y > 65535 || grid.z > 65535 || shared_bytes > DynamicSharedLimit(function)) {
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
   if (stream != nullptr && stream->capture_invalidated) return;
   std::string name = kernel;
-  Issue(stream, [grid, block, body = std::move(body), name, overlapped] {
+  Issue(stream, [grid, block, shared_bytes, body = std::move(body), name, overlapped] {
     // __shared__ variables are function statics, so one grid runs at a time in the
     // process (tensor ranks as threads take turns). Not thread_local: static TLS that
     // large would come out of every thread's stack.
@@ -438,6 +466,9 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
     b.body = &body;
     b.kernel = name.c_str();
     b.overlapped = overlapped;
+    std::unique_ptr<uint4[]> dynamic_shared(shared_bytes > 0 ? new uint4[(shared_bytes + 15) / 16] : nullptr);
+    b.dynamic_shared = dynamic_shared.get();
+    b.dynamic_shared_bytes = shared_bytes;
     Block* outer = g_block;
     const uint3 outer_idx = g_block_idx;
     const dim3 outer_dim = g_block_dim, outer_grid = g_grid_dim;
@@ -448,6 +479,7 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
       for (unsigned y = 0; y < grid.y; ++y) {
         for (unsigned x = 0; x < grid.x; ++x) {
           g_block_idx = uint3{x, y, z};
+          if (b.dynamic_shared != nullptr) std::memset(b.dynamic_shared, 0xff, b.dynamic_shared_bytes);
           RunBlock(b);
         }
       }
@@ -486,6 +518,7 @@ using shoal::simt::g_mutex;
 using shoal::simt::Flush;
 using shoal::simt::FlushStreams;
 using shoal::simt::Issue;
+using shoal::simt::SetDynamicSharedLimit;
 
 extern "C" {
 
@@ -512,6 +545,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->warpSize = 32;
   prop->maxThreadsPerBlock = 1024;
   prop->sharedMemPerBlock = 48 * 1024;
+  prop->sharedMemPerBlockOptin = 163 * 1024;
   return cudaSuccess;
 }
 
@@ -731,6 +765,11 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
   delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) return SetDynamicSharedLimit(func, value);
   return cudaSuccess;
 }
 

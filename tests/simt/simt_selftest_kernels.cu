@@ -89,6 +89,19 @@ __global__ void AsyncCopyKernel(const int32_t* in, int mode, int32_t* out) {
   if (mode == 0) out[blockIdx.x * 32 + t] = s[4 * ((t + 1) % 32)];
 }
 
+// Thread t writes word t of the dynamic shared memory (`words` of them) and, after a
+// barrier, reads word t + blockDim.x (never written: the emulator's fill) into out.
+__global__ void DynamicSharedKernel(int words, uint32_t* out) {
+  SHOAL_DYNAMIC_SHARED(shared);
+  auto* w = reinterpret_cast<uint32_t*>(shared);
+  const int t = threadIdx.x, n = blockDim.x;
+  w[t] = static_cast<uint32_t>(t) + 1;
+  w[words - 1 - t] = 0;
+  __syncthreads();
+  out[blockIdx.x * 2 * n + t] = w[(t + 1) % n];
+  out[blockIdx.x * 2 * n + n + t] = w[t + n];
+}
+
 __global__ void AddOneKernel(int32_t* out, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] += 1;
@@ -125,6 +138,12 @@ void VectorLoad(cudaStream_t stream, const char* p, uint32_t* out) { VectorLoadK
 
 void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out) {
   AsyncCopyKernel<<<4, 32, 0, stream>>>(in, mode, out);
+}
+
+cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_t* out) {
+  if (allow) worker::cuda::AllowDynamicSharedMemory(reinterpret_cast<const void*>(&DynamicSharedKernel), bytes);
+  DynamicSharedKernel<<<2, 32, bytes, stream>>>(static_cast<int>(bytes / 4), out);
+  return cudaGetLastError();
 }
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }

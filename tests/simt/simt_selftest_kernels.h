@@ -33,6 +33,10 @@ void OverlappedLaunch(cudaStream_t stream, int32_t* out, bool wait);
 // after a barrier; 1: out[32 b + t] is its copy's first word read before the wait (-1
 // where the copy has not landed); 2: exits without waiting (the emulator ends the process).
 void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out);
+// Two blocks of 32 threads over `bytes` of dynamic shared memory (allow: opted in to more
+// than 48 KB through AllowDynamicSharedMemory first): out[64 b + t] = t + 2 (mod 32 + 1),
+// a neighbour's write, and out[64 b + 32 + t] a word no thread wrote. The launch's error.
+cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 

@@ -716,18 +716,21 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
 // and each output's value dimensions four ways.
 constexpr int kLatentWarps = 4;
 
-// The shared-memory tile of TensorCorePairAttentionKernel: kKeys keys of kDim elements as
-// rows of 32-bit words padded by 4 (row stride 4 modulo 32 banks: a score fragment's
-// lanes (g, t), row g and word t, hit 32 banks, and an ldmatrix phase's 8 rows 8
-// different 16 bytes of them), the values the same way (MLA: the entries' first kV
-// elements, read from the keys' rows). With the warps' partial scores beside it, 45 KB at
-// DeepSeek's 576: one tile, not two (48 KB is the static limit).
-template <int kDim, int kV>
+// The shared memory of TensorCorePairAttentionKernel (dynamic: 81 KB at DeepSeek's 576):
+// kStages tiles of kKeys keys of kDim elements as rows of 32-bit words padded by 4 (row
+// stride 4 modulo 32 banks: a score fragment's lanes (g, t), row g and word t, hit 32
+// banks, and an ldmatrix phase's 8 rows 8 different 16 bytes of them), one filling while
+// the other is used; the values' tiles the same way (MLA: the entries' first kV elements,
+// read from the keys' rows); then the warps' partial scores.
+template <int kDim, int kV, bool kOwnValues>
 struct LatentTile {
-  static constexpr int kKeys = 32;
+  static constexpr int kKeys = 32, kStages = 2;
   static constexpr int kWords = kDim / 2 + 4;
   static constexpr int kSteps = kDim / 16 / kLatentWarps;  // a warp's k-steps of the scores
   static constexpr int kBlocks = kV / 8 / kLatentWarps;    // a warp's 8-wide blocks of the outputs
+  static constexpr int kTileArrays = kStages * (kOwnValues ? 2 : 1);  // key tiles, then value tiles
+  static constexpr size_t kSharedBytes =
+      4 * (static_cast<size_t>(kTileArrays) * kKeys * kWords + kLatentWarps * 16 * kKeys);
   static_assert(kDim % (16 * kLatentWarps) == 0 && kV % (8 * kLatentWarps) == 0 && kWords % 32 == 4, "tile shape");
 };
 
@@ -740,8 +743,8 @@ struct LatentTile {
 // Tiles come from `tiles`, or with tiles null each launch row is a tile of one (rows.row_ids
 // as PagedAttention), the split records then indexed by launch row for MergeSplitsKernel
 // (by step row with tiles). The block walks the tile's positions kKeys at a time: the
-// threads copy keys (and values) into shared memory (cp.async, the whole tile in flight
-// at once: a decode row's split is about one tile), warp w scores the pairs over its
+// threads copy keys (and values) into one of two shared-memory tiles (cp.async: every copy
+// of a tile in flight at once, and the next tile's while this one is used), warp w scores the pairs over its
 // quarter of the key (queries in registers as two roundings, as
 // TensorCoreTiledAttentionKernel), the four partial scores meet in shared memory, every
 // warp takes the same sums through the same online softmax, and warp w multiplies the
@@ -753,12 +756,13 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
                                   const float* q, int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                                   int splits, float* partials) {
   WaitForPriorKernel();
-  using Tile = LatentTile<kDim, kV>;
+  using Tile = LatentTile<kDim, kV, kOwnValues>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
-  __shared__ __align__(16) uint32_t ks[kKeys][Tile::kWords];
-  __shared__ __align__(16) uint32_t vs_own[kOwnValues ? kKeys : 1][Tile::kWords];
-  __shared__ float partial[kLatentWarps][16][kKeys];
-  uint32_t(*vs)[Tile::kWords] = kOwnValues ? vs_own : ks;
+  using Rows = uint32_t[kKeys][Tile::kWords];
+  SHOAL_DYNAMIC_SHARED(shared);
+  Rows* ks = reinterpret_cast<Rows*>(shared);  // ks[stage][key][word]
+  Rows* vs = kOwnValues ? ks + Tile::kStages : ks;
+  auto* partial = reinterpret_cast<float(*)[16][kKeys]>(ks + Tile::kTileArrays);  // [warp][pair][key]
 
   QueryTile tile;
   if (tiles != nullptr) {
@@ -781,6 +785,21 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   const int64_t span = (seen + splits - 1) / splits, begin = static_cast<int64_t>(blockIdx.z) * span;
   const int64_t end = min(seen, begin + span);
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
+
+  // The keys (and values) of positions first .. first + kKeys - 1 into tile `stage` by
+  // 16-byte chunks, every copy in flight before the first is waited for; zeros past the
+  // split's positions, whose block table entries are not even read. One group.
+  const auto load = [&](int stage, int64_t first) {
+    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
+      const int j = e / kChunks, c = e % kChunks;
+      const bool read = first + j < end && 8 * c < entry;
+      const int64_t at = read ? SlotOffset(table, first + j, block_size, kv_heads, g, entry) + 8 * c : 0;
+      CopyAsync16(&ks[stage][j][4 * c], kc + at, read);
+      if constexpr (kOwnValues) CopyAsync16(&vs[stage][j][4 * c], vc + at, read && 8 * c < latent);
+    }
+    CommitCopies();
+  };
+  if (begin < end) load(0, begin);
 
   bool live[2];
   // The pairs' last keys (their positions, or the split's last), their step rows and heads.
@@ -808,23 +827,20 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
   float acc[kBlocks][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int64_t base = begin; base < end; base += kKeys) {
-    // The tile's keys (and values) by 16-byte chunks, every copy in flight before the
-    // first is waited for; zeros past the split's positions, whose block table entries
-    // are not even read.
-    for (int e = static_cast<int>(threadIdx.x); e < kKeys * kChunks; e += static_cast<int>(blockDim.x)) {
-      const int j = e / kChunks, c = e % kChunks;
-      const bool read = base + j < end && 8 * c < entry;
-      const int64_t at = read ? SlotOffset(table, base + j, block_size, kv_heads, g, entry) + 8 * c : 0;
-      CopyAsync16(&ks[j][4 * c], kc + at, read);
-      if constexpr (kOwnValues) CopyAsync16(&vs_own[j][4 * c], vc + at, read && 8 * c < latent);
+  int stage = 0;
+  for (int64_t base = begin; base < end; base += kKeys, stage ^= 1) {
+    // The next positions' copies go out (an empty group after the last), then this tile's
+    // are waited for: at most the newest group still in flight.
+    if (base + kKeys < end) {
+      load(stage ^ 1, base + kKeys);
+    } else {
+      CommitCopies();
     }
-    CommitCopies();
-    WaitCopies<0>();
+    WaitCopies<1>();
     __syncthreads();
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
     float s[kKeys / 8][4] = {};
-    ScoreTile<T, kKeys, kSteps>(ks, warp * kSteps, entry, lg, lt, q_hi, q_lo, s);
+    ScoreTile<T, kKeys, kSteps>(ks[stage], warp * kSteps, entry, lg, lt, q_hi, q_lo, s);
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n) {
 #pragma unroll
@@ -846,8 +862,8 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     const int first_block = warp * kBlocks;
     const int64_t wanted = (latent - 8 * first_block + 7) / 8;
     const int blocks = wanted <= 0 ? 0 : wanted >= kBlocks ? kBlocks : static_cast<int>(wanted);
-    AddValues<T, kKeys, kBlocks>(p_words, vs, 4 * first_block, blocks, lane, acc);
-    __syncthreads();  // before the next tile overwrites ks and partial
+    AddValues<T, kKeys, kBlocks>(p_words, vs[stage], 4 * first_block, blocks, lane, acc);
+    __syncthreads();  // before the next iteration's copies overwrite this tile, and partial
   }
   for (int i = 0; i < 2; ++i) l[i] = RowSum(l[i]);
   for (int i = 0; i < 2; ++i) {
@@ -884,9 +900,11 @@ void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int bloc
   const int splits = SplitCount(split);
   const dim3 grid(static_cast<unsigned>(launch_rows), static_cast<unsigned>(kv_heads * pair_blocks),
                   static_cast<unsigned>(splits));
-  LaunchKernel("TensorCorePairAttentionKernel", TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues>, grid,
-      32 * kLatentWarps, 0, stream, kc, vc, block_size, kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq,
-      num_heads, scale, out, ldo, splits, split.partials);
+  constexpr auto kernel = TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues>;
+  constexpr size_t shared = LatentTile<kDim, kV, kOwnValues>::kSharedBytes;
+  AllowDynamicSharedMemory(reinterpret_cast<const void*>(kernel), shared);
+  LaunchKernel("TensorCorePairAttentionKernel", kernel, grid, 32 * kLatentWarps, shared, stream, kc, vc, block_size,
+      kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
   if (splits > 1) {
     const int32_t* row_ids = tiles != nullptr ? nullptr : rows.row_ids;
     MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, v_dim, row_ids, out, ldo);

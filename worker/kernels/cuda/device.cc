@@ -3,6 +3,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <tuple>
 #include <utility>
 
 #include "worker/kernels/cuda/cuda_check.h"
@@ -36,6 +39,18 @@ bool AttentionOnTensorCores() {
     return env == nullptr || std::strcmp(env, "f32") != 0;
   }();
   return tensor;
+}
+
+void AllowDynamicSharedMemory(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  SHOAL_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, size_t>> allowed;
+  std::lock_guard lock(mutex);
+  if (!allowed.emplace(kernel, device, bytes).second) return;
+  SHOAL_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 bool OverlappedLaunches() {

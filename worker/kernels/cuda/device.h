@@ -22,6 +22,10 @@ bool OverlappedLaunches();
 // false when SHOAL_CUDA_ATTENTION_CORES is "f32", so a whole model can be timed on the
 // f32-core kernels too; decided once per process.
 bool AttentionOnTensorCores();
+// Lets `kernel` (a __global__ function) launch with `bytes` of dynamic shared memory on the
+// current device: above 48 KB a kernel must opt in (cudaFuncSetAttribute), once per device,
+// remembered here so a launch pays for it once; a size the device refuses ends the process.
+void AllowDynamicSharedMemory(const void* kernel, size_t bytes);
 
 // The device's PCI bus id ("0000:17:00.0"), which tells two ranks on one machine whether
 // they share a GPU whatever each one's CUDA_VISIBLE_DEVICES numbering; "" on error.

@@ -37,6 +37,16 @@ __device__ __forceinline__ void WaitForPriorKernel() {
 #endif
 }
 
+// A kernel's dynamic shared memory (its launch's shared_bytes) as an array of uint4, 16-byte
+// aligned, which the kernel views as its own arrays: SHOAL_DYNAMIC_SHARED(name). One type
+// for every kernel, as CUDA wants one declaration of the extern array per source file.
+// Above 48 KB the host calls AllowDynamicSharedMemory (device.h) before the launch.
+#if defined(SHOAL_SIMT)
+#define SHOAL_DYNAMIC_SHARED(name) uint4* name = static_cast<uint4*>(::shoal::simt::DynamicShared())
+#else
+#define SHOAL_DYNAMIC_SHARED(name) extern __shared__ uint4 name[]
+#endif
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), overlapping the previous kernel
 // on a created stream where OverlappedLaunches() (device.h: sm_90 or newer, earlier GPUs
 // have no griddepcontrol; SHOAL_CUDA_PDL not "0"); `name` names the kernel in the
