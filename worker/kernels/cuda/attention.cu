@@ -721,8 +721,9 @@ constexpr int kLatentWarps = 4;
 // stride 4 modulo 32 banks: a score fragment's lanes (g, t), row g and word t, hit 32
 // banks, and an ldmatrix phase's 8 rows 8 different 16 bytes of them), one filling while
 // the other is used; the values' tiles the same way (MLA: the entries' first kV elements,
-// read from the keys' rows); then the warps' partial scores.
-template <int kDim, int kV, bool kOwnValues>
+// read from the keys' rows); then the warps' partial scores, kGroups sets of them (a block
+// of kGroups groups of kLatentWarps warps, each group 16 pairs over the same tiles).
+template <int kDim, int kV, bool kOwnValues, int kGroups>
 struct LatentTile {
   static constexpr int kKeys = 32, kStages = 2;
   static constexpr int kWords = kDim / 2 + 4;
@@ -730,14 +731,15 @@ struct LatentTile {
   static constexpr int kBlocks = kV / 8 / kLatentWarps;    // a warp's 8-wide blocks of the outputs
   static constexpr int kTileArrays = kStages * (kOwnValues ? 2 : 1);  // key tiles, then value tiles
   static constexpr size_t kSharedBytes =
-      4 * (static_cast<size_t>(kTileArrays) * kKeys * kWords + kLatentWarps * 16 * kKeys);
+      4 * (static_cast<size_t>(kTileArrays) * kKeys * kWords + kGroups * kLatentWarps * 16 * kKeys);
   static_assert(kDim % (16 * kLatentWarps) == 0 && kV % (8 * kLatentWarps) == 0 && kWords % 32 == 4, "tile shape");
 };
 
 // Attention on the tensor cores where the query heads of a KV head fill the mma's 16 rows
 // together (f16/bf16 cache; slots a multiple of 8 elements): the rows are 16 (row, head)
 // pairs of a tile of rows (pair p: row p / group, head g * group + p % group of KV head
-// g), a block per (tile, KV head, 16 pairs, split). MLA (one KV head, every query head,
+// g), a block per (tile, KV head, 16 kGroups pairs, split): kGroups groups of four warps,
+// 16 pairs each, over the same shared-memory tiles. MLA (one KV head, every query head,
 // values the keys' first v_dim elements: kOwnValues false) over prompt tiles and decode
 // rows alike; grouped-query attention's decode rows (kOwnValues: a value cache of its own).
 // Tiles come from `tiles`, or with tiles null each launch row is a tile of one (rows.row_ids
@@ -749,20 +751,21 @@ struct LatentTile {
 // TensorCoreTiledAttentionKernel), the four partial scores meet in shared memory, every
 // warp takes the same sums through the same online softmax, and warp w multiplies the
 // probabilities by its quarter of the values (ldmatrix off the rows) into its f32 outputs.
-template <typename T, int kDim, int kV, bool kOwnValues>
-__global__ void __launch_bounds__(32 * kLatentWarps)
+template <typename T, int kDim, int kV, bool kOwnValues, int kGroups>
+__global__ void __launch_bounds__(32 * kLatentWarps * kGroups)
     TensorCorePairAttentionKernel(const T* kc, const T* vc, int block_size, int64_t kv_heads, int64_t entry,
                                   int64_t latent, DeviceRows rows, const QueryTile* tiles, int pair_blocks,
                                   const float* q, int64_t ldq, int64_t num_heads, float scale, float* out, int64_t ldo,
                                   int splits, float* partials) {
   WaitForPriorKernel();
-  using Tile = LatentTile<kDim, kV, kOwnValues>;
+  using Tile = LatentTile<kDim, kV, kOwnValues, kGroups>;
   constexpr int kKeys = Tile::kKeys, kSteps = Tile::kSteps, kBlocks = Tile::kBlocks, kChunks = kDim / 8;
   using Rows = uint32_t[kKeys][Tile::kWords];
   SHOAL_DYNAMIC_SHARED(shared);
   Rows* ks = reinterpret_cast<Rows*>(shared);  // ks[stage][key][word]
   Rows* vs = kOwnValues ? ks + Tile::kStages : ks;
-  auto* partial = reinterpret_cast<float(*)[16][kKeys]>(ks + Tile::kTileArrays);  // [warp][pair][key]
+  // [group][warp of the group][pair][key]
+  auto* partials_of = reinterpret_cast<float(*)[kLatentWarps][16][kKeys]>(ks + Tile::kTileArrays);
 
   QueryTile tile;
   if (tiles != nullptr) {
@@ -775,13 +778,19 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
     tile.first_pos = rows.row_pos[r];
   }
   const int64_t group = num_heads / kv_heads, g = blockIdx.y / pair_blocks;
-  const int64_t pairs = tile.num_rows * group, first_pair = 16 * static_cast<int64_t>(blockIdx.y % pair_blocks);
-  if (first_pair >= pairs) return;  // the whole block: past this tile's pairs
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int lg = lane / 4, lt = lane % 4;
+  const int64_t pairs = tile.num_rows * group;
+  const int64_t block_pair = 16 * kGroups * static_cast<int64_t>(blockIdx.y % pair_blocks);
+  if (block_pair >= pairs) return;  // the whole block: past this tile's pairs
+  const int lane = static_cast<int>(threadIdx.x % 32), lg = lane / 4, lt = lane % 4;
+  // Warp `warp` of the block's group `pair_group`: 16 pairs from first_pair, its quarter of
+  // the dims. A group past the tile's pairs has no live pair: it only copies.
+  const int warp = static_cast<int>(threadIdx.x / 32) % kLatentWarps;
+  const int pair_group = static_cast<int>(threadIdx.x / 32) / kLatentWarps;
+  const int64_t first_pair = block_pair + 16 * pair_group;
+  float(*partial)[16][kKeys] = partials_of[pair_group];
   // Split z of `splits` takes the z-th of equal ranges [begin, end) of the positions the
   // block's last row sees (0 .. last).
-  const int64_t seen = tile.first_pos + min(pairs - 1, first_pair + 15) / group + 1;
+  const int64_t seen = tile.first_pos + min(pairs - 1, block_pair + 16 * kGroups - 1) / group + 1;
   const int64_t span = (seen + splits - 1) / splits, begin = static_cast<int64_t>(blockIdx.z) * span;
   const int64_t end = min(seen, begin + span);
   const int32_t* table = rows.block_tables + static_cast<int64_t>(tile.seq) * rows.max_blocks_per_seq;
@@ -890,9 +899,9 @@ __global__ void __launch_bounds__(32 * kLatentWarps)
 }
 
 // TensorCorePairAttentionKernel over `launch_rows` tiles (or rows of `rows`, tiles null),
-// `pair_blocks` blocks of 16 pairs per KV head, and when split the merge: over the step's
+// `pair_blocks` blocks of 16 kGroups pairs per KV head, and when split the merge: over the step's
 // rows with tiles (records by step row), over the launch's rows through rows.row_ids without.
-template <typename T, int kDim, int kV, bool kOwnValues>
+template <typename T, int kDim, int kV, bool kOwnValues, int kGroups = 1>
 void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
                          int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const QueryTile* tiles,
                          int64_t launch_rows, int pair_blocks, const float* q, int64_t ldq, int64_t num_heads,
@@ -900,10 +909,10 @@ void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int bloc
   const int splits = SplitCount(split);
   const dim3 grid(static_cast<unsigned>(launch_rows), static_cast<unsigned>(kv_heads * pair_blocks),
                   static_cast<unsigned>(splits));
-  constexpr auto kernel = TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues>;
-  constexpr size_t shared = LatentTile<kDim, kV, kOwnValues>::kSharedBytes;
+  constexpr auto kernel = TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues, kGroups>;
+  constexpr size_t shared = LatentTile<kDim, kV, kOwnValues, kGroups>::kSharedBytes;
   AllowDynamicSharedMemory(reinterpret_cast<const void*>(kernel), shared);
-  LaunchKernel("TensorCorePairAttentionKernel", kernel, grid, 32 * kLatentWarps, shared, stream, kc, vc, block_size,
+  LaunchKernel("TensorCorePairAttentionKernel", kernel, grid, 32 * kLatentWarps * kGroups, shared, stream, kc, vc, block_size,
       kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
   if (splits > 1) {
     const int32_t* row_ids = tiles != nullptr ? nullptr : rows.row_ids;
@@ -1110,14 +1119,23 @@ void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache
                    "not a cache MlaTilesOnTensorCores takes, heads not in [1, 32767], or max_tile_rows not in [1, 32]",
                    __FILE__, __LINE__);
   }
-  const int pair_blocks = static_cast<int>((max_tile_rows * num_heads + 15) / 16);
+  // Tiles of more than 16 pairs (prompt chunks) in blocks of two groups of 16 pairs, which
+  // share each tile's copies: a tile's prefix streams through shared memory once per 32
+  // of its pairs (32 rows of DeepSeek's 16 heads: 16 times), not once per 16. Decode rows
+  // (tiles of one, 16 pairs at most there) keep blocks of one group.
+  const int64_t tile_pairs = max_tile_rows * num_heads;
+  const int groups = tile_pairs > 16 ? 2 : 1;
+  const int pair_blocks = static_cast<int>((tile_pairs + 16 * groups - 1) / (16 * groups));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
     if constexpr (!std::is_same_v<T, float>) {
       const T* data = static_cast<const T*>(cache.data);
       // Tiny test models' entries in a tile of 128, DeepSeek's 576 (latents of 512).
-      auto launch = cache.entry() <= 128 ? LaunchPairAttention<T, 128, 128, false>
-                                         : LaunchPairAttention<T, kMaxLatentEntry, 512, false>;
+      const bool small = cache.entry() <= 128;
+      auto launch = groups == 2 ? (small ? LaunchPairAttention<T, 128, 128, false, 2>
+                                         : LaunchPairAttention<T, kMaxLatentEntry, 512, false, 2>)
+                                : (small ? LaunchPairAttention<T, 128, 128, false, 1>
+                                         : LaunchPairAttention<T, kMaxLatentEntry, 512, false, 1>);
       launch(stream, data, data, cache.block_size, 1, cache.entry(), cache.latent_dim, rows, tiles, num_tiles,
              pair_blocks, q, ldq, num_heads, scale, out, ldo, split);
     }
