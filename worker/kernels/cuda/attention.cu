@@ -1121,10 +1121,11 @@ void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache
   }
   // Tiles of more than 16 pairs (prompt chunks) in blocks of two groups of 16 pairs, which
   // share each tile's copies: a tile's prefix streams through shared memory once per 32
-  // of its pairs (32 rows of DeepSeek's 16 heads: 16 times), not once per 16. Decode rows
-  // (tiles of one, 16 pairs at most there) keep blocks of one group.
+  // of its pairs (32 rows of DeepSeek's 16 heads: 16 times), not once per 16. Unless most
+  // tiles are decode rows (tiles of one row: 16 pairs at most, their second group idle):
+  // those read at the bytes in flight, and a block of one group leaves room for two an SM.
   const int64_t tile_pairs = max_tile_rows * num_heads;
-  const int groups = tile_pairs > 16 ? 2 : 1;
+  const int groups = tile_pairs > 16 && rows.num_rows >= 2 * num_tiles ? 2 : 1;
   const int pair_blocks = static_cast<int>((tile_pairs + 16 * groups - 1) / (16 * groups));
   WithCacheType(cache.dtype, [&](auto zero) {
     using T = decltype(zero);
