@@ -849,6 +849,67 @@ TEST_P(CudaKernels, AttentionReadsNoBlockTableEntryPastTheSequencesLastBlock) {
   }
 }
 
+// DeepSeek's decode rows replayed from a CUDA graph: their kernel (81 KB of shared memory,
+// above the 48 KB a kernel gets without opting in) must be opted in before the decode step
+// is captured, which the prompt step before it does for every pair kernel (the emulator
+// refuses an opt-in inside a capture, so one left to the decode row's first launch ends
+// this test). The replayed row matches the same launch run eagerly, exactly.
+TEST_P(CudaKernels, MlaDecodeRowsReplayFromAGraphCapturedAfterThePromptStep) {
+  SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  if (t == DType::kF32) GTEST_SKIP() << "f32 latent caches take the f32 kernels, which need no opt-in";
+  const int64_t latent = 512, rope = 64, heads = 16, entry = latent + rope, ldq = heads * entry, ldo = heads * latent;
+  const PromptStep prompt({{0, 39}}), decode({{39, 1}}, /*tile_every_row=*/true);
+  DeviceBuffer dcache(prompt.num_blocks * PromptStep::kBlockSize * entry * ElementBytes(t));
+  const DeviceLatentLayer cache{dcache.data(), prompt.num_blocks, PromptStep::kBlockSize, latent, rope, t};
+  ASSERT_TRUE(MlaTilesOnTensorCores(cache));
+  DeviceBuffer dtables = Upload(prompt.tables.data(), prompt.tables.size() * 4);
+  std::vector<int32_t> all_seq(40, 0);
+  std::vector<int64_t> all_pos(40);
+  std::iota(all_pos.begin(), all_pos.end(), 0);
+  const RowsOnDevice all_dev(all_seq, all_pos, dtables, PromptStep::kBlocksPerSeq);
+  const std::vector<float> entries = Random(40 * entry, 76);
+  DeviceBuffer dentries = Upload(entries.data(), entries.size() * 4);
+  WriteLatents(nullptr, cache, all_dev.rows, dentries.as<float>(), entry);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(entry));
+  cudaStream_t stream = nullptr;
+  SHOAL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    SCOPED_TRACE("the prompt step, eager");
+    const RowsOnDevice q_dev(prompt.q_seq, prompt.q_pos, dtables, PromptStep::kBlocksPerSeq);
+    const std::vector<float> q = Random(prompt.rows * ldq, 77);
+    DeviceBuffer dq = Upload(q.data(), q.size() * 4), dout(prompt.rows * ldo * 4);
+    DeviceBuffer dtiles = Upload(prompt.tiles.data(), prompt.tiles.size() * sizeof(QueryTile));
+    MlaLatentAttentionTiled(stream, cache, q_dev.rows, dtiles.as<QueryTile>(),
+                            static_cast<int64_t>(prompt.tiles.size()), prompt.max_tile_rows, dq.as<float>(), ldq,
+                            heads, scale, dout.as<float>(), ldo);
+    SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  const RowsOnDevice q_dev(decode.q_seq, decode.q_pos, dtables, PromptStep::kBlocksPerSeq);
+  const std::vector<float> q = Random(ldq, 78);
+  DeviceBuffer dq = Upload(q.data(), q.size() * 4), dwant(ldo * 4), dgot(ldo * 4);
+  DeviceBuffer dtiles = Upload(decode.tiles.data(), decode.tiles.size() * sizeof(QueryTile));
+  const auto step = [&](float* out) {
+    MlaLatentAttentionTiled(stream, cache, q_dev.rows, dtiles.as<QueryTile>(), 1, 1, dq.as<float>(), ldq, heads,
+                            scale, out, ldo);
+  };
+  // The decode kernel's first launch is the captured one; the eager one comes after.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  SHOAL_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  step(dgot.as<float>());
+  SHOAL_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  SHOAL_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  SHOAL_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  step(dwant.as<float>());
+  SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<float> want = Decode(Download(dwant), DType::kF32), got = Decode(Download(dgot), DType::kF32);
+  EXPECT_EQ(got, want);
+  SHOAL_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  SHOAL_CUDA_CHECK(cudaGraphDestroy(graph));
+  SHOAL_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
 // Per-head products as MLA uses them, against a per-head reference: queries into latent
 // space through [in, out] slices (W_uk), latents out through [out, in] slices (W_uv), the
 // heads' inputs and outputs interleaved within wider rows (strided, not dense).

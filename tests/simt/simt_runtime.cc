@@ -725,9 +725,15 @@ cudaError_t cudaDeviceSynchronize(void) {
   return cudaSuccess;
 }
 
+// Captures this host thread has begun and not ended: a kernel's shared-memory opt-in is
+// refused meanwhile, so the engine's opt-ins are shown to happen before any capture
+// (nothing of ours should depend on whether a GPU takes cudaFuncSetAttribute inside one).
+static thread_local int g_open_captures = 0;
+
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
   if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;
   if (stream->capture != nullptr) return cudaErrorIllegalState;
+  ++g_open_captures;
   stream->capture = new std::vector<std::function<void()>>;
   stream->capture_invalidated = false;
   return cudaSuccess;
@@ -737,6 +743,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   if (stream == nullptr || stream->capture == nullptr) return cudaErrorIllegalState;
   std::unique_ptr<std::vector<std::function<void()>>> work(stream->capture);
   stream->capture = nullptr;
+  --g_open_captures;
   if (stream->capture_invalidated) {
     stream->capture_invalidated = false;
     *graph = nullptr;
@@ -769,6 +776,7 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
 }
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (g_open_captures > 0) return cudaErrorStreamCaptureUnsupported;
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) return SetDynamicSharedLimit(func, value);
   return cudaSuccess;
 }

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 
@@ -898,9 +899,41 @@ __global__ void __launch_bounds__(32 * kLatentWarps * kGroups)
   }
 }
 
+template <typename T, int kDim, int kV, bool kOwnValues, int kGroups>
+void AllowPairKernel() {
+  AllowDynamicSharedMemory(
+      reinterpret_cast<const void*>(TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues, kGroups>),
+      LatentTile<kDim, kV, kOwnValues, kGroups>::kSharedBytes);
+}
+
+// Every pair kernel opted in to its shared memory at once, the first time any of them
+// launches on a device: a prompt step, as a decode step needs one first, so no
+// cudaFuncSetAttribute is left for the first launch of a decode kernel inside a CUDA
+// graph capture.
+void AllowPairKernels() {
+  static std::atomic<uint64_t> devices{0};
+  int device = 0;
+  SHOAL_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (devices.load(std::memory_order_acquire) & bit) != 0) return;
+  const auto allow = [](auto zero) {
+    using T = decltype(zero);
+    AllowPairKernel<T, 64, 64, true, 1>();
+    AllowPairKernel<T, 128, 128, true, 1>();
+    AllowPairKernel<T, 128, 128, false, 1>();
+    AllowPairKernel<T, 128, 128, false, 2>();
+    AllowPairKernel<T, kMaxLatentEntry, 512, false, 1>();
+    AllowPairKernel<T, kMaxLatentEntry, 512, false, 2>();
+  };
+  allow(__half{});
+  allow(__nv_bfloat16{});
+  devices.fetch_or(bit, std::memory_order_release);
+}
+
 // TensorCorePairAttentionKernel over `launch_rows` tiles (or rows of `rows`, tiles null),
-// `pair_blocks` blocks of 16 kGroups pairs per KV head, and when split the merge: over the step's
-// rows with tiles (records by step row), over the launch's rows through rows.row_ids without.
+// `pair_blocks` blocks of 16 kGroups pairs per KV head, and when split the merge: over the
+// step's rows with tiles (records by step row), over the launch's rows through rows.row_ids
+// without. Its instantiations are AllowPairKernels' list.
 template <typename T, int kDim, int kV, bool kOwnValues, int kGroups = 1>
 void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int block_size, int64_t kv_heads,
                          int64_t k_dim, int64_t v_dim, const DeviceRows& rows, const QueryTile* tiles,
@@ -911,9 +944,10 @@ void LaunchPairAttention(cudaStream_t stream, const T* kc, const T* vc, int bloc
                   static_cast<unsigned>(splits));
   constexpr auto kernel = TensorCorePairAttentionKernel<T, kDim, kV, kOwnValues, kGroups>;
   constexpr size_t shared = LatentTile<kDim, kV, kOwnValues, kGroups>::kSharedBytes;
-  AllowDynamicSharedMemory(reinterpret_cast<const void*>(kernel), shared);
-  LaunchKernel("TensorCorePairAttentionKernel", kernel, grid, 32 * kLatentWarps * kGroups, shared, stream, kc, vc, block_size,
-      kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits, split.partials);
+  AllowPairKernels();
+  LaunchKernel("TensorCorePairAttentionKernel", kernel, grid, 32 * kLatentWarps * kGroups, shared, stream, kc, vc,
+      block_size, kv_heads, k_dim, v_dim, rows, tiles, pair_blocks, q, ldq, num_heads, scale, out, ldo, splits,
+      split.partials);
   if (splits > 1) {
     const int32_t* row_ids = tiles != nullptr ? nullptr : rows.row_ids;
     MergeSplits(stream, rows.num_rows, num_heads, splits, split.partials, v_dim, row_ids, out, ldo);
