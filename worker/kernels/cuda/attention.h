@@ -102,7 +102,8 @@ enum class AttentionCores { kBest, kF32 };
 // blocks (AttentionSplit).
 //   On the tensor cores: a block per (row, KV head, 16 of its query heads, split), the
 // heads as the mma's rows (TensorCorePairAttentionKernel: four warps splitting head_dim),
-// tiles of 32 positions through shared memory once for all of them; precision as
+// tiles of 32 positions through shared memory once for all of them (cp.async, the next
+// tile's copies in flight while this one is used); precision as
 // PagedAttentionTiled's tensor cores (exact scores, probabilities rounded once to the
 // cache type).
 //   On the f32 cores: a block per (row, up to 8 of the group's heads), two heads a warp;
@@ -119,7 +120,8 @@ void PagedAttention(cudaStream_t stream, const DeviceKvLayer& cache, const Devic
 // softmax in f32, causal within the chunk. Writes the tiles' rows of out only. head_dim at
 // most kMaxHeadDim.
 //   On the tensor cores (f16/bf16 caches, head_dim % 8 == 0, at most 128): a block takes
-// each tile of keys and values once for up to 4 query heads of a KV group; scores are
+// each tile of keys and values once for up to 4 query heads of a KV group (two tiles in
+// shared memory, one filled by cp.async while the other is used); scores are
 // exact products of the f32 queries (as two roundings to the cache type) with the cached
 // keys, summed in f32; the probabilities are rounded to the cache type for the product
 // with the values (relative error 2^-9 for bf16, 2^-12 for f16, each).
@@ -153,10 +155,11 @@ bool MlaTilesOnTensorCores(const DeviceLatentLayer& cache);
 // not in a tile are left to MlaLatentAttention through DeviceRows.row_ids): the mma's 16
 // rows are 16 (row, head) pairs of a tile, since every head reads the same latents; a
 // block per (tile, 16 pairs, split), its four warps splitting the entry for the scores and
-// the latent for the outputs. max_tile_rows: the most rows a tile has (the grid's pair
-// blocks). With `split`, each tile's positions are also divided over blocks and merged as
-// MlaLatentAttention's (records indexed by step row: the tiles must then cover every row
-// of `rows`). Precision as PagedAttentionTiled on the tensor cores: exact scores (queries
+// the latent for the outputs; where most tiles are prompt rows, blocks of 32 pairs (two
+// such groups of warps sharing each tile's copies). max_tile_rows: the most rows a tile
+// has (the grid's pair blocks). With `split`, each tile's positions are also divided
+// over blocks and merged as MlaLatentAttention's (records indexed by step row: the tiles
+// must then cover every row of `rows`). Precision as PagedAttentionTiled on the tensor cores: exact scores (queries
 // as two roundings), probabilities rounded once to the cache type, f32 sums. Only for
 // caches MlaTilesOnTensorCores takes (any other ends the process).
 void MlaLatentAttentionTiled(cudaStream_t stream, const DeviceLatentLayer& cache, const DeviceRows& rows,
