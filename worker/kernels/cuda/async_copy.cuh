@@ -48,4 +48,21 @@ __device__ __forceinline__ void WaitCopies() {
 #endif
 }
 
+// One step of a two-tile pipeline, at the top of each tile's iteration: the next tile's
+// copies go out (`load_next()`, which commits them, when `more` tiles follow; an empty
+// group after the last, so the count stays one a tile), then this tile's are waited for
+// (at most the newest group in flight) and the block meets, so every thread's copies of
+// it are visible. The iteration ends with a __syncthreads before the next step's copies
+// overwrite the tile it read.
+template <typename LoadNext>
+__device__ __forceinline__ void NextTileThenWait(bool more, LoadNext&& load_next) {
+  if (more) {
+    load_next();
+  } else {
+    CommitCopies();
+  }
+  WaitCopies<1>();
+  __syncthreads();
+}
+
 }  // namespace shoal::worker::cuda

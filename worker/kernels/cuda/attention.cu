@@ -680,15 +680,7 @@ __global__ void __launch_bounds__(64 * kTensorCoreBlockHeads)
 
   int stage = 0;
   for (int64_t base = 0; base <= last; base += kKeys, stage ^= 1) {
-    // The next positions' copies go out (an empty group after the last), then this tile's
-    // are waited for: at most the newest group still in flight.
-    if (base + kKeys <= last) {
-      load(stage ^ 1, base + kKeys);
-    } else {
-      CommitCopies();
-    }
-    WaitCopies<1>();
-    __syncthreads();
+    NextTileThenWait(base + kKeys <= last, [&] { load(stage ^ 1, base + kKeys); });
     if (computes && base <= warp_last) {
       // Scores of the warp's 16 rows by the tile's kKeys keys: s[n] holds keys 8n..8n+7.
       float s[kKeys / 8][4] = {};
@@ -839,15 +831,7 @@ __global__ void __launch_bounds__(32 * kLatentWarps * kGroups)
 
   int stage = 0;
   for (int64_t base = begin; base < end; base += kKeys, stage ^= 1) {
-    // The next positions' copies go out (an empty group after the last), then this tile's
-    // are waited for: at most the newest group still in flight.
-    if (base + kKeys < end) {
-      load(stage ^ 1, base + kKeys);
-    } else {
-      CommitCopies();
-    }
-    WaitCopies<1>();
-    __syncthreads();
+    NextTileThenWait(base + kKeys < end, [&] { load(stage ^ 1, base + kKeys); });
     // This warp's part of the 16 pairs' scores, into shared memory by C fragment.
     float s[kKeys / 8][4] = {};
     ScoreTile<T, kKeys, kSteps>(ks[stage], warp * kSteps, entry, lg, lt, q_hi, q_lo, s);
