@@ -157,7 +157,7 @@ int Run(int argc, char** argv) {
       ->check(CLI::IsMember({"tensor-cores", "exact"}));
   std::string small_step_matmul = "gemv";
   app.add_option("--small-step-matmul", small_step_matmul,
-                 "steps of at most 8 rows, dense weights: gemv (a warp per output row) or cublas")
+                 "steps of at most 8 rows, dense weights: gemv (a warp per two output rows) or cublas")
       ->check(CLI::IsMember({"gemv", "cublas"}));
   CLI11_PARSE(app, argc, argv);
 

@@ -8,7 +8,10 @@
 //                              GEMV kernel (a decode step's default) and through cuBLAS;
 //                              gemv_fp8_<matrix>_b1 the same matrices as FP8 codes + scales
 //   experts_<proj>_b1_*        DeepSeek-V2-Lite's 6 routed experts of a token in one
-//                              GroupedGemv launch, a different 6 of the 64 each time
+//                              GroupedGemv launch, a different 6 of the 64 each time;
+//                              experts_<proj>_b64_* a 64-token step's (about 6 rows an
+//                              expert, nearly every expert), and _cublas the same as one
+//                              cuBLAS GEMM per expert
 //   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
 //                              cache), the split-K plan the model would use, merge included;
 //                              attention_mla_v2lite_tensor_b<N> the same rows as tiles of one
@@ -148,6 +151,78 @@ void BenchGemv(cudaStream_t stream, int reps, double bandwidth) {
   }
 }
 
+// A decode step of `batch` tokens through DeepSeek-V2-Lite's routed experts: each token's
+// k distinct experts drawn at random (a fresh draw each rep), the token-expert pairs sorted
+// by expert as the step's permutation leaves them, each expert with rows a group (about
+// batch * k / E rows, 6 at batch 64), all through one GroupedGemv launch per projection;
+// bytes are the weights of the experts with rows. experts_<proj>_b<batch>_cublas: the same
+// groups as one cuBLAS GEMM per expert, what the step plan takes past kGroupedGemvMaxRows.
+void BenchExpertsAtBatch(cudaStream_t stream, int reps, double bandwidth, int batch) {
+  const DeepseekConfig d = DeepseekV2Lite().deepseek;
+  const int64_t h = DeepseekV2Lite().hidden_size, inter = d.moe_intermediate_size, E = d.n_routed_experts;
+  const int k = static_cast<int>(d.num_experts_per_tok);
+  std::mt19937 rng(6);
+  struct Draw {
+    std::vector<cuda::GemvGroup> groups;
+    int32_t max_rows = 0;
+  };
+  const int draws = 8;  // steps drawn, taken in turn
+  std::vector<Draw> steps(draws);
+  std::vector<cuda::GemvGroup> all;
+  std::vector<size_t> first_group;
+  for (Draw& step : steps) {
+    std::vector<int32_t> count(E, 0);
+    for (int t = 0; t < batch; ++t) {
+      std::vector<int32_t> experts(E);
+      std::iota(experts.begin(), experts.end(), 0);
+      std::shuffle(experts.begin(), experts.end(), rng);
+      for (int i = 0; i < k; ++i) ++count[experts[i]];
+    }
+    int32_t row = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      if (count[e] == 0) continue;
+      step.groups.push_back({e, row, count[e], 0});
+      row += count[e];
+      step.max_rows = std::max(step.max_rows, count[e]);
+    }
+    first_group.push_back(all.size());
+    all.insert(all.end(), step.groups.begin(), step.groups.end());
+  }
+  cuda::DeviceBuffer d_groups(all.size() * sizeof(cuda::GemvGroup));
+  d_groups.CopyFromHost(all.data(), d_groups.bytes());
+  cuda::CublasGemm gemm(stream);
+  struct Projection {
+    const char* name;
+    int64_t out, in;
+  };
+  for (const Projection p : {Projection{"gate_up", 2 * inter, h}, Projection{"down", h, inter}}) {
+    const size_t matrix_bytes = static_cast<size_t>(p.out * p.in) * 2;
+    cuda::DeviceBuffer w = Filled(matrix_bytes * E, DType::kBF16, 13);
+    cuda::DeviceBuffer x = Filled(batch * k * p.in * 2, DType::kBF16, 14);
+    cuda::DeviceBuffer y(batch * k * p.out * 4);
+    const cuda::StackedMatrices sm{w.data(), nullptr, DType::kBF16, p.out, p.in, p.out};
+    double bytes = 0;
+    for (const Draw& step : steps) bytes += static_cast<double>(matrix_bytes) * step.groups.size();
+    bytes /= draws;
+    const double us = MeanMicros(stream, reps, [&](int rep) {
+      const Draw& step = steps[rep % draws];
+      cuda::GroupedGemv(stream, sm, d_groups.as<cuda::GemvGroup>() + first_group[rep % draws],
+                        static_cast<int>(step.groups.size()), step.max_rows, DType::kBF16, x.data(), DType::kF32,
+                        y.data(), false);
+    });
+    const std::string name = fmt::format("experts_{}_b{}", p.name, batch);
+    Report(name, us, bytes, bandwidth);
+    const double cublas_us = MeanMicros(stream, reps, [&](int rep) {
+      for (const cuda::GemvGroup& g : steps[rep % draws].groups) {
+        gemm.Run(DType::kBF16, x.as<uint8_t>() + static_cast<size_t>(g.first_row) * p.in * 2,
+                 w.as<uint8_t>() + static_cast<size_t>(g.matrix) * matrix_bytes, g.num_rows, p.in, p.out, DType::kF32,
+                 y.as<uint8_t>() + static_cast<size_t>(g.first_row) * p.out * 4, false);
+      }
+    });
+    Report(name + "_cublas", cublas_us, bytes, bandwidth);
+  }
+}
+
 void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
   const DeepseekConfig d = DeepseekV2Lite().deepseek;
   const int64_t h = DeepseekV2Lite().hidden_size, inter = d.moe_intermediate_size, E = d.n_routed_experts;
@@ -179,6 +254,7 @@ void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
     });
     Report(fmt::format("experts_{}_b1", p.name), us, static_cast<double>(matrix_bytes) * k, bandwidth);
   }
+  BenchExpertsAtBatch(stream, reps, bandwidth, 64);
 }
 
 // A bf16 cache of kSeqs sequences of `context` positions (tables laid out sequence after

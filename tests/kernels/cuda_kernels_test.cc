@@ -1427,9 +1427,9 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
   const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
   const int64_t total_rows = 63, rows = 37, stack = 3;
   // Widths: element loads with a tail, 16-byte loads, and past one warp's span group (512
-  // elements; the one-row kernel takes two spans a lane at once) with 16-byte loads and
-  // with element loads.
-  for (const int64_t cols : {int64_t{200}, int64_t{384}, int64_t{1040}, int64_t{1544}}) {
+  // elements; the one-row kernel takes two spans a lane at once) with 16-byte loads, with
+  // element loads whose tail is in a group's first span and in its second.
+  for (const int64_t cols : {int64_t{203}, int64_t{384}, int64_t{1040}, int64_t{1543}, int64_t{773}}) {
     for (const bool fp8 : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
       const MatrixStack stack_on_device = MakeMatrixStack(t, fp8, stack, rows, cols, rng);
@@ -1486,8 +1486,8 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
   }
 }
 
-// The SiLU epilogue: each matrix's rows are 19 gate rows then 19 up rows (the last block's
-// second half of warps idle), groups as above through the 8-row and the one-row kernel,
+// The SiLU epilogue: each matrix's rows are 19 gate rows then 19 up rows (a warp a
+// feature: the last block's last five warps idle), groups as above through the 8-row and the one-row kernel,
 // FP8 and typed weights, short and long rows: y[r, f] = silu(gate) * up of the exact
 // products, [rows, 19] in the activation type. Rows outside every group stay as they were.
 TEST_P(CudaKernels, GroupedGemvWithTheSiluEpilogueWritesSiluGateTimesUp) {
@@ -1496,7 +1496,7 @@ TEST_P(CudaKernels, GroupedGemvWithTheSiluEpilogueWritesSiluGateTimesUp) {
   std::mt19937 rng(23);
   const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
   const int64_t total_rows = 63, features = 19, rows = 2 * features, stack = 3;
-  for (const int64_t cols : {int64_t{200}, int64_t{1040}}) {
+  for (const int64_t cols : {int64_t{203}, int64_t{1040}}) {
     for (const bool fp8 : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
       const MatrixStack stack_on_device = MakeMatrixStack(t, fp8, stack, rows, cols, rng);

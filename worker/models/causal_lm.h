@@ -52,7 +52,7 @@ struct CausalLMOptions {
   enum class Fp8Gemm { kTensorCores, kExact };
   Fp8Gemm fp8_gemm = Fp8Gemm::kTensorCores;
   // kCuda only: how steps of at most cuda::kGemvMaxRows (8) rows, decode steps, multiply
-  // the dense (bf16 or f32) weights. kGemv: a warp per output row, each weight read once
+  // the dense (bf16 or f32) weights. kGemv: a warp per two output rows, each weight read once
   // (worker/kernels/cuda/grouped_gemv.h, the kernel FP8 weights and small experts always
   // take); kCublas: cuBLAS's GEMM, whose tiles are mostly idle at these shapes. Both
   // accumulate in f32, in different orders; cuda-decode-bench times one against the other.

@@ -33,7 +33,7 @@ struct Fp8Matrix {
 
 // y[t, o] = (accumulate ? y[t, o] : 0) + sum_i x[t, i] * W[o, i] for t < num_rows <=
 // kFp8GemvMaxRows; x [num_rows, cols] of x_type (f32, f16 or bf16), y [num_rows, rows] f32
-// or x_type, dense rows. One warp per output row, f32 accumulation.
+// or x_type, dense rows. The GEMV kernel (grouped_gemv.h), f32 accumulation.
 void Fp8Gemv(cudaStream_t stream, const Fp8Matrix& w, DType x_type, const void* x, int64_t num_rows, DType y_type,
              void* y, bool accumulate);
 

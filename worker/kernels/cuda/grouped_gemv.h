@@ -1,6 +1,6 @@
 #pragma once
-// Products of a few rows with a weight matrix read straight from memory, one warp per
-// output row: the shape of a decode step, bound by the weights' bytes, where a GEMM
+// Products of a few rows with a weight matrix read straight from memory, one warp per two
+// output rows (each activation load serves both): the shape of a decode step, bound by the weights' bytes, where a GEMM
 // library's tiles sit mostly idle. One launch covers a whole stack of matrices, each group
 // of rows multiplying its own: DeepSeekMoE's routed experts at decode, where every active
 // expert has a few tokens, become one launch per projection instead of one cuBLAS call per
