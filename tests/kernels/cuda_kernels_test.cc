@@ -1426,10 +1426,12 @@ TEST_P(CudaKernels, GroupedGemvMultipliesEachGroupsRowsByItsMatrix) {
   std::mt19937 rng(17);
   const std::vector<GemvGroup> groups = {{2, 0, 1, 0}, {0, 1, 3, 0}, {1, 4, 20, 0}, {2, 30, 33, 0}};
   const int64_t total_rows = 63, rows = 37, stack = 3;
-  // Widths: element loads with a tail, 16-byte loads, and past one warp's span group (512
-  // elements; the one-row kernel takes two spans a lane at once) with 16-byte loads, with
-  // element loads whose tail is in a group's first span and in its second.
-  for (const int64_t cols : {int64_t{203}, int64_t{384}, int64_t{1040}, int64_t{1543}, int64_t{773}}) {
+  // Widths: element loads with a tail, 16-byte loads, and past one warp's span group (1024
+  // elements of 16-bit or FP8 weights, 512 of f32: the one-row kernel loads four spans a
+  // lane, two for f32, before it multiplies any) with 16-byte loads (ending in a group's
+  // first and third span), and with element loads whose tail is in each of a group's spans.
+  for (const int64_t cols : {int64_t{203}, int64_t{384}, int64_t{1040}, int64_t{1544}, int64_t{773}, int64_t{1300},
+                             int64_t{1543}}) {
     for (const bool fp8 : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "cols " << cols << (fp8 ? " fp8" : " typed"));
       const MatrixStack stack_on_device = MakeMatrixStack(t, fp8, stack, rows, cols, rng);

@@ -109,11 +109,14 @@ __device__ __forceinline__ void LoadSpan(const X* p, bool vector, int n, float (
 }
 
 // Spans of each weight row a lane of the one-row kernel loads before it multiplies any:
-// two of its two rows, 64 bytes of bf16 or 32 of FP8 codes in flight a lane (f32's one
-// span of each row is 64 bytes already); at 32 warps an SM that is past the ~25 KB a Hopper
-// SM needs in flight to keep its share of HBM busy.
+// four of 16-bit weights or FP8 codes, two of f32, so a lane has 128 bytes in flight (64
+// of FP8 codes) and a matrix of R rows R/2 warps of 4 KB each: as many bytes in flight as
+// R warps of one row and two 32-byte spans each, 7 MB for a 3584-row matrix (all its
+// warps resident at once), past the ~4 MB that Hopper's HBM needs in flight for its
+// bandwidth (about 4.3 TB/s at ~1 us). 80 registers (3 blocks an SM): at 64 the spans in
+// flight spill.
 template <typename W>
-constexpr int kSpansInFlight = sizeof(W) == 4 ? 1 : 2;
+constexpr int kSpansInFlight = sizeof(W) == 4 ? 2 : 4;
 
 // The factor a span's products are multiplied by: its FP8 block's scale (the span lies in
 // one block), 1 for other weights (never multiplied).
@@ -180,11 +183,12 @@ __device__ __forceinline__ void MultiplyRows(const RawSpan<W> (&raw)[kOut], cons
 // along those weight rows (rows of a few KB stay in L1 from one pass to the next).
 // kRows: x rows a pass multiplies, kChunk, or 1 for a launch whose groups are one row
 // each (a batch-1 decode step's products), which then keeps kSpansInFlight spans of
-// each weight row loading at once (the 8-row pass has no registers left for them).
+// each weight row loading at once (the 8-row pass's registers hold both rows' widened
+// spans instead, and its 8 x rows are more loads in flight).
 // silu_mul (GemvOutput::kSiluGateTimesUp): the matrix's rows are gate rows [0, F) then up
 // rows [F, 2F); the warp of feature f writes silu(gate) * up as output f of the row's F.
 template <typename W, typename X, typename Y, int kRows>
-__global__ void __launch_bounds__(32 * kWarps, kRows == 1 ? 4 : 3)
+__global__ void __launch_bounds__(32 * kWarps, 3)
     GroupedGemvKernel(StackedMatrices w, const GemvGroup* groups, GemvGroup single, const X* x, Y* y, bool accumulate,
                       bool silu_mul) {
   WaitForPriorKernel();
