@@ -12,6 +12,9 @@
 //                              experts_<proj>_b64_* a 64-token step's (about 6 rows an
 //                              expert, nearly every expert), and _cublas the same as one
 //                              cuBLAS GEMM per expert
+//   sample_<rule>_b<rows>_*    a step's token choice over Qwen-7B's vocabulary: ArgmaxRows
+//                              (greedy) and SampleRows at temperature 0.7 alone, with
+//                              top-p 0.95, top-k 50, min-p 0.05 (bytes: the logits once)
 //   attention_<shape>_b<N>_*   decode attention over --context cached positions (bf16
 //                              cache), the split-K plan the model would use, merge included;
 //                              attention_mla_v2lite_tensor_b<N> the same rows as tiles of one
@@ -33,7 +36,7 @@
 // cores'.
 //
 //   build-cuda/bench/cuda-kernels-bench [--context 1024] [--prompt 2048] [--reps 50]
-//                                       [--only gemv|experts|attention|prompt]
+//                                       [--only gemv|experts|sampling|attention|prompt]
 //
 // Without a GPU it prints "skipped: no GPU: ..." and exits 0.
 #include <CLI/CLI.hpp>
@@ -56,6 +59,7 @@
 #include "worker/kernels/cuda/gemm.h"
 #include "worker/kernels/cuda/grouped_gemv.h"
 #include "worker/kernels/cuda/ops.h"
+#include "worker/kernels/cuda/sampling.h"
 
 namespace shoal::worker {
 namespace {
@@ -255,6 +259,57 @@ void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
     Report(fmt::format("experts_{}_b1", p.name), us, static_cast<double>(matrix_bytes) * k, bandwidth);
   }
   BenchExpertsAtBatch(stream, reps, bandwidth, 64);
+}
+
+// A step's token choice over R1-Distill-Qwen-7B's 152064-token vocabulary: logits shaped
+// like a model's (a few dozen plausible tokens over a long normal tail), restored from a
+// pristine copy before each call since SampleRows overwrites them; the copy's own time is
+// measured alone and taken off.
+void BenchSampling(cudaStream_t stream, int reps, double bandwidth) {
+  const int64_t n = R1DistillQwen7B().vocab_size;
+  for (const int64_t rows : {int64_t{1}, int64_t{64}}) {
+    std::mt19937 rng(21);
+    std::normal_distribution<float> tail(0.0f, 2.0f);
+    std::vector<float> logits(rows * n);
+    for (float& v : logits) v = tail(rng);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < 40; ++j) logits[r * n + (rng() % n)] = 14.0f - 0.3f * j;
+    }
+    const size_t bytes = logits.size() * 4;
+    cuda::DeviceBuffer pristine(bytes), work(bytes), out(rows * 4), penalties(sizeof(cuda::PenaltyToken));
+    pristine.CopyFromHost(logits.data(), bytes);
+    const double copy_us = MeanMicros(stream, reps, [&](int) {
+      SHOAL_CUDA_CHECK(cudaMemcpyAsync(work.data(), pristine.data(), bytes, cudaMemcpyDeviceToDevice, stream));
+    });
+    const double argmax_us = MeanMicros(stream, reps, [&](int) {
+      cuda::ArgmaxRows(stream, pristine.as<float>(), rows, n, out.as<int32_t>());
+    });
+    Report(fmt::format("sample_greedy_b{}", rows), argmax_us, static_cast<double>(bytes), bandwidth);
+    struct Rule {
+      const char* name;
+      cuda::SamplingRow row;
+    };
+    cuda::SamplingRow temperature;
+    temperature.temperature = 0.7f;
+    cuda::SamplingRow top_p = temperature, top_k = temperature, min_p = temperature;
+    top_p.top_p = 0.95f;
+    top_k.top_k = 50;
+    min_p.min_p = 0.05f;
+    for (const Rule& rule : {Rule{"temperature", temperature}, Rule{"top_p", top_p}, Rule{"top_k", top_k},
+                             Rule{"min_p", min_p}}) {
+      std::vector<cuda::SamplingRow> params(rows, rule.row);
+      for (int64_t r = 0; r < rows; ++r) params[r].uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+      cuda::DeviceBuffer d_params(params.size() * sizeof(cuda::SamplingRow));
+      d_params.CopyFromHost(params.data(), d_params.bytes());
+      const double us = MeanMicros(stream, reps, [&](int) {
+        SHOAL_CUDA_CHECK(cudaMemcpyAsync(work.data(), pristine.data(), bytes, cudaMemcpyDeviceToDevice, stream));
+        cuda::SampleRows(stream, work.as<float>(), rows, n, d_params.as<cuda::SamplingRow>(),
+                         penalties.as<cuda::PenaltyToken>(), out.as<int32_t>());
+      });
+      Report(fmt::format("sample_{}_b{}", rule.name, rows), std::max(us - copy_us, 0.01), static_cast<double>(bytes),
+             bandwidth);
+    }
+  }
 }
 
 // A bf16 cache of kSeqs sequences of `context` positions (tables laid out sequence after
@@ -479,8 +534,8 @@ int main(int argc, char** argv) {
   app.add_option("--context", context, "cached positions each attention row sees")->check(CLI::Range(1, 1 << 20));
   app.add_option("--prompt", prompt, "prompt tokens of the prompt-attention cases")->check(CLI::Range(1, 1 << 16));
   app.add_option("--reps", reps, "timed calls per case")->check(CLI::Range(1, 100000));
-  app.add_option("--only", only, "one group of cases: gemv, experts, attention or prompt")
-      ->check(CLI::IsMember({"gemv", "experts", "attention", "prompt"}));
+  app.add_option("--only", only, "one group of cases: gemv, experts, sampling, attention or prompt")
+      ->check(CLI::IsMember({"gemv", "experts", "sampling", "attention", "prompt"}));
   CLI11_PARSE(app, argc, argv);
 
   std::string why_not;
@@ -499,6 +554,7 @@ int main(int argc, char** argv) {
   SHOAL_CUDA_CHECK(cudaStreamCreate(&stream));
   if (only.empty() || only == "gemv") BenchGemv(stream, reps, bandwidth);
   if (only.empty() || only == "experts") BenchExperts(stream, reps, bandwidth);
+  if (only.empty() || only == "sampling") BenchSampling(stream, reps, bandwidth);
   if (only.empty() || only == "attention") BenchAttention(stream, reps, context, bandwidth);
   if (only.empty() || only == "prompt") BenchPrompt(stream, std::min(reps, 20), prompt);  // calls of milliseconds
   SHOAL_CUDA_CHECK(cudaStreamSynchronize(stream));

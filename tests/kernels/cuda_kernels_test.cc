@@ -1218,7 +1218,9 @@ TEST(CudaDecoderKernels, ArgmaxRowsMatchesMaxElementWithTies) {
 // The engine sampler's rules on the GPU: for rows of every kind (greedy with penalties,
 // plain temperature, top-k, top-p, both with min-p, penalties with top-p, top-k 1, many
 // tied logits under top-k and top-p, a temperature too small to divide by, an odd
-// vocabulary past the block width), each with its own penalty tokens, and 48 draws each, SampleRows picks exactly Sampler::Sample's token from the same draw; a
+// vocabulary past the block width; flat rows, which mostly take the whole row, and peaked
+// ones, which take the candidates in shared memory), each with its own penalty tokens, and
+// 48 draws each, SampleRows picks exactly Sampler::Sample's token from the same draw; a
 // row with a NaN answers -1.
 TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   SKIP_WITHOUT_GPU();
@@ -1226,6 +1228,9 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   struct Case {
     SamplingOptions o;
     bool ties = false;
+    float head = 0.0f;  // > 0: 32 tokens at about this logit over a tail of N(0, 1), as a
+                        // model's few likely tokens stand over a long tail
+    float head_step = 0.25f;  // the logit between one head token and the next
   };
   auto opts = [](float t, int32_t k, float p, float min_p, float rep = 1, float pres = 0, float freq = 0) {
     SamplingOptions o;
@@ -1240,6 +1245,17 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
       {opts(0.8f, 0, 0.95f, 0, 1.3f, 0.5f, 0.2f)}, {opts(1.0f, 1, 1, 0)},
       {opts(1.0f, 10, 0.5f, 0), true},            {opts(0.5f, 0, 0.7f, 0), true},
       {opts(1e-7f, 0, 1, 0, 1.1f, 0.1f, 0.2f)},  // below kGreedyTemperature: greedy, no draw
+      // Peaked rows, whose kept tokens lie in a few bands below the largest probability
+      // (the candidates' path): DeepSeek-R1's recommended 0.6 and top-p 0.95, a narrow
+      // top-p, min-p alone, all three, ties under top-p; and a top-k past kCandidates and a
+      // flat row's top-p 0.99999, which take the whole row.
+      {opts(0.6f, 0, 0.95f, 0), false, 10.0f},    {opts(1.0f, 0, 0.5f, 0), false, 10.0f},
+      {opts(1.0f, 0, 1, 0.05f), false, 10.0f},     {opts(0.8f, 20, 0.9f, 0.02f, 1.2f), false, 10.0f},
+      {opts(1.0f, 0, 0.99f, 0), true, 10.0f},      {opts(1.0f, 4500, 1, 0), false, 10.0f},
+      {opts(1.0f, 0, 0.99999f, 0)},
+      // A top-k that takes exactly the candidates (32 tied tokens well above a tail that
+      // holds a third of the mass): top-p's target is still of the mass top-k kept.
+      {opts(1.0f, 32, 0.9f, 0), false, 6.0f, 0.0f},
   };
   // 20 prompt tokens and 10 output tokens with repeats, for the penalties; each case
   // shifts them, so every row reads its own range of penalty tokens.
@@ -1266,9 +1282,12 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   std::vector<SamplingRow> params(rows);
   std::vector<int32_t> want(rows, -1);
   for (size_t c = 0; c < cases.size(); ++c) {
-    std::vector<float> row = Random(n, 70 + static_cast<uint32_t>(c), 3.0f);
+    std::vector<float> row = Random(n, 70 + static_cast<uint32_t>(c), cases[c].head > 0.0f ? 1.0f : 3.0f);
     if (cases[c].ties) {
       for (float& x : row) x = std::round(x);  // a few values, each held by hundreds of tokens
+    }
+    if (cases[c].head > 0.0f) {  // tied: 4 values 8 tokens each
+      for (int j = 0; j < 32; ++j) row[(j * 157 + 11 * c) % n] = cases[c].head - cases[c].head_step * (cases[c].ties ? j / 8 : j);
     }
     std::mt19937_64 host_rng(1000 + c), draws(1000 + c);
     for (int d = 0; d < kDraws; ++d) {
@@ -1299,6 +1318,9 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   // The draws reach more than one token where the distribution allows it.
   std::map<int32_t, int> seen;
   for (int d = 0; d < kDraws; ++d) ++seen[got[1 * kDraws + d]];
+  EXPECT_GT(seen.size(), 1u);
+  seen.clear();  // and from the candidates (the peaked top-p 0.95 row)
+  for (int d = 0; d < kDraws; ++d) ++seen[got[11 * kDraws + d]];
   EXPECT_GT(seen.size(), 1u);
 }
 

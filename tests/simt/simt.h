@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <bit>
 #include <cstring>
 #include <functional>
 #include <tuple>
@@ -160,6 +161,15 @@ template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return ::shoal::simt::ShuffleUp(mask, v, delta, width);
 }
+
+// The lanes of `mask` whose predicate holds, as a bit each: an OR over the warp by the
+// shuffles above, so a lane outside the warp's convergence fails as a shuffle does.
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  unsigned bits = predicate ? 1u << ::shoal::simt::LaneId() : 0u;
+  for (int offset = 16; offset > 0; offset /= 2) bits |= ::shoal::simt::ShuffleXor(mask, bits, offset, 32);
+  return bits & mask;
+}
+inline int __popc(unsigned v) { return std::popcount(v); }
 
 // Fibers of one block run on one host thread, so atomics are plain read-modify-writes.
 template <typename T>

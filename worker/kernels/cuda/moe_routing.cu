@@ -10,6 +10,7 @@ namespace shoal::worker::cuda {
 namespace {
 
 constexpr int kRouteWarps = 4;  // tokens per block
+constexpr int kPlanThreads = 1024;  // PlanExpertSlotsKernel's one block
 constexpr int kPerLane = kMaxRoutedExperts / 32;
 
 // The better of two candidates: the higher value, ties to the lower index (RouteTokens'
@@ -130,7 +131,7 @@ __global__ void RouteTokensKernel(RouterRules r, const float* logits, int64_t nu
   }
 }
 
-__global__ void PlanExpertSlotsKernel(const int32_t* ids, const float* weights, int num_tokens, int k, int begin,
+__global__ void __launch_bounds__(kPlanThreads) PlanExpertSlotsKernel(const int32_t* ids, const float* weights, int num_tokens, int k, int begin,
                                       int end, int32_t* gather, int32_t* slot_rows, float* slot_weights,
                                       GemvGroup* groups) {
   WaitForPriorKernel();
@@ -215,7 +216,7 @@ void PlanExpertSlotsOnDevice(cudaStream_t stream, const int32_t* ids, const floa
       expert_end - expert_begin > kMaxRoutedExperts) {
     DieOnCudaError("PlanExpertSlotsOnDevice", "more slots or experts than the kernel takes", __FILE__, __LINE__);
   }
-  LaunchKernel("PlanExpertSlotsKernel", PlanExpertSlotsKernel, 1, 1024, 0, stream, ids, weights,
+  LaunchKernel("PlanExpertSlotsKernel", PlanExpertSlotsKernel, 1, kPlanThreads, 0, stream, ids, weights,
       static_cast<int>(num_tokens), k, expert_begin, expert_end, gather, slot_rows, slot_weights, groups);
 }
 

@@ -17,7 +17,7 @@ __device__ __forceinline__ bool Better(float v, int64_t i, float best, int64_t b
 }
 
 // One block per row: threads scan strided slices, then warps and the block reduce.
-__global__ void ArgmaxKernel(const float* logits, int64_t n, int32_t* out) {
+__global__ void __launch_bounds__(kThreads) ArgmaxKernel(const float* logits, int64_t n, int32_t* out) {
   WaitForPriorKernel();
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * n;
   float best = -INFINITY;
@@ -51,6 +51,10 @@ __global__ void ArgmaxKernel(const float* logits, int64_t n, int32_t* out) {
 
 constexpr int kSampleThreads = 1024;
 constexpr int kSampleWarps = kSampleThreads / 32;
+// Tokens a truncating row's draw can take from shared memory instead of the whole row,
+// and the power-of-two bands below the largest probability that may hold them.
+constexpr int kCandidates = 4096;
+constexpr int kBands = 24;
 
 // Block-wide sum of v over kSampleThreads threads, returned to every thread.
 template <typename T>
@@ -137,8 +141,99 @@ __device__ void KeepAboveAndFirstTies(float* p, int64_t n, uint32_t cut, int64_t
   __syncthreads();
 }
 
-// One block of kSampleThreads per row; the row's logits become its probabilities.
-__global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, const PenaltyToken* penalties,
+// Top-k, then top-p over what top-k kept, then min-p over p[0, n) (probabilities in index
+// order, pmax the largest), and the draw; returns the position drawn. use_k: top-k cuts
+// the whole row, so top-p's target is of the mass it kept, even where p holds only the
+// row's candidates and k takes them all. Every thread of the block calls it; p is
+// overwritten.
+__device__ int64_t TruncateAndDraw(float* p, int64_t n, float pmax, const SamplingRow& P, bool use_k) {
+  const bool use_p = P.top_p < 1.0f;
+  if (use_k && P.top_k < n) {
+    const int64_t k = P.top_k;
+    const uint32_t cut = LargestPattern(Bits(pmax), [&](uint32_t b) {
+      int64_t c = 0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) c += Bits(p[i]) >= b ? 1 : 0;
+      return BlockSum<int64_t>(c) >= k;
+    });
+    int64_t above = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) above += Bits(p[i]) > cut ? 1 : 0;
+    above = BlockSum<int64_t>(above);
+    KeepAboveAndFirstTies(p, n, cut, k - above, [](int64_t) { return true; });
+  }
+  if (use_p) {
+    // As the host: the target is top_p of the mass top-k kept (of 1 without top-k).
+    double mass = 1.0;
+    if (use_k) {
+      double m = 0.0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m += p[i];
+      mass = BlockSum<double>(m);
+    }
+    const double target = static_cast<double>(P.top_p) * mass;
+    auto mass_from = [&](uint32_t b, bool strictly) {
+      double m = 0.0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t bits = Bits(p[i]);
+        if (p[i] > 0.0f && (strictly ? bits > b : bits >= b)) m += p[i];
+      }
+      return BlockSum<double>(m);
+    };
+    // The smallest probability of the kept prefix: the largest cut whose mass at or above
+    // it reaches the target (0 when rounding leaves even the whole set short: keep all).
+    // No cut above the largest probability: with a target of 0 it keeps the argmax alone.
+    const uint32_t cut =
+        LargestPattern(Bits(pmax), [&](uint32_t b) { return b == 0 || mass_from(b, false) >= target; });
+    if (cut > 0) {
+      const double above = mass_from(cut, true);
+      const double at = static_cast<double>(__uint_as_float(cut));
+      // Ties at the cut join in index order until the running mass reaches the target.
+      const int64_t ties = static_cast<int64_t>(ceil((target - above) / at));
+      KeepAboveAndFirstTies(p, n, cut, ties < 1 ? 1 : ties, [&](int64_t i) { return p[i] > 0.0f; });
+    }
+  }
+  if (P.min_p > 0.0f) {
+    const float cut = P.min_p * pmax;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      if (p[i] < cut) p[i] = 0.0f;
+    }
+  }
+  __syncthreads();
+  double kept = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) kept += p[i];
+  kept = BlockSum<double>(kept);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = static_cast<float>(p[i] / kept);
+  __syncthreads();
+
+  // The draw: the first kept token, in index order, whose running sum passes u; the last
+  // kept one when rounding leaves u above the whole sum.
+  __shared__ int64_t chosen;
+  __shared__ int64_t last_kept;
+  if (threadIdx.x == 0) chosen = n, last_kept = 0;
+  __syncthreads();
+  double carried = 0.0;
+  for (int64_t base = 0; base < n; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    const double v = i < n ? static_cast<double>(p[i]) : 0.0;
+    double chunk = 0.0;
+    const double before = BlockExclusiveScan<double>(v, &chunk);
+    if (i < n && v > 0.0) {
+      atomicMax(reinterpret_cast<unsigned long long*>(&last_kept), static_cast<unsigned long long>(i));
+      if (P.uniform < carried + before + v) {
+        atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+      }
+    }
+    __syncthreads();
+    if (chosen < n) break;  // the same value for every thread after the barrier
+    carried += chunk;
+  }
+  const int64_t drawn = chosen < n ? chosen : last_kept;
+  __syncthreads();  // every thread has read `chosen` before a later call resets it
+  return drawn;
+}
+
+// One block of kSampleThreads per row; the row's logits become its probabilities. The
+// bound holds the kernel to the 64 registers a thread that a block of 1024 may have (its
+// launch fails past that; sm_80 otherwise takes 68).
+__global__ void __launch_bounds__(kSampleThreads) SampleKernel(float* logits, int64_t n, const SamplingRow* rows, const PenaltyToken* penalties,
                              int32_t* out) {
   WaitForPriorKernel();
   const int64_t r = blockIdx.x;
@@ -212,91 +307,86 @@ __global__ void SampleKernel(float* logits, int64_t n, const SamplingRow* rows, 
     part += e;
   }
   const double total = BlockSum<double>(part);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) l[i] = static_cast<float>(l[i] / total);
+
+  // 3. the candidates: a truncating row's kept tokens all lie in the first few power-of-two
+  // bands below the largest probability (band b: exponent b below pmax's), so the
+  // normalizing pass counts each band's tokens and mass (each warp its own slice of the
+  // row, in index order), and the highest band floor t that top-k (count >= k), else top-p
+  // (mass >= top_p, with room for the sums' rounding), else min-p (t <= min_p * pmax) can
+  // cut no higher than is the threshold: the tokens at or above it, copied in index order
+  // to shared memory, are decided exactly as the whole row would be (every count and mass
+  // the truncations test at or above t is the same; every token below t is cut). Rows that
+  // truncate nothing, or whose candidates overflow kCandidates, take the whole row.
+  const bool use_k = P.top_k > 0 && P.top_k < n, use_p = P.top_p < 1.0f;
+  const bool truncates = use_k || use_p || P.min_p > 0.0f;
+  const float pmax_written = static_cast<float>(1.0 / total);  // l[arg] is exp(0) = 1
+  const int top = static_cast<int>(Bits(pmax_written) >> 23);
+  __shared__ int32_t band_count[kSampleWarps][kBands];
+  __shared__ double band_mass[kSampleWarps][kBands];
+  if (truncates) {
+    for (int b = lane; b < kBands; b += 32) band_count[warp][b] = 0, band_mass[warp][b] = 0.0;
+    __syncwarp();
+  }
+  const int64_t slice = (n + kSampleWarps - 1) / kSampleWarps;
+  const int64_t slice_begin = min(n, warp * slice), slice_end = min(n, slice_begin + slice);
+  for (int64_t i = slice_begin + lane; i < slice_end; i += 32) {
+    const float v = static_cast<float>(l[i] / total);
+    l[i] = v;
+    const int b = top - static_cast<int>(Bits(v) >> 23);
+    if (truncates && b >= 0 && b < kBands) {
+      atomicAdd(&band_count[warp][b], 1);
+      atomicAdd(&band_mass[warp][b], static_cast<double>(v));
+    }
+  }
   __syncthreads();
   const float pmax = l[arg];
-  float* p = l;
-
-  // 3. top-k, then top-p over what top-k kept, then min-p.
-  const bool use_k = P.top_k > 0 && P.top_k < n, use_p = P.top_p < 1.0f;
-  if (use_k) {
-    const int64_t k = P.top_k;
-    const uint32_t cut = LargestPattern(Bits(pmax), [&](uint32_t b) {
-      int64_t c = 0;
-      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) c += Bits(p[i]) >= b ? 1 : 0;
-      return BlockSum<int64_t>(c) >= k;
-    });
-    int64_t above = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) above += Bits(p[i]) > cut ? 1 : 0;
-    above = BlockSum<int64_t>(above);
-    KeepAboveAndFirstTies(p, n, cut, k - above, [](int64_t) { return true; });
-  }
-  if (use_p) {
-    // As the host: the target is top_p of the mass top-k kept (of 1 without top-k).
-    double mass = 1.0;
-    if (use_k) {
-      double m = 0.0;
-      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m += p[i];
-      mass = BlockSum<double>(m);
-    }
-    const double target = static_cast<double>(P.top_p) * mass;
-    auto mass_from = [&](uint32_t b, bool strictly) {
-      double m = 0.0;
-      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const uint32_t bits = Bits(p[i]);
-        if (p[i] > 0.0f && (strictly ? bits > b : bits >= b)) m += p[i];
-      }
-      return BlockSum<double>(m);
-    };
-    // The smallest probability of the kept prefix: the largest cut whose mass at or above
-    // it reaches the target (0 when rounding leaves even the whole set short: keep all).
-    // No cut above the largest probability: with a target of 0 it keeps the argmax alone.
-    const uint32_t cut =
-        LargestPattern(Bits(pmax), [&](uint32_t b) { return b == 0 || mass_from(b, false) >= target; });
-    if (cut > 0) {
-      const double above = mass_from(cut, true);
-      const double at = static_cast<double>(__uint_as_float(cut));
-      // Ties at the cut join in index order until the running mass reaches the target.
-      const int64_t ties = static_cast<int64_t>(ceil((target - above) / at));
-      KeepAboveAndFirstTies(p, n, cut, ties < 1 ? 1 : ties, [&](int64_t i) { return p[i] > 0.0f; });
-    }
-  }
-  if (P.min_p > 0.0f) {
-    const float cut = P.min_p * pmax;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      if (p[i] < cut) p[i] = 0.0f;
-    }
-  }
-  __syncthreads();
-  double kept = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) kept += p[i];
-  kept = BlockSum<double>(kept);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = static_cast<float>(p[i] / kept);
-  __syncthreads();
-
-  // 4. the draw: the first kept token, in index order, whose running sum passes u; the
-  // last kept one when rounding leaves u above the whole sum.
-  __shared__ int64_t chosen;
-  __shared__ int64_t last_kept;
-  if (threadIdx.x == 0) chosen = n, last_kept = 0;
-  __syncthreads();
-  double carried = 0.0;
-  for (int64_t base = 0; base < n; base += blockDim.x) {
-    const int64_t i = base + threadIdx.x;
-    const double v = i < n ? static_cast<double>(p[i]) : 0.0;
-    double chunk = 0.0;
-    const double before = BlockExclusiveScan<double>(v, &chunk);
-    if (i < n && v > 0.0) {
-      atomicMax(reinterpret_cast<unsigned long long*>(&last_kept), static_cast<unsigned long long>(i));
-      if (P.uniform < carried + before + v) {
-        atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+  __shared__ int band, candidates;  // band -1: the whole row
+  if (threadIdx.x == 0) {
+    band = -1;
+    if (truncates && Bits(pmax) == Bits(pmax_written)) {
+      int64_t count = 0;
+      double mass = 0.0;
+      for (int b = 0; b < kBands && top - b >= 1; ++b) {
+        for (int w = 0; w < kSampleWarps; ++w) count += band_count[w][b], mass += band_mass[w][b];
+        const float band_floor = __uint_as_float(static_cast<uint32_t>(top - b) << 23);
+        const bool holds = use_k   ? count >= P.top_k
+                           : use_p ? mass >= static_cast<double>(P.top_p) + 1e-9
+                                   : band_floor <= P.min_p * pmax;
+        if (holds) {
+          if (count <= kCandidates) band = b, candidates = static_cast<int>(count);
+          break;
+        }
       }
     }
-    __syncthreads();
-    if (chosen < n) break;  // the same value for every thread after the barrier
-    carried += chunk;
   }
-  if (threadIdx.x == 0) out[r] = static_cast<int32_t>(chosen < n ? chosen : last_kept);
+  __syncthreads();
+  if (band < 0) {
+    const int64_t drawn = TruncateAndDraw(l, n, pmax, P, use_k);
+    if (threadIdx.x == 0) out[r] = static_cast<int32_t>(drawn);
+    return;
+  }
+  __shared__ float candidate_p[kCandidates];
+  __shared__ int32_t candidate_token[kCandidates];
+  const uint32_t floor_bits = static_cast<uint32_t>(top - band) << 23;
+  int offset = 0;  // the candidates of the warps before this one
+  for (int w = 0; w < warp; ++w) {
+    for (int b = 0; b <= band; ++b) offset += band_count[w][b];
+  }
+  for (int64_t base = slice_begin; base < slice_end; base += 32) {
+    const int64_t i = base + lane;
+    const float v = i < slice_end ? l[i] : 0.0f;
+    const bool in = i < slice_end && Bits(v) >= floor_bits;
+    const unsigned mask = __ballot_sync(0xffffffffu, in);
+    if (in) {
+      const int at = offset + __popc(mask & ((1u << lane) - 1u));
+      candidate_p[at] = v;
+      candidate_token[at] = static_cast<int32_t>(i);
+    }
+    offset += __popc(mask);
+  }
+  __syncthreads();
+  const int64_t drawn = TruncateAndDraw(candidate_p, candidates, pmax, P, use_k);
+  if (threadIdx.x == 0) out[r] = candidate_token[drawn];
 }
 
 }  // namespace

@@ -22,7 +22,10 @@ void ArgmaxRows(cudaStream_t stream, const float* logits, int64_t num_rows, int6
 // a binary search over the probabilities' bit patterns (no sort), ties kept in index
 // order as the host's stable ordering keeps them; sums are in double as on the host but
 // in another order, so a draw or a cut that lands within rounding of a boundary may go
-// the other way.
+// the other way. A truncating row (top-k, top-p or min-p) whose kept tokens provably lie
+// among at most 4096 above a power-of-two floor (counted while normalizing) makes its
+// searches and draw over those, copied to shared memory in index order, not the whole
+// vocabulary; the choice is the same either way.
 void SampleRows(cudaStream_t stream, float* logits, int64_t num_rows, int64_t n, const SamplingRow* rows,
                 const PenaltyToken* penalties, int32_t* out);
 
