@@ -44,6 +44,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -155,6 +156,15 @@ void BenchGemv(cudaStream_t stream, int reps, double bandwidth) {
   }
 }
 
+// A DeepSeek expert's two products: gate and up as one [2 inter, h] matrix, then down.
+struct ExpertProjection {
+  const char* name;
+  int64_t out, in;
+};
+std::array<ExpertProjection, 2> ExpertProjections(int64_t h, int64_t inter) {
+  return {{{"gate_up", 2 * inter, h}, {"down", h, inter}}};
+}
+
 // A decode step of `batch` tokens through DeepSeek-V2-Lite's routed experts: each token's
 // k distinct experts drawn at random (a fresh draw each rep), the token-expert pairs sorted
 // by expert as the step's permutation leaves them, each expert with rows a group (about
@@ -195,11 +205,7 @@ void BenchExpertsAtBatch(cudaStream_t stream, int reps, double bandwidth, int ba
   cuda::DeviceBuffer d_groups(all.size() * sizeof(cuda::GemvGroup));
   d_groups.CopyFromHost(all.data(), d_groups.bytes());
   cuda::CublasGemm gemm(stream);
-  struct Projection {
-    const char* name;
-    int64_t out, in;
-  };
-  for (const Projection p : {Projection{"gate_up", 2 * inter, h}, Projection{"down", h, inter}}) {
+  for (const ExpertProjection p : ExpertProjections(h, inter)) {
     const size_t matrix_bytes = static_cast<size_t>(p.out * p.in) * 2;
     cuda::DeviceBuffer w = Filled(matrix_bytes * E, DType::kBF16, 13);
     cuda::DeviceBuffer x = Filled(batch * k * p.in * 2, DType::kBF16, 14);
@@ -242,11 +248,7 @@ void BenchExperts(cudaStream_t stream, int reps, double bandwidth) {
   }
   cuda::DeviceBuffer d_groups(groups.size() * sizeof(cuda::GemvGroup));
   d_groups.CopyFromHost(groups.data(), d_groups.bytes());
-  struct Projection {
-    const char* name;
-    int64_t out, in;
-  };
-  for (const Projection p : {Projection{"gate_up", 2 * inter, h}, Projection{"down", h, inter}}) {
+  for (const ExpertProjection p : ExpertProjections(h, inter)) {
     const size_t matrix_bytes = static_cast<size_t>(p.out * p.in) * 2;
     cuda::DeviceBuffer w = Filled(matrix_bytes * E, DType::kBF16, 11);
     cuda::DeviceBuffer x = Filled(k * p.in * 2, DType::kBF16, 12);
