@@ -1324,6 +1324,68 @@ TEST(CudaSampling, SampleRowsMakeTheHostSamplersChoices) {
   EXPECT_GT(seen.size(), 1u);
 }
 
+// The draw narrows the row to one of 32 units, then to one of 32 pieces of it, then scans
+// the piece a warp at a time. Uniforms placed 2% and 98% into the kept tokens on either
+// side of unit and piece boundaries (and 0, and the largest double below 1) take exactly
+// those tokens, for a row that keeps every token, one whose top-k past kCandidates leaves
+// zeros between kept tokens, and a peaked top-k whose 8 kept tokens sit at the boundaries
+// (the candidates' path).
+TEST(CudaSampling, TheDrawTakesTheTokenWhoseRunningSumPassesTheUniformAcrossUnitBoundaries) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 40009;  // units of 1251 tokens, pieces of 40 (a warp's scan and 8 more)
+  const int64_t unit = (n + 31) / 32, piece = (unit + 31) / 32;
+  const std::vector<int64_t> boundaries = {piece, 5 * piece, unit, 16 * unit + 7 * piece, 31 * unit};
+  struct Case {
+    int32_t top_k;
+    bool peaked;
+  };
+  const std::vector<Case> cases = {{0, false}, {4500, false}, {8, true}};
+  std::vector<float> logits;
+  std::vector<SamplingRow> params;
+  std::vector<int32_t> want;
+  for (size_t c = 0; c < cases.size(); ++c) {
+    std::vector<float> row = Random(n, 140 + static_cast<uint32_t>(c), 1.0f);
+    if (cases[c].peaked) {
+      const int64_t head[] = {0, piece - 1, piece, unit - 1, unit, 31 * unit - 1, 31 * unit, n - 1};
+      for (int j = 0; j < 8; ++j) row[head[j]] = 12.0f - 0.3f * j;
+    }
+    const std::vector<float> p = Sampler::TruncatedProbs(row, cases[c].top_k, 1.0f, 0.0f);
+    std::vector<double> cum(n + 1, 0.0);  // cum[i]: the mass before token i
+    for (int64_t i = 0; i < n; ++i) cum[i + 1] = cum[i] + p[i];
+    std::vector<std::pair<double, int32_t>> draws;  // (uniform, the token it must take)
+    int64_t first = 0, last = n - 1;
+    while (p[first] <= 0.0f) ++first;
+    while (p[last] <= 0.0f) --last;
+    draws.push_back({0.0, static_cast<int32_t>(first)});
+    draws.push_back({std::nextafter(1.0, 0.0), static_cast<int32_t>(last)});
+    for (const int64_t b : boundaries) {
+      int64_t before = b - 1, after = b;
+      while (before > 0 && p[before] <= 0.0f) --before;
+      while (after + 1 < n && p[after] <= 0.0f) ++after;
+      for (const int64_t t : {before, after}) {
+        ASSERT_GT(p[t], 0.0f);
+        for (const double f : {0.02, 0.98}) draws.push_back({cum[t] + f * p[t], static_cast<int32_t>(t)});
+      }
+    }
+    for (const auto& [u, token] : draws) {
+      logits.insert(logits.end(), row.begin(), row.end());
+      SamplingRow r;
+      r.temperature = 1.0f, r.top_k = cases[c].top_k, r.uniform = u;
+      params.push_back(r);
+      want.push_back(token);
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(params.size());
+  const PenaltyToken none{0, 0};
+  DeviceBuffer dlogits = Upload(logits.data(), logits.size() * 4), dparams = Upload(params.data(), params.size() * sizeof(SamplingRow));
+  DeviceBuffer dpen = Upload(&none, sizeof(none)), dout(rows * 4);
+  SampleRows(nullptr, dlogits.as<float>(), rows, n, dparams.as<SamplingRow>(), dpen.as<PenaltyToken>(), dout.as<int32_t>());
+  SHOAL_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<int32_t> got(rows);
+  dout.CopyToHost(got.data(), rows * 4);
+  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], want[r]) << "row " << r << " uniform " << params[r].uniform;
+}
+
 // FP8 weights read in place: every e4m3 code (NaNs excepted) under per-row block scales,
 // a width that is not a multiple of 16 (the scalar tail) and one that is (16-byte loads),
 // 1, 3 and 8 rows of x in each activation type, y written and accumulated; and the

@@ -170,6 +170,9 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return bits & mask;
 }
 inline int __popc(unsigned v) { return std::popcount(v); }
+// 1 + the lowest set bit's position (0 for none); the leading zeros (32 for 0).
+inline int __ffs(int v) { return v == 0 ? 0 : std::countr_zero(static_cast<unsigned>(v)) + 1; }
+inline int __clz(int v) { return std::countl_zero(static_cast<unsigned>(v)); }
 
 // Fibers of one block run on one host thread, so atomics are plain read-modify-writes.
 template <typename T>

@@ -141,6 +141,76 @@ __device__ void KeepAboveAndFirstTies(float* p, int64_t n, uint32_t cut, int64_t
   __syncthreads();
 }
 
+// [begin, end) of p and the mass before it, as the draw narrows the row down.
+struct DrawRange {
+  int64_t begin, end;
+  double before;
+};
+
+// Splits r into one contiguous unit a warp and answers (to every thread) the unit the draw
+// falls in: the first whose running mass passes u, else the last holding any mass (rounding
+// left u past the sum), else an empty range (nothing kept). Two barriers, whatever r's size.
+__device__ DrawRange NarrowDraw(const float* p, DrawRange r, double u) {
+  __shared__ double unit_mass[kSampleWarps];
+  __shared__ DrawRange narrowed;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t size = (r.end - r.begin + kSampleWarps - 1) / kSampleWarps;
+  const int64_t begin = min(r.end, r.begin + warp * size), end = min(r.end, begin + size);
+  double m = 0.0;
+  for (int64_t i = begin + lane; i < end; i += 32) m += p[i];
+  for (int offset = 16; offset > 0; offset /= 2) m += __shfl_xor_sync(0xffffffffu, m, offset);
+  if (lane == 0) unit_mass[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    DrawRange chosen{0, 0, r.before};
+    double carried = r.before;
+    for (int w = 0; w < kSampleWarps; ++w) {
+      if (!(unit_mass[w] > 0.0)) continue;
+      const int64_t b = min(r.end, r.begin + w * size);
+      chosen = {b, min(r.end, b + size), carried};
+      carried += unit_mass[w];
+      if (u < carried) break;
+    }
+    narrowed = chosen;
+  }
+  __syncthreads();
+  return narrowed;
+}
+
+// The draw over p[0, n): the first kept (positive) token, in index order, whose running sum
+// passes u; the last kept one when rounding leaves u above the whole sum (as the host). The
+// row narrows to one warp's unit twice (n / 1024 tokens), which warp 0 scans 32 at a time:
+// six barriers for any vocabulary, where a block-wide scan takes three every 1024 tokens.
+__device__ int64_t DrawInIndexOrder(const float* p, int64_t n, double u) {
+  DrawRange r = NarrowDraw(p, DrawRange{0, n, 0.0}, u);
+  r = NarrowDraw(p, r, u);
+  __shared__ int64_t drawn;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    double carried = r.before;
+    int64_t chosen = -1, last = 0;
+    for (int64_t base = r.begin; base < r.end && chosen < 0; base += 32) {
+      const int64_t i = base + lane;
+      const double v = i < r.end ? static_cast<double>(p[i]) : 0.0;
+      double inclusive = v;
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const double up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += up;
+      }
+      const unsigned kept = __ballot_sync(0xffffffffu, v > 0.0);
+      const unsigned passes = __ballot_sync(0xffffffffu, v > 0.0 && u < carried + inclusive);
+      if (passes != 0u) chosen = base + __ffs(passes) - 1;
+      if (kept != 0u) last = base + 31 - __clz(kept);
+      carried += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+    if (lane == 0) drawn = chosen >= 0 ? chosen : last;
+  }
+  __syncthreads();
+  const int64_t result = drawn;
+  __syncthreads();  // every thread has read `drawn` before a later call writes it
+  return result;
+}
+
 // Top-k, then top-p over what top-k kept, then min-p over p[0, n) (probabilities in index
 // order, pmax the largest), and the draw; returns the position drawn. use_k: top-k cuts
 // the whole row, so top-p's target is of the mass it kept, even where p holds only the
@@ -203,31 +273,7 @@ __device__ int64_t TruncateAndDraw(float* p, int64_t n, float pmax, const Sampli
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = static_cast<float>(p[i] / kept);
   __syncthreads();
 
-  // The draw: the first kept token, in index order, whose running sum passes u; the last
-  // kept one when rounding leaves u above the whole sum.
-  __shared__ int64_t chosen;
-  __shared__ int64_t last_kept;
-  if (threadIdx.x == 0) chosen = n, last_kept = 0;
-  __syncthreads();
-  double carried = 0.0;
-  for (int64_t base = 0; base < n; base += blockDim.x) {
-    const int64_t i = base + threadIdx.x;
-    const double v = i < n ? static_cast<double>(p[i]) : 0.0;
-    double chunk = 0.0;
-    const double before = BlockExclusiveScan<double>(v, &chunk);
-    if (i < n && v > 0.0) {
-      atomicMax(reinterpret_cast<unsigned long long*>(&last_kept), static_cast<unsigned long long>(i));
-      if (P.uniform < carried + before + v) {
-        atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
-      }
-    }
-    __syncthreads();
-    if (chosen < n) break;  // the same value for every thread after the barrier
-    carried += chunk;
-  }
-  const int64_t drawn = chosen < n ? chosen : last_kept;
-  __syncthreads();  // every thread has read `chosen` before a later call resets it
-  return drawn;
+  return DrawInIndexOrder(p, n, P.uniform);
 }
 
 // One block of kSampleThreads per row; the row's logits become its probabilities. The
