@@ -2,6 +2,16 @@
 # the SIMT emulator (tests/simt, -DSHOAL_SIMT_EMULATION=ON; the emulator's own targets are
 # in ShoalSimtTargets.cmake).
 set(SHOAL_SIMT_DIR ${PROJECT_SOURCE_DIR}/tests/simt)
+# The rewritten sources' arithmetic: the host's, one rounding per operation (the kernels
+# match the CPU references closely), or with SHOAL_SIMT_GPU_ARITHMETIC a GPU's deviations
+# from it (nvcc contracts a * b + c into one fused multiply-add by default; simt.h's
+# approximate intrinsics), so a test whose margin only the host's arithmetic meets fails
+# here rather than in a short GPU run.
+if(SHOAL_SIMT_GPU_ARITHMETIC)
+  set(SHOAL_SIMT_ARITHMETIC_OPTIONS "-ffp-contract=fast;-mfma;-DSHOAL_SIMT_GPU_ARITHMETIC=1")
+else()
+  set(SHOAL_SIMT_ARITHMETIC_OPTIONS "-ffp-contract=off")
+endif()
 
 # shoal_cuda_sources(<var> <files>...): the files as they are, except that under the
 # emulator every .cu file becomes its rewritten host C++ twin, built with UBSan's alignment
@@ -16,7 +26,7 @@ function(shoal_cuda_sources out)
         COMMAND ${Python3_EXECUTABLE} ${SHOAL_SIMT_DIR}/rewrite_launches.py ${CMAKE_CURRENT_SOURCE_DIR}/${src} ${gen}
         DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${src} ${SHOAL_SIMT_DIR}/rewrite_launches.py
         COMMENT "simt: rewriting ${src}")
-      set_source_files_properties(${gen} PROPERTIES COMPILE_OPTIONS "-include;${SHOAL_SIMT_DIR}/simt.h;-ffp-contract=off;-Wno-unknown-pragmas;-fsanitize=alignment;-fno-sanitize-recover=alignment"
+      set_source_files_properties(${gen} PROPERTIES COMPILE_OPTIONS "-include;${SHOAL_SIMT_DIR}/simt.h;${SHOAL_SIMT_ARITHMETIC_OPTIONS};-Wno-unknown-pragmas;-fsanitize=alignment;-fno-sanitize-recover=alignment"
                                   OBJECT_DEPENDS ${SHOAL_SIMT_DIR}/simt.h)
       list(APPEND result ${gen})
     else()

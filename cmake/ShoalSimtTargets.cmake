@@ -19,6 +19,9 @@ set_target_properties(shoal_simt_cudart PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${SH
 # engine's dlopen("libcublas.so.13") finds it loaded.
 add_library(shoal_simt_cublas SHARED ${SHOAL_SIMT_DIR}/simt_cublas.cc)
 target_link_libraries(shoal_simt_cublas PRIVATE shoal_simt_cudart)
+if(SHOAL_SIMT_GPU_ARITHMETIC)
+  target_compile_definitions(shoal_simt_cublas PRIVATE SHOAL_SIMT_GPU_ARITHMETIC=1)
+endif()
 set_target_properties(shoal_simt_cublas PROPERTIES OUTPUT_NAME cublas VERSION 13 SOVERSION 13
                       LIBRARY_OUTPUT_DIRECTORY ${SHOAL_SIMT_LIB_DIR})
 # What links CUDA::cudart gets the runtime, and its build waits for the cuBLAS it dlopens.

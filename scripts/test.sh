@@ -9,6 +9,8 @@
 #   SHOAL_SKIP_K8S=1 scripts/test.sh       skip the Kubernetes step
 #   SHOAL_SKIP_CUDA=1 scripts/test.sh      skip compiling the CUDA sources
 #   SHOAL_SIMT_ASAN=1 scripts/test.sh      the emulated cuda tests under AddressSanitizer
+#   SHOAL_SIMT_GPU_ARITHMETIC=0 scripts/test.sh   skip the emulated cuda tests' second run,
+#                                   with a GPU's arithmetic (tests/simt)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,18 +47,33 @@ if [[ ${SHOAL_SKIP_CUDA:-0} != 1 ]]; then
   # SHOAL_SIMT_ASAN=1 builds that tree with AddressSanitizer instead (build-simt-asan/):
   # out-of-bounds device reads and writes then stop the test, as compute-sanitizer's
   # memcheck would on a GPU (several times slower, so not the default).
-  simt_flags=() simt_env=()
-  simt_build=${SHOAL_SIMT_BUILD_DIR:-$here/build-simt}
+  # run_simt BUILD_DIR [CMAKE_FLAGS...]: configures, builds and runs the emulated tests.
+  run_simt() {
+    local build=$1
+    shift
+    cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHOAL_SIMT_EMULATION=ON \
+      -DCUDAToolkit_ROOT="$cuda_root" "$@" >/dev/null
+    cmake --build "$build" --target shoal_cuda -j "$(nproc)"
+    (cd "$build" && env "${simt_env[@]}" ctest --output-on-failure -j "$(nproc)" -L 'cuda|simt')
+  }
+  simt_env=()
   if [[ ${SHOAL_SIMT_ASAN:-0} == 1 ]]; then
-    simt_build=${SHOAL_SIMT_BUILD_DIR:-$here/build-simt-asan}
-    simt_flags=(-DCMAKE_CXX_FLAGS="-fsanitize=address -fno-omit-frame-pointer"
-      -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address)
     simt_env=(ASAN_OPTIONS=detect_leaks=0)
+    run_simt "${SHOAL_SIMT_BUILD_DIR:-$here/build-simt-asan}" -DCMAKE_CXX_FLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+      -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address
+  else
+    run_simt "${SHOAL_SIMT_BUILD_DIR:-$here/build-simt}"
+    # Then with a GPU's arithmetic (fused multiply-adds, approximate exp and rsqrt, cuBLAS's
+    # chunked sums), so a test whose margin holds only under the host's roundings fails
+    # here rather than in a short GPU run. It needs the host's FMA instructions.
+    if [[ ${SHOAL_SIMT_GPU_ARITHMETIC:-1} != 1 ]]; then
+      echo "simt with a GPU's arithmetic: skipped (SHOAL_SIMT_GPU_ARITHMETIC=0)"
+    elif ! grep -qw fma /proc/cpuinfo; then
+      echo "simt with a GPU's arithmetic: skipped (this CPU has no FMA instructions)"
+    else
+      run_simt "$here/build-simt-gpu-arith" -DSHOAL_SIMT_GPU_ARITHMETIC=ON
+    fi
   fi
-  cmake -S "$here" -B "$simt_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHOAL_SIMT_EMULATION=ON \
-    -DCUDAToolkit_ROOT="$cuda_root" "${simt_flags[@]}" >/dev/null
-  cmake --build "$simt_build" --target shoal_cuda -j "$(nproc)"
-  (cd "$simt_build" && env "${simt_env[@]}" ctest --output-on-failure -j "$(nproc)" -L 'cuda|simt')
 fi
 
 if ((fuzz_seconds > 0)); then

@@ -194,13 +194,60 @@ T atomicAdd(T* p, T v) {
   return old;
 }
 
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+// A GPU's arithmetic where it leaves the host's (-DSHOAL_SIMT_GPU_ARITHMETIC=ON builds the
+// rewritten sources with -ffp-contract=fast -mfma, as nvcc fuses a * b + c by default):
+// __expf is ex2.approx(x * log2 e), so the product's rounding grows its error with |x|;
+// expf and rsqrtf are within CUDA's 2 ulps of the correctly rounded value, not the
+// host's. The ulps each one moves by are a hash of its argument (reproducible, and equal
+// arguments still give equal results); exact cases the hardware keeps exact stay so.
+namespace shoal::simt {
+inline float NudgedUlps(float r, float x, int most) {
+  uint32_t h;
+  std::memcpy(&h, &x, sizeof(h));
+  h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+  if (!std::isfinite(r) || r == 0.0f) return r;
+  const int ulps = static_cast<int>(h % static_cast<uint32_t>(2 * most + 1)) - most;
+  for (int i = 0; i < (ulps < 0 ? -ulps : ulps); ++i) r = std::nextafter(r, ulps < 0 ? 0.0f : INFINITY);
+  return r;
+}
+}  // namespace shoal::simt
+inline float __expf(float x) {
+  const float r = std::exp2(x * 1.44269504f);
+  return x == 0.0f ? r : ::shoal::simt::NudgedUlps(r, x, 1);
+}
+inline float shoal_simt_gpu_expf(float x) { return x == 0.0f ? 1.0f : ::shoal::simt::NudgedUlps(std::exp(x), x, 2); }
+#define expf(x) shoal_simt_gpu_expf(x)
+inline float rsqrtf(float x) {
+  return ::shoal::simt::NudgedUlps(static_cast<float>(1.0 / std::sqrt(static_cast<double>(x))), x, 2);
+}
+// The named roundings stay single ones under contraction: the empty asm keeps the product
+// (or sum) from fusing with what uses it.
+inline float __fmul_rn(float a, float b) {
+  float r = a * b;
+  asm("" : "+x"(r));
+  return r;
+}
+inline float __fadd_rn(float a, float b) {
+  float r = a + b;
+  asm("" : "+x"(r));
+  return r;
+}
+inline float __fsub_rn(float a, float b) {
+  float r = a - b;
+  asm("" : "+x"(r));
+  return r;
+}
+#else
 inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // simt sources build with -ffp-contract=off, so these are the single roundings they name.
-inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+#endif
+inline float __logf(float x) { return std::log(x); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline uint32_t __float_as_uint(float v) {
   uint32_t u;
   std::memcpy(&u, &v, sizeof(u));
@@ -211,7 +258,6 @@ inline float __uint_as_float(uint32_t u) {
   std::memcpy(&v, &u, sizeof(v));
   return v;
 }
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 // Device code's min/max take mixed integer types (CUDA has overloads for them).
 template <typename A, typename B>

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 
@@ -56,14 +57,28 @@ struct GemmArgs {
 };
 
 // C = alpha op(A) op(B) + beta C, column-major; beta 0 does not read C (cuBLAS's rule).
+// The sum runs in k order, one rounding per product and per addition; with
+// SHOAL_SIMT_GPU_ARITHMETIC it is summed as a tensor-core GEMM would: fused multiply-adds
+// over chunks of 16 along k, the chunks' sums added in turn.
 void Gemm(const GemmArgs& g) {
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+  constexpr int kChunk = 16;
+#endif
   for (int j = 0; j < g.n; ++j) {
     for (int i = 0; i < g.m; ++i) {
       float sum = 0.0f;
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+      float chunk = 0.0f;
+#endif
       for (int l = 0; l < g.k; ++l) {
         const int64_t ai = g.ta == CUBLAS_OP_N ? i + int64_t{l} * g.lda : l + int64_t{i} * g.lda;
         const int64_t bi = g.tb == CUBLAS_OP_N ? l + int64_t{j} * g.ldb : j + int64_t{l} * g.ldb;
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+        chunk = std::fma(LoadAs(g.a, g.at, ai), LoadAs(g.b, g.bt, bi), chunk);
+        if ((l + 1) % kChunk == 0 || l + 1 == g.k) sum += chunk, chunk = 0.0f;
+#else
         sum += LoadAs(g.a, g.at, ai) * LoadAs(g.b, g.bt, bi);
+#endif
       }
       const int64_t ci = i + int64_t{j} * g.ldc;
       const float prior = g.beta != 0.0f ? g.beta * LoadAs(g.c, g.ct, ci) : 0.0f;

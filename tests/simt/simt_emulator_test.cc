@@ -4,7 +4,10 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "tests/simt/simt_selftest_kernels.h"
@@ -195,6 +198,58 @@ TEST(SimtEmulator, DeviceMemoryIsBoundedAndCountedByMemGetInfo) {
   ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
   EXPECT_EQ(free_before - free_after, size_t{1} << 20);
   EXPECT_EQ(cudaFree(p), cudaSuccess);
+}
+
+// The ulps between two floats of the same sign.
+int64_t UlpsApart(float x, float y) {
+  int32_t a, b;
+  std::memcpy(&a, &x, sizeof(a));
+  std::memcpy(&b, &y, sizeof(b));
+  return std::abs(int64_t{a} - int64_t{b});
+}
+
+// The host's arithmetic by default; with -DSHOAL_SIMT_GPU_ARITHMETIC=ON a GPU's deviations
+// from it, each of which must actually show (or the tree that runs the cuda tests under
+// them would check nothing more than the plain one).
+TEST(SimtEmulator, KernelArithmeticIsTheHostsOrDeviatesAsAGpusDoes) {
+  const int n = 512;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> exponent(-60.0f, 10.0f), positive(0.5f, 4.0f), any(-2.0f, 2.0f);
+  std::vector<float> a(n), b(n), c(n), fused(n), expf_(n), fast_exp(n), rsqrt(n);
+  for (int i = 0; i < n; ++i) a[i] = i == 0 ? 0.0f : exponent(rng), b[i] = positive(rng), c[i] = any(rng);
+  Arithmetic(nullptr, a.data(), b.data(), c.data(), n, fused.data(), expf_.data(), fast_exp.data(), rsqrt.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(expf_[0], 1.0f);
+  EXPECT_EQ(fast_exp[0], 1.0f);
+  int fused_differ = 0, expf_differ = 0, fast_differ = 0, rsqrt_differ = 0;
+  for (int i = 0; i < n; ++i) {
+    volatile float product = a[i] * b[i];  // one rounding, then another for the sum
+    const float unfused = product + c[i];
+    const float exact_exp = static_cast<float>(std::exp(static_cast<double>(a[i])));
+    const float exact_rsqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(b[i])));
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+    EXPECT_EQ(fused[i], std::fma(a[i], b[i], c[i])) << i;
+    EXPECT_LE(UlpsApart(expf_[i], exact_exp), 3) << a[i];  // CUDA's 2 ulps, and the host's rounding
+    // CUDA's bound for __expf: 2 + floor(|1.173 x|) ulps.
+    EXPECT_LE(UlpsApart(fast_exp[i], exact_exp), 2 + static_cast<int64_t>(std::abs(1.173f * a[i]))) << a[i];
+    EXPECT_LE(UlpsApart(rsqrt[i], exact_rsqrt), 2) << b[i];
+#else
+    EXPECT_EQ(fused[i], unfused) << i;
+    EXPECT_EQ(expf_[i], std::exp(a[i])) << a[i];
+    EXPECT_EQ(fast_exp[i], std::exp(a[i])) << a[i];
+    EXPECT_EQ(rsqrt[i], 1.0f / std::sqrt(b[i])) << b[i];
+#endif
+    fused_differ += fused[i] != unfused;
+    expf_differ += expf_[i] != std::exp(a[i]);
+    fast_differ += fast_exp[i] != std::exp(a[i]);
+    rsqrt_differ += rsqrt[i] != 1.0f / std::sqrt(b[i]);
+  }
+#if defined(SHOAL_SIMT_GPU_ARITHMETIC)
+  EXPECT_GT(fused_differ, n / 50);
+  EXPECT_GT(expf_differ, n / 4);
+  EXPECT_GT(fast_differ, n / 4);
+  EXPECT_GT(rsqrt_differ, n / 4);
+#endif
 }
 
 }  // namespace

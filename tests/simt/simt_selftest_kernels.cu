@@ -107,6 +107,16 @@ __global__ void AddOneKernel(int32_t* out, int n) {
   if (i < n) out[i] += 1;
 }
 
+__global__ void ArithmeticKernel(const float* a, const float* b, const float* c, int n, float* fused, float* expf_,
+                                 float* fast_exp, float* rsqrt) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  fused[i] = a[i] * b[i] + c[i];
+  expf_[i] = expf(a[i]);
+  fast_exp[i] = __expf(a[i]);
+  rsqrt[i] = rsqrtf(b[i]);
+}
+
 }  // namespace
 
 void BlockSums(cudaStream_t stream, const int32_t* in, int n, int blocks, int32_t* out) {
@@ -147,5 +157,10 @@ cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_
 }
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }
+
+void Arithmetic(cudaStream_t stream, const float* a, const float* b, const float* c, int n, float* fused,
+                float* expf_, float* fast_exp, float* rsqrt) {
+  ArithmeticKernel<<<(n + 127) / 128, 128, 0, stream>>>(a, b, c, n, fused, expf_, fast_exp, rsqrt);
+}
 
 }  // namespace shoal::simt_selftest

@@ -39,5 +39,9 @@ void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out)
 cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
+// For each i < n, one thread: fused[i] = a[i] * b[i] + c[i] as written (nvcc fuses it by
+// default), expf_[i] = expf(a[i]), fast_exp[i] = __expf(a[i]), rsqrt[i] = rsqrtf(b[i]).
+void Arithmetic(cudaStream_t stream, const float* a, const float* b, const float* c, int n, float* fused,
+                float* expf_, float* fast_exp, float* rsqrt);
 
 }  // namespace shoal::simt_selftest
