@@ -12,7 +12,7 @@
 #      cuda_decoder_test, cuda_engine_test and cuda_group_test (GoogleTest XML into $OUT), the
 #      decode benchmark against transformers, then compute-sanitizer memcheck over the
 #      kernel test and part of the decoder test (and racecheck and synccheck over the
-#      tensor-core attention tests), when compute-sanitizer is there, batch-1
+#      tensor-core attention tests, racecheck over the sampling draw), when compute-sanitizer is there, batch-1
 #      decode with CUDA graphs (GEMV kernel; launches not overlapped, SHOAL_CUDA_PDL=0;
 #      cuBLAS for the dense products), the
 #      decode kernels one by one (cuda-kernels-bench), the model with attention on the f32
@@ -248,6 +248,11 @@ elif [[ -n $sanitizer && -x $sanitizer ]]; then
       --gtest_filter='*TiledPromptAttention*/BF16:*MlaTiledAttention*/F16:*PastTheSequencesLastBlock*/F16:CudaTensorCores.*'
     grep -h 'ERROR SUMMARY' "$out/${tool}_attention.log" 2>/dev/null | sed "s/^/${tool}: /" | tee -a "$summary"
   done
+  # The sampling kernel's shared-memory bands, candidate compaction and narrowing draw
+  # (barriers between warps' writes and thread 0's reads), one row set of each path.
+  run_stage racecheck_sampling 45 "$sanitizer" --tool racecheck --error-exitcode 9 "$bin_dir/cuda_kernels_test" \
+    --gtest_brief=1 --gtest_filter='CudaSampling.TheDraw*'
+  grep -h 'ERROR SUMMARY' "$out/racecheck_sampling.log" 2>/dev/null | sed "s/^/racecheck_sampling: /" | tee -a "$summary"
 else
   note "SKIP memcheck: compute-sanitizer not found"
 fi
