@@ -59,6 +59,23 @@ TEST(SimtEmulator, AMissingBarrierMakesEvenAndOddBlocksDisagree) {
   EXPECT_GT(differ, n / 2);
 }
 
+// The blocks of one grid run first to last, of the next last to first, so a block that
+// reads another block's write of the same grid sees it in one and not in the other.
+TEST(SimtEmulator, ConsecutiveGridsRunTheirBlocksInOppositeOrders) {
+  const int blocks = 8;
+  std::vector<int32_t> first(blocks, 0), second(blocks, 0);
+  ReadTheBlockBefore(nullptr, blocks, first.data());
+  ReadTheBlockBefore(nullptr, blocks, second.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  std::vector<int32_t> in_order(blocks), reversed(blocks);
+  // Forwards each block adds its predecessor's sum; backwards it finds the 0 left there.
+  for (int b = 0; b < blocks; ++b) in_order[b] = (b + 1) * (b + 2) / 2, reversed[b] = b + 1;
+  // Which of the two launches ran forwards depends on how many grids ran before.
+  if (first != in_order) std::swap(first, second);
+  EXPECT_EQ(first, in_order);
+  EXPECT_EQ(second, reversed);
+}
+
 // cp.async copies land when their thread waits (blocks 0 and 1) or at once (2 and 3), so a
 // read before the wait sees the old contents in some blocks and the copy in others; after
 // the wait and a barrier every block reads every thread's copy.

@@ -475,14 +475,18 @@ void Launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, std
     g_block = &b;
     g_block_dim = block;
     g_grid_dim = grid;
-    for (unsigned z = 0; z < grid.z; ++z) {
-      for (unsigned y = 0; y < grid.y; ++y) {
-        for (unsigned x = 0; x < grid.x; ++x) {
-          g_block_idx = uint3{x, y, z};
-          if (b.dynamic_shared != nullptr) std::memset(b.dynamic_shared, 0xff, b.dynamic_shared_bytes);
-          RunBlock(b);
-        }
-      }
+    // Every other grid runs its blocks last to first: on a GPU the blocks of a grid run in
+    // no order (and at once), so a block that reads what another block of the same grid
+    // writes gets it in one of the two orders and not in the other.
+    static uint64_t grids = 0;
+    const bool backwards = (grids++ & 1u) != 0;
+    const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+    for (uint64_t k = 0; k < blocks; ++k) {
+      const uint64_t i = backwards ? blocks - 1 - k : k;
+      g_block_idx = uint3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
+                          static_cast<unsigned>(i / (uint64_t{grid.x} * grid.y))};
+      if (b.dynamic_shared != nullptr) std::memset(b.dynamic_shared, 0xff, b.dynamic_shared_bytes);
+      RunBlock(b);
     }
     g_block = outer;
     g_block_idx = outer_idx;

@@ -63,7 +63,8 @@ __global__ void CountKernel(int32_t* out) { atomicAdd(out, 1); }
 __global__ void MissingBarrierKernel(int32_t* out) {
   __shared__ int32_t s[1024];
   const int t = threadIdx.x, n = blockDim.x;
-  if (blockIdx.x == 0) s[t] = 0;  // what the first block finds before anyone writes
+  s[t] = 0;  // what a read finds before the neighbour's write
+  __syncthreads();
   s[t] = t + 1;
   out[blockIdx.x * n + t] = s[(t + 1) % n];  // no __syncthreads: which value is here depends on order
 }
@@ -100,6 +101,11 @@ __global__ void DynamicSharedKernel(int words, uint32_t* out) {
   __syncthreads();
   out[blockIdx.x * 2 * n + t] = w[(t + 1) % n];
   out[blockIdx.x * 2 * n + n + t] = w[t + n];
+}
+
+__global__ void ReadTheBlockBeforeKernel(int32_t* out) {
+  const int b = blockIdx.x;
+  out[b] = b + 1 + (b > 0 ? out[b - 1] : 0);
 }
 
 __global__ void AddOneKernel(int32_t* out, int n) {
@@ -154,6 +160,10 @@ cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_
   if (allow) worker::cuda::AllowDynamicSharedMemory(reinterpret_cast<const void*>(&DynamicSharedKernel), bytes);
   DynamicSharedKernel<<<2, 32, bytes, stream>>>(static_cast<int>(bytes / 4), out);
   return cudaGetLastError();
+}
+
+void ReadTheBlockBefore(cudaStream_t stream, int blocks, int32_t* out) {
+  ReadTheBlockBeforeKernel<<<blocks, 1, 0, stream>>>(out);
 }
 
 void AddOne(cudaStream_t stream, int32_t* out, int n) { AddOneKernel<<<(n + 127) / 128, 128, 0, stream>>>(out, n); }

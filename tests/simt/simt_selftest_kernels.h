@@ -37,6 +37,9 @@ void AsyncCopies(cudaStream_t stream, const int32_t* in, int mode, int32_t* out)
 // than 48 KB through AllowDynamicSharedMemory first): out[64 b + t] = t + 2 (mod 32 + 1),
 // a neighbour's write, and out[64 b + 32 + t] a word no thread wrote. The launch's error.
 cudaError_t DynamicShared(cudaStream_t stream, size_t bytes, bool allow, uint32_t* out);
+// One block of one thread per element: out[b] = b + 1 + out[b - 1] as block b finds it (a
+// read of another block's write in the same grid, which a GPU does not order).
+void ReadTheBlockBefore(cudaStream_t stream, int blocks, int32_t* out);
 // out[i] += 1 for i < n.
 void AddOne(cudaStream_t stream, int32_t* out, int n);
 // For each i < n, one thread: fused[i] = a[i] * b[i] + c[i] as written (nvcc fuses it by
