@@ -19,7 +19,11 @@ __device__ __forceinline__ void Better(float& v, int& i, float v2, int i2) {
   if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
 }
 
+// Every lane ends with the same winner only if Better is a total order, which NaN breaks
+// (a lane holding one would keep it while the others passed it over, and their loops would
+// part ways before the next full-mask shuffle): a NaN score takes part as -inf.
 __device__ __forceinline__ void WarpArgmax(float& v, int& i) {
+  if (isnan(v)) v = -INFINITY;
   for (int offset = 16; offset > 0; offset /= 2) {
     const float v2 = __shfl_xor_sync(0xffffffffu, v, offset);
     const int i2 = __shfl_xor_sync(0xffffffffu, i, offset);
