@@ -1942,7 +1942,9 @@ TEST(CudaMoeRouting, NanLogitsGiveValidExpertsAndLeaveOtherTokensRoutes) {
       if (t == all_nan || t == nan_group) {
         for (int32_t id : got) EXPECT_TRUE(id >= 0 && id < E) << "token " << t << " expert " << id;
         // Sigmoid scores keep the NaN to its group (softmax spreads it over the token).
-        if (t == nan_group && noaux) EXPECT_EQ(std::set<int32_t>(got.begin(), got.end()).size(), static_cast<size_t>(k));
+        if (t == nan_group && noaux) {
+          EXPECT_EQ(std::set<int32_t>(got.begin(), got.end()).size(), static_cast<size_t>(k));
+        }
       } else {
         EXPECT_EQ(got, std::vector<int32_t>(want.ids.begin() + t * k, want.ids.begin() + (t + 1) * k)) << "token " << t;
       }
